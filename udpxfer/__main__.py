@@ -1,0 +1,3 @@
+from udpxfer.cli import main
+
+main()

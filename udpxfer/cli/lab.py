@@ -1,0 +1,3 @@
+"""Commands of the lab part of the CLI (registered on import)."""
+
+from __future__ import annotations

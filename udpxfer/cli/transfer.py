@@ -1,0 +1,3 @@
+"""``udpxfer send``, ``recv`` and ``demo``."""
+
+from __future__ import annotations

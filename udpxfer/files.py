@@ -1,0 +1,148 @@
+"""Where received files and reports go: safe names, unique paths, ``.partial`` files.
+
+Nothing here ever writes outside the directory it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import unicodedata
+from pathlib import Path
+
+from udpxfer.errors import TransportError, UsageError
+
+MAX_NAME_BYTES = 200  # leaves room for a ``-NN`` suffix and ``.partial`` under NAME_MAX (255)
+PARTIAL_SUFFIX = ".partial"
+HASH_BLOCK_BYTES = 1 << 22
+
+
+def safe_name(name: str) -> str:
+    """Reduce a file name from the network to a harmless base name.
+
+    Path separators, control characters and NULs are removed, ``.``/``..`` and empty names
+    become ``unnamed``, and the result is cut to ``MAX_NAME_BYTES`` of UTF-8 (keeping the
+    extension), so the name can only ever denote a plain file inside the output directory.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if unicodedata.category(c)[0] != "C")
+    base = base.strip().lstrip(".") or "unnamed"
+    if base.endswith(PARTIAL_SUFFIX):
+        base = base[: -len(PARTIAL_SUFFIX)] or "unnamed"
+    encoded = base.encode("utf-8")
+    if len(encoded) > MAX_NAME_BYTES:
+        stem, dot, ext = base.rpartition(".")
+        ext_bytes = (dot + ext).encode("utf-8") if dot and len(ext) <= 16 else b""
+        head = (stem if ext_bytes else base).encode("utf-8")[: MAX_NAME_BYTES - len(ext_bytes)]
+        base = head.decode("utf-8", errors="ignore") + ext_bytes.decode("utf-8")
+    return base
+
+
+def unique_path(directory: Path, name: str, *, also_free: tuple[str, ...] = ()) -> Path:
+    """Return ``directory/name``, or ``stem-N.ext`` with the smallest free N.
+
+    A path is free when neither it nor any of ``path + suffix`` for ``also_free`` exists, so
+    a receiver never overwrites an earlier transfer's file, partial file or report.
+    """
+    stem, dot, ext = name.rpartition(".")
+    if not stem:
+        stem, dot, ext = name, "", ""
+    candidate = directory / name
+    n = 1
+    while candidate.exists() or any(
+        Path(str(candidate) + suffix).exists() for suffix in also_free
+    ):
+        candidate = directory / f"{stem}-{n}{dot}{ext}"
+        n += 1
+    return candidate
+
+
+def ensure_writable_dir(directory: Path) -> Path:
+    """Create ``directory`` if needed and check that files can be created in it.
+
+    Raises:
+        UsageError: it cannot be created or written.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create directory {directory}: {exc.strerror}") from None
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"directory {directory} is not writable")
+    return directory
+
+
+class PartialFile:
+    """A ``NAME.partial`` file of a known size, written at offsets, renamed once verified.
+
+    The file is created exclusively (never follows or replaces an existing path) and sized up
+    front, so holes read as zeros. Writes go through a shared memory map when the file is
+    not empty: one copy, no system call per chunk.
+    """
+
+    def __init__(self, directory: Path, name: str, size: int) -> None:
+        self.final_path = unique_path(directory, safe_name(name), also_free=(PARTIAL_SUFFIX,))
+        self.path = Path(str(self.final_path) + PARTIAL_SUFFIX)
+        self.size = size
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise TransportError(f"cannot create {self.path}: {exc.strerror}") from exc
+        self._map: mmap.mmap | None = mmap.mmap(self._fd, size) if size else None
+        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+        self.closed = False
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        """Store ``data`` at ``offset`` (the caller guarantees it lies inside the file)."""
+        self._view[offset : offset + len(data)] = data
+
+    def sha256(self) -> bytes:
+        """Digest of the file's current contents."""
+        digest = hashlib.sha256()
+        view = self._view
+        for start in range(0, self.size, HASH_BLOCK_BYTES):
+            digest.update(view[start : start + HASH_BLOCK_BYTES])
+        return digest.digest()
+
+    def close(self) -> None:
+        """Flush and close the file, leaving it as ``NAME.partial``."""
+        if self.closed:
+            return
+        self.closed = True
+        self._view.release()
+        if self._map is not None:
+            self._map.flush()
+            self._map.close()
+        os.close(self._fd)
+
+    def commit(self) -> Path:
+        """Close and rename to the final name (a fresh one if that name appeared meanwhile)."""
+        self.close()
+        if self.final_path.exists():
+            self.final_path = unique_path(self.final_path.parent, self.final_path.name)
+        try:
+            os.rename(self.path, self.final_path)
+        except OSError as exc:
+            raise TransportError(f"cannot rename {self.path}: {exc.strerror}") from exc
+        return self.final_path
+
+
+def sha256_file(path: Path) -> bytes:
+    """SHA-256 of a file read in large blocks.
+
+    Raises:
+        UsageError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(HASH_BLOCK_BYTES):
+                digest.update(block)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return digest.digest()

@@ -1,0 +1,172 @@
+"""Transfer statistics -> the JSON report (schema ``udpxfer.report/1``) and its text summary.
+
+The keys listed in DESIGN.md are a contract other tools rely on: add keys, never rename them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from udpxfer.errors import TransportError
+from udpxfer.files import unique_path
+from udpxfer.units import format_rate, format_size
+
+SCHEMA = "udpxfer.report/1"
+
+
+@dataclass(frozen=True, slots=True)
+class FileSection:
+    """What the report says about the file itself."""
+
+    name: str
+    size: int
+    path: str
+    sha256_expected: str | None
+    sha256_actual: str | None
+    complete: bool
+    verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSection:
+    """Chunk counters of one transfer."""
+
+    size: int
+    total: int
+    received: int
+    missing: int
+    duplicates: int = 0
+    out_of_order: int = 0
+    corrupt: int = 0
+    retransmitted: int = 0
+
+
+@dataclass(slots=True)
+class TransferReport:
+    """Everything one transfer's report holds; ``to_dict`` gives the JSON document."""
+
+    transport: str
+    mode: str
+    file: FileSection
+    chunks: ChunkSection
+    gaps: list[list[int]]
+    first_pass_gaps: list[list[int]]
+    duration_s: float
+    datagrams_received: int = 0
+    datagrams_rejected: int = 0
+    peer: str | None = None
+    session_id: str | None = None
+    outcome: str = "complete"
+    started_unix_s: float = field(default_factory=time.time)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document, core keys first, then any analysis sections in ``extra``."""
+        total = self.chunks.total
+        first_pass_missing = sum(last - first + 1 for first, last in self.first_pass_gaps)
+        received_bytes = self.file.size if self.file.complete else self._received_bytes()
+        duration = max(self.duration_s, 0.0)
+        doc: dict[str, Any] = {
+            "schema": SCHEMA,
+            "transport": self.transport,
+            "mode": self.mode,
+            "outcome": self.outcome,
+            "peer": self.peer,
+            "session_id": self.session_id,
+            "started_unix_s": round(self.started_unix_s, 6),
+            "file": asdict(self.file),
+            "chunks": asdict(self.chunks),
+            "gaps": self.gaps,
+            "first_pass_gaps": self.first_pass_gaps,
+            "loss": {
+                "rate": first_pass_missing / total if total else 0.0,
+                "first_pass_missing": first_pass_missing,
+                "final_missing": self.chunks.missing,
+            },
+            "timing": {
+                "duration_s": duration,
+                "goodput_bps": received_bytes * 8 / duration if duration > 0 else 0.0,
+            },
+            "datagrams": {
+                "received": self.datagrams_received,
+                "rejected": self.datagrams_rejected,
+            },
+        }
+        for key, value in self.extra.items():
+            if isinstance(value, dict) and isinstance(doc.get(key), dict):
+                doc[key].update(value)
+            else:
+                doc[key] = value
+        return doc
+
+    def _received_bytes(self) -> int:
+        size, chunk = self.file.size, self.chunks.size
+        if not chunk:
+            return 0
+        missing_bytes = 0
+        for first, last in self.gaps:
+            end = min((last + 1) * chunk, size)
+            missing_bytes += max(0, end - first * chunk)
+        return size - missing_bytes
+
+
+def write_report(doc: dict[str, Any], path: Path) -> Path:
+    """Write ``doc`` as indented JSON to ``path`` (created atomically via a temporary file).
+
+    Raises:
+        TransportError: the file cannot be written.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise TransportError(f"cannot write report {path}: {exc.strerror}") from exc
+    return path
+
+
+def default_report_path(directory: Path, file_name: str, started_unix_s: float) -> Path:
+    """A fresh ``reports/<UTC time>-<name>.json`` path that no earlier report occupies."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_unix_s))
+    return unique_path(directory, f"{stamp}-{file_name}.json")
+
+
+def _format_ranges(ranges: list[list[int]], limit: int = 8) -> str:
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit]]
+    if len(ranges) > limit:
+        parts.append(f"... ({len(ranges) - limit} more)")
+    return ", ".join(parts) if parts else "none"
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """A short human summary of a report: file, verdict, chunks, gaps, loss, goodput."""
+    file, chunks, timing = doc["file"], doc["chunks"], doc["timing"]
+    if file["verified"]:
+        verdict = "complete, SHA-256 verified"
+    elif file["complete"]:
+        verdict = "complete, SHA-256 MISMATCH"
+    else:
+        verdict = f"INCOMPLETE ({doc.get('outcome', 'incomplete')})"
+    lines = [
+        f"file      {file['name']} ({format_size(file['size'])}) -> {file['path']}",
+        f"verdict   {verdict}",
+        f"chunks    {chunks['received']}/{chunks['total']} received, {chunks['missing']} missing, "
+        f"{chunks['retransmitted']} resent, {chunks['duplicates']} duplicate, "
+        f"{chunks['out_of_order']} out of order, {chunks['corrupt']} corrupt",
+    ]
+    if doc["transport"] == "udp":
+        lines.append(f"gaps      {_format_ranges(doc['gaps'])}")
+        lines.append(
+            f"loss      {doc['loss']['rate'] * 100:.3f}% on the first pass "
+            f"({_format_ranges(doc['first_pass_gaps'])})"
+        )
+    lines.append(
+        f"timing    {timing['duration_s']:.3f} s, goodput {format_rate(timing['goodput_bps'])}"
+    )
+    return lines
