@@ -50,9 +50,7 @@ def unique_path(directory: Path, name: str, *, also_free: tuple[str, ...] = ()) 
         stem, dot, ext = name, "", ""
     candidate = directory / name
     n = 1
-    while candidate.exists() or any(
-        Path(str(candidate) + suffix).exists() for suffix in also_free
-    ):
+    while candidate.exists() or any(Path(str(candidate) + suffix).exists() for suffix in also_free):
         candidate = directory / f"{stem}-{n}{dot}{ext}"
         n += 1
     return candidate

@@ -36,7 +36,9 @@ tcp_app = typer.Typer(
     help="TCP companions: echo and palindrome servers/clients, file transfer for comparisons.",
     no_args_is_help=True,
 )
-udp_app = typer.Typer(help="UDP companions: echo server and ping-like echo client.", no_args_is_help=True)
+udp_app = typer.Typer(
+    help="UDP companions: echo server and ping-like echo client.", no_args_is_help=True
+)
 app.add_typer(tcp_app, name="tcp")
 app.add_typer(udp_app, name="udp")
 
