@@ -1,0 +1,64 @@
+"""Resolving user addresses into socket addresses, and binding with clear errors.
+
+An empty host means all interfaces: a dual-stack IPv6 socket where the system has IPv6,
+else IPv4.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from udpxfer.errors import TransportError, UsageError
+from udpxfer.units import Address
+
+ALL_INTERFACES = ""
+LOOPBACK = "127.0.0.1"
+
+SockAddr = tuple[Any, ...]
+
+
+def resolve(address: Address, kind: socket.SocketKind) -> tuple[socket.AddressFamily, SockAddr]:
+    """Resolve ``address`` to a (family, sockaddr) pair for a socket of ``kind``.
+
+    Raises:
+        UsageError: the host name does not resolve.
+    """
+    if address.host == ALL_INTERFACES:
+        if socket.has_ipv6:
+            return socket.AF_INET6, ("::", address.port, 0, 0)
+        return socket.AF_INET, ("0.0.0.0", address.port)
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=kind)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"cannot resolve {address.host!r}: {exc}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def bind_socket(address: Address, kind: socket.SocketKind) -> socket.socket:
+    """Create a socket of ``kind`` bound to ``address``.
+
+    Raises:
+        UsageError: the address is in use or not available on this machine.
+        TransportError: any other refusal by the system.
+    """
+    family, sockaddr = resolve(address, kind)
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and address.host == ALL_INTERFACES:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"address {address} is already in use") from None
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            raise UsageError(f"address {address} is not available on this machine") from None
+        if exc.errno == errno.EACCES:
+            raise UsageError(f"permission denied binding {address}") from None
+        raise TransportError(f"cannot bind {address}: {exc.strerror}") from exc
+    return sock
