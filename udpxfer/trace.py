@@ -1,0 +1,264 @@
+"""The per-datagram trace a receiver records: plain numpy columns, saved as ``.npz``.
+
+One element per valid DATA datagram that arrived, in arrival order. ``analysis.py`` turns a
+trace into loss, reordering and delay statistics; this module only holds, checks and stores it.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import pickle
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from udpxfer.errors import TransportError, UsageError
+
+TRACE_FORMAT: Final = "udpxfer.trace/1"
+MODES: Final = ("blast", "reliable")
+
+# Bits of ``Trace.flags``.
+RESENT: Final = 1  # sent again in a repair round (``pass_no`` > 0)
+DUPLICATE: Final = 2  # the chunk was already held when this datagram arrived
+
+_INT64_COLUMNS: Final = ("index", "tx", "sent_ns", "arrival_ns")
+_UINT8_COLUMNS: Final = ("pass_no", "flags")
+_SCALARS: Final = ("chunk_count", "chunk_size", "file_size", "tx_sent", "started_ns")
+
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+
+
+def _column(name: str, values: Any, dtype: type[np.integer[Any]]) -> npt.NDArray[Any]:
+    """``values`` as a read-only 1-D array of ``dtype``, refusing anything that would wrap."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"column {name} must be 1-D, not {arr.ndim}-D")
+    if arr.size == 0:
+        arr = arr.astype(dtype)
+    elif arr.dtype != dtype:
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"column {name} must hold integers, not {arr.dtype}")
+        limits = np.iinfo(dtype)
+        if int(arr.min()) < limits.min or int(arr.max()) > limits.max:
+            raise ValueError(f"column {name} has values outside {np.dtype(dtype).name}")
+        arr = arr.astype(dtype)
+    view = arr.view()  # never freeze the caller's own array object
+    view.flags.writeable = False
+    return view
+
+
+def _from_buffer(
+    name: str, buf: array.array[int], dtype: type[np.integer[Any]]
+) -> npt.NDArray[Any]:
+    """Wrap an ``array.array`` without copying when its item type already is ``dtype``."""
+    if buf.typecode not in "bBhHiIlLqQ":
+        raise ValueError(f"column {name}: array typecode {buf.typecode!r} is not an integer type")
+    return _column(name, np.frombuffer(buf, dtype=np.dtype(buf.typecode)), dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """Per-datagram record of one transfer, in arrival order.
+
+    Columns (one element per valid DATA datagram that arrived):
+        index: chunk index (chunk ``i`` holds bytes ``[i*chunk_size, (i+1)*chunk_size)``).
+        tx: the sender's transmission number, counting resends (``tx == index`` on the first pass).
+        sent_ns: sender clock at transmission (ns, arbitrary epoch).
+        arrival_ns: receiver monotonic clock at arrival (ns, another arbitrary epoch).
+        pass_no: 0 for a first transmission, k for a resend in repair round k.
+        flags: ``RESENT`` | ``DUPLICATE`` bits.
+
+    Scalars: ``chunk_count``, ``chunk_size``, ``file_size``, ``mode`` (blast|reliable),
+    ``tx_sent`` (DATA datagrams the sender reported sending, -1 if unknown) and ``started_ns``
+    (receiver clock at the transfer's first datagram).
+    """
+
+    index: I64
+    tx: I64
+    sent_ns: I64
+    arrival_ns: I64
+    pass_no: U8
+    flags: U8
+    chunk_count: int
+    chunk_size: int
+    file_size: int
+    mode: str
+    started_ns: int
+    tx_sent: int = -1
+
+    def __post_init__(self) -> None:
+        for name in _INT64_COLUMNS:
+            object.__setattr__(self, name, _column(name, getattr(self, name), np.int64))
+        for name in _UINT8_COLUMNS:
+            object.__setattr__(self, name, _column(name, getattr(self, name), np.uint8))
+        for name in _SCALARS:
+            object.__setattr__(self, name, int(getattr(self, name)))
+        n = self.index.size
+        for name in (*_INT64_COLUMNS, *_UINT8_COLUMNS):
+            if getattr(self, name).size != n:
+                raise ValueError(f"column {name} has {getattr(self, name).size} rows, index {n}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.chunk_count < 0 or self.chunk_size < 0 or self.file_size < 0:
+            raise ValueError("chunk_count, chunk_size and file_size must not be negative")
+        if n and (int(self.index.min()) < 0 or int(self.index.max()) >= self.chunk_count):
+            raise ValueError(f"chunk index outside 0..{self.chunk_count - 1}")
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    @classmethod
+    def from_buffers(
+        cls,
+        *,
+        index: array.array[int],
+        tx: array.array[int],
+        sent_ns: array.array[int],
+        arrival_ns: array.array[int],
+        pass_no: array.array[int],
+        flags: array.array[int],
+        chunk_count: int,
+        chunk_size: int,
+        file_size: int,
+        mode: str,
+        started_ns: int,
+        tx_sent: int = -1,
+    ) -> Trace:
+        """Build a trace over ``array.array`` columns, sharing their memory where types match.
+
+        Use typecode ``'q'`` for the int64 columns and ``'B'`` for ``pass_no``/``flags`` to avoid
+        any copy. While the trace shares an array's memory, that array cannot grow (Python
+        raises ``BufferError``), so build the trace once recording is over.
+        """
+        return cls(
+            index=_from_buffer("index", index, np.int64),
+            tx=_from_buffer("tx", tx, np.int64),
+            sent_ns=_from_buffer("sent_ns", sent_ns, np.int64),
+            arrival_ns=_from_buffer("arrival_ns", arrival_ns, np.int64),
+            pass_no=_from_buffer("pass_no", pass_no, np.uint8),
+            flags=_from_buffer("flags", flags, np.uint8),
+            chunk_count=chunk_count,
+            chunk_size=chunk_size,
+            file_size=file_size,
+            mode=mode,
+            started_ns=started_ns,
+            tx_sent=tx_sent,
+        )
+
+    def chunk_bytes(self, index: npt.NDArray[np.int64]) -> I64:
+        """Payload length of each chunk in ``index`` (the last chunk may be short)."""
+        remaining = self.file_size - index * self.chunk_size
+        return np.clip(remaining, 0, self.chunk_size).astype(np.int64)
+
+    def save(self, path: Path) -> Path:
+        """Write the trace to ``path`` as a compressed ``.npz`` (atomically, name kept as given).
+
+        Raises:
+            TransportError: the file cannot be written.
+        """
+        members: dict[str, Any] = {"format": np.array(TRACE_FORMAT), "mode": np.array(self.mode)}
+        for name in (*_INT64_COLUMNS, *_UINT8_COLUMNS):
+            members[name] = getattr(self, name)
+        for name in _SCALARS:
+            members[name] = np.array(getattr(self, name), dtype=np.int64)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as handle:
+                np.savez_compressed(handle, **members)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TransportError(f"cannot write trace {path}: {exc.strerror}") from exc
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Trace:
+        """Read a trace written by ``save``.
+
+        Raises:
+            UsageError: the file is missing, unreadable, not a trace or inconsistent.
+        """
+        try:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with loaded as archive:
+                members = set(archive.files)
+                missing = {"format", "mode", *_INT64_COLUMNS, *_UINT8_COLUMNS, *_SCALARS}
+                missing -= members
+                if "format" not in members or str(archive["format"]) != TRACE_FORMAT:
+                    raise ValueError(f"not a {TRACE_FORMAT} archive")
+                if missing:
+                    raise ValueError(f"missing {', '.join(sorted(missing))}")
+                fields: dict[str, Any] = {
+                    name: archive[name] for name in (*_INT64_COLUMNS, *_UINT8_COLUMNS)
+                }
+                for name in _SCALARS:
+                    value = archive[name]
+                    if value.shape != () or value.dtype.kind not in "iu":
+                        raise ValueError(f"{name} is not an integer scalar")
+                    fields[name] = int(value)
+                fields["mode"] = str(archive["mode"])
+            return cls(**fields)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise UsageError(f"cannot read trace {path}: {reason}") from None
+        except (
+            ValueError,
+            EOFError,
+            zipfile.BadZipFile,
+            zlib.error,
+            pickle.UnpicklingError,
+        ) as exc:
+            raise UsageError(f"bad trace file {path}: {exc}") from None
+
+
+class TraceRecorder:
+    """Appends one row per DATA datagram into ``array.array`` columns, then yields a ``Trace``."""
+
+    def __init__(self) -> None:
+        self.index = array.array("q")
+        self.tx = array.array("q")
+        self.sent_ns = array.array("q")
+        self.arrival_ns = array.array("q")
+        self.pass_no = array.array("B")
+        self.flags = array.array("B")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def record(
+        self, index: int, tx: int, sent_ns: int, arrival_ns: int, pass_no: int, flags: int
+    ) -> None:
+        """Add the row of one arrived DATA datagram (``pass_no`` is capped at 255)."""
+        self.index.append(index)
+        self.tx.append(tx)
+        self.sent_ns.append(sent_ns)
+        self.arrival_ns.append(arrival_ns)
+        self.pass_no.append(min(pass_no, 255))
+        self.flags.append(flags)
+
+    def to_trace(self, **scalars: Any) -> Trace:
+        """The trace of what was recorded so far; the recorder cannot grow afterwards.
+
+        Args:
+            scalars: the scalar fields of ``Trace`` (``chunk_count``, ``chunk_size``,
+                ``file_size``, ``mode``, ``started_ns`` and optionally ``tx_sent``).
+        """
+        return Trace.from_buffers(
+            index=self.index,
+            tx=self.tx,
+            sent_ns=self.sent_ns,
+            arrival_ns=self.arrival_ns,
+            pass_no=self.pass_no,
+            flags=self.flags,
+            **scalars,
+        )
