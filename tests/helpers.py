@@ -1,0 +1,160 @@
+"""Test helpers: a sans-IO session pair on a fake clock over a seeded, terrible network."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from udpxfer.events import ChunkReceived, TransferEnded, VerifyRequested
+from udpxfer.receiver import ReceiverConfig, ReceiverEndpoint, ReceiverSession
+from udpxfer.sender import SenderConfig, SenderSession
+from udpxfer.wire import Data, PacketType, decode_untrusted
+
+PEER = ("192.0.2.1", 4000)  # a documentation address used as an opaque key, never contacted
+
+
+@dataclass
+class Link:
+    """One direction of a seeded lossy link (as trio's test_handshake_over_terrible_network).
+
+    ``drop`` decides per datagram (with its decoded packet) whether it is lost, on top of the
+    random ``loss`` probability.
+    """
+
+    rng: random.Random
+    loss: float = 0.0
+    duplicate: float = 0.0
+    delay_s: float = 0.001
+    jitter_s: float = 0.0
+    drop: Callable[[bytes], bool] | None = None
+    dropped: list[bytes] = field(default_factory=list)
+
+    def carry(self, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        """Deliveries (time, datagram) this datagram turns into."""
+        if (self.drop is not None and self.drop(datagram)) or self.rng.random() < self.loss:
+            self.dropped.append(datagram)
+            return []
+        copies = 2 if self.rng.random() < self.duplicate else 1
+        return [
+            (now + self.delay_s + self.rng.random() * self.jitter_s, datagram)
+            for _ in range(copies)
+        ]
+
+
+def drop_first_copies(chunks: set[int]) -> Callable[[bytes], bool]:
+    """A drop rule that loses the first transmission of each chunk in ``chunks``."""
+
+    def rule(datagram: bytes) -> bool:
+        packet = decode_untrusted(datagram)
+        return isinstance(packet, Data) and not packet.resent and packet.index in chunks
+
+    return rule
+
+
+def drop_types(*types: PacketType, times: int = 1 << 30) -> Callable[[bytes], bool]:
+    """A drop rule that loses the first ``times`` datagrams of the given packet types."""
+    left = {t: times for t in types}
+
+    def rule(datagram: bytes) -> bool:
+        ptype = PacketType(datagram[5])
+        if left.get(ptype, 0) > 0:
+            left[ptype] -= 1
+            return True
+        return False
+
+    return rule
+
+
+@dataclass
+class PairResult:
+    """What a simulated transfer produced."""
+
+    sender: SenderSession
+    endpoint: ReceiverEndpoint
+    session: ReceiverSession | None
+    stored: bytearray
+    ended: list[TransferEnded]
+    elapsed_s: float
+
+
+def run_pair(
+    data: bytes,
+    *,
+    sender_config: SenderConfig | None = None,
+    receiver_config: ReceiverConfig | None = None,
+    forward: Link | None = None,
+    reverse: Link | None = None,
+    name: str = "file.bin",
+    max_time_s: float = 600.0,
+    max_steps: int = 5_000_000,
+) -> PairResult:
+    """Run a sender and a receiver against each other on a fake clock until both are done."""
+    forward = forward or Link(random.Random(0))
+    reverse = reverse or Link(random.Random(1))
+    now = 0.0
+    sender = SenderSession(
+        data,
+        name=name,
+        sha256=hashlib.sha256(data).digest(),
+        session_id=0x1234_5678_9ABC_DEF0,
+        now=now,
+        config=sender_config,
+    )
+    endpoint = ReceiverEndpoint(receiver_config)
+    in_flight: list[tuple[float, int, str, bytes]] = []
+    order = itertools.count()
+    stored = bytearray()
+    session: ReceiverSession | None = None
+    ended: list[TransferEnded] = []
+    for _ in range(max_steps):
+        outgoing = sender.datagrams_to_send(now)
+        for datagram in outgoing:
+            for at, copy in forward.carry(datagram, now):
+                heapq.heappush(in_flight, (at, next(order), "fwd", copy))
+        while (item := endpoint.next_event()) is not None:
+            session, event = item
+            if isinstance(event, ChunkReceived):
+                end = event.offset + len(event.payload)
+                if len(stored) < end:
+                    stored.extend(bytes(end - len(stored)))
+                stored[event.offset : end] = event.payload
+            elif isinstance(event, VerifyRequested):
+                assert session.meta is not None
+                body = bytes(stored[: session.meta.size]).ljust(session.meta.size, b"\0")
+                session.hash_computed(hashlib.sha256(body).digest(), now)
+            elif isinstance(event, TransferEnded):
+                ended.append(event)
+        for datagram, _peer in endpoint.datagrams_to_send():
+            for at, copy in reverse.carry(datagram, now):
+                heapq.heappush(in_flight, (at, next(order), "rev", copy))
+        if sender.finished and not endpoint.sessions and not in_flight:
+            break
+        if outgoing:
+            continue  # an unpaced sender is infinitely fast on the fake clock
+        timers = [t for t in (sender.get_timer(), endpoint.get_timer()) if t is not None]
+        if in_flight:
+            timers.append(in_flight[0][0])
+        if not timers:
+            break
+        now = max(now, min(timers))
+        if now > max_time_s:
+            raise AssertionError(f"transfer did not finish within {max_time_s} s of fake time")
+        while in_flight and in_flight[0][0] <= now:
+            _, _, direction, datagram = heapq.heappop(in_flight)
+            if direction == "fwd":
+                endpoint.receive_datagram(datagram, PEER, now)
+            else:
+                sender.receive_datagram(datagram, now)
+        timer = sender.get_timer()
+        if timer is not None and timer <= now:
+            sender.handle_timer(now)
+        timer = endpoint.get_timer()
+        if timer is not None and timer <= now:
+            endpoint.handle_timer(now)
+    else:
+        raise AssertionError("simulation did not settle")
+    return PairResult(sender, endpoint, session, stored, ended, now)

@@ -1,0 +1,530 @@
+"""The sans-IO receiver: an endpoint that routes datagrams to per-transfer sessions.
+
+Sessions are keyed by (peer address, session id). No sockets, clocks or files in here: the
+driver passes each datagram with its source and ``now``, stores the chunks that
+``ChunkReceived`` events hand out, hashes the file when asked (``VerifyRequested``) and
+sends what ``datagrams_to_send`` returns.
+
+Datagrams that arrive before a transfer's metadata are kept (bounded) and replayed once a
+META copy arrives, so losing the first META copies costs nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+from array import array
+from collections.abc import Hashable
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from udpxfer.errors import MalformedPacket
+from udpxfer.events import (
+    ChunkReceived,
+    Event,
+    NackSent,
+    TransferEnded,
+    TransferStarted,
+    VerifyRequested,
+)
+from udpxfer.ranges import batched, missing_ranges
+from udpxfer.wire import (
+    HEADER_BYTES,
+    MAX_NACK_RANGES,
+    Abort,
+    AbortCode,
+    CorruptPacket,
+    Data,
+    Done,
+    End,
+    Flags,
+    Meta,
+    Mode,
+    Nack,
+    Packet,
+    Status,
+    Verdict,
+    decode_untrusted,
+    encode,
+)
+
+Peer = Hashable
+_RESENT = int(Flags.RESENT)
+_ACK_REQUESTED = int(Flags.ACK_REQUESTED)
+TRACE_RESENT = 1
+TRACE_DUPLICATE = 2
+# Per-datagram cost in a socket buffer beyond the payload (sk_buff and slab rounding); an
+# estimate on the safe side so that the advertised window never overfills the buffer.
+_BUFFER_OVERHEAD_BYTES = 1200
+
+
+class ReceiverState(Enum):
+    """Where a receiver session is; every transition happens in this module."""
+
+    AWAITING_META = auto()  # datagrams of an unknown session, kept until META arrives
+    RECEIVING = auto()
+    VERIFYING = auto()  # every chunk held, the driver is hashing
+    FINISHED = auto()  # verdict reached; lingering to answer repeated ENDs
+    CLOSED = auto()
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverConfig:
+    """Tunables of the receiver."""
+
+    idle_timeout_s: float = 5.0  # silence after which a transfer is given up
+    blast_grace_s: float = 0.5  # blast: wait after END for late or reordered chunks
+    linger_s: float = 1.0  # after the verdict, answer repeated ENDs for this long
+    buffer_bytes: int = 4 << 20  # the socket receive buffer, for the flow-control window
+    max_window: int = 16384
+    max_nack_datagrams: int = 64  # NACK datagrams per round at most
+    max_pending_sessions: int = 64  # unknown sessions whose datagrams are kept
+    max_pending_datagrams: int = 4096  # per unknown session
+    max_file_bytes: int | None = None  # refuse larger transfers
+    record_trace: bool = True
+
+
+class TraceRecorder:
+    """Per-datagram records of one transfer, appended cheaply, read as numpy arrays later."""
+
+    __slots__ = ("arrival_ns", "flags", "index", "pass_no", "sent_ns", "tx")
+
+    def __init__(self) -> None:
+        self.index = array("q")
+        self.tx = array("q")
+        self.sent_ns = array("q")
+        self.arrival_ns = array("q")
+        self.pass_no = array("B")
+        self.flags = array("B")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+class ReceiverSession:
+    """One incoming transfer."""
+
+    def __init__(
+        self, peer: Peer, session_id: int, now: float, config: ReceiverConfig, events: _EventSink
+    ) -> None:
+        self.peer = peer
+        self.session_id = session_id
+        self.config = config
+        self.state = ReceiverState.AWAITING_META
+        self.meta: Meta | None = None
+        self.started_at = now
+        self.first_data_at: float | None = None
+        self.last_heard = now
+        self.finished_at: float | None = None
+        self.outcome: TransferEnded | None = None
+        self.verdict: Verdict | None = None
+        self.sha256_actual: bytes | None = None
+        self.held = bytearray()
+        self.first_pass = bytearray()
+        self.held_count = 0
+        self.trace = TraceRecorder() if config.record_trace else None
+
+        self.datagrams = 0  # datagrams attributed to this session
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.corrupt = 0
+        self.retransmitted = 0
+        self.nacks_sent = 0
+        self.rounds = 0
+        self.tx_sent = -1  # data datagrams the sender says it sent (from END)
+        self.window = 0
+
+        self._events = events
+        self._pending_packets: list[Packet] = []
+        self._outgoing: list[bytes] = []
+        self._highest_tx = -1
+        self._last_sent_ns = 0
+        self._end_seen_at: float | None = None
+        self._last_end_round = -1
+        self._chunk_size = 0
+        self._last_len = 0
+        self._chunk_count = 0
+
+    # -- driven by the endpoint ---------------------------------------------------------
+
+    def receive_packet(self, packet: Packet, now: float) -> bool:
+        """Handle one decoded packet; False when it has no place in this transfer."""
+        self.last_heard = now
+        if self.state is ReceiverState.AWAITING_META:
+            return self._await_meta(packet, now)
+        if self.state is ReceiverState.CLOSED:
+            return False
+        self.datagrams += 1
+        match packet:
+            case Data():
+                return self._on_data(packet, now)
+            case End():
+                self._on_end(packet, now)
+                return True
+            case Meta():
+                return self._on_repeated_meta(packet)
+            case Abort():
+                if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:
+                    self._end(now, "aborted", f"sender aborted: {packet.reason}")
+                return True
+        return False
+
+    def hash_computed(self, digest: bytes, now: float) -> None:
+        """The driver's SHA-256 of the stored file, after ``VerifyRequested``."""
+        if self.state is not ReceiverState.VERIFYING or self.meta is None:
+            return
+        self.sha256_actual = digest
+        if digest == self.meta.sha256:
+            self.verdict = Verdict.VERIFIED
+            self._end(now, "complete", "")
+        else:
+            self.verdict = Verdict.MISMATCH
+            self._end(now, "mismatch", "SHA-256 of the received file does not match")
+        self._send_done(self._last_sent_ns, now)
+
+    def datagrams_to_send(self) -> list[bytes]:
+        """Feedback datagrams waiting to go to the peer."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must run next."""
+        if self.state is ReceiverState.CLOSED or self.state is ReceiverState.VERIFYING:
+            return None
+        if self.state is ReceiverState.FINISHED:
+            return self.last_heard + self.config.linger_s
+        deadline = self.last_heard + self.config.idle_timeout_s
+        if self._end_seen_at is not None and self.meta is not None and self.meta.mode is Mode.BLAST:
+            deadline = min(deadline, self._end_seen_at + self.config.blast_grace_s)
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        """Idle timeout, blast-mode grace after END, end of lingering."""
+        state = self.state
+        if state is ReceiverState.FINISHED:
+            if now >= self.last_heard + self.config.linger_s:
+                self.state = ReceiverState.CLOSED
+            return
+        if state is ReceiverState.AWAITING_META:
+            if now >= self.last_heard + self.config.idle_timeout_s:
+                self.state = ReceiverState.CLOSED
+            return
+        if state is not ReceiverState.RECEIVING:
+            return
+        if now >= self.last_heard + self.config.idle_timeout_s:
+            self._end(now, "timeout", f"sender silent for {self.config.idle_timeout_s:g} s")
+            self._outgoing.append(
+                encode(Abort(self.session_id, AbortCode.TIMEOUT, "receiver timed out", _ns(now)))
+            )
+        elif (
+            self._end_seen_at is not None
+            and self.meta is not None
+            and self.meta.mode is Mode.BLAST
+            and now >= self._end_seen_at + self.config.blast_grace_s
+        ):
+            self._finish_blast(now)
+
+    def close(self, now: float, reason: str) -> None:
+        """The receiver is shutting down: end the transfer as aborted and tell the sender."""
+        if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:
+            self._end(now, "aborted", reason)
+            self._outgoing.append(
+                encode(Abort(self.session_id, AbortCode.CANCELLED, reason, _ns(now)))
+            )
+        self.state = ReceiverState.CLOSED
+
+    # -- views for reports ---------------------------------------------------------------
+
+    @property
+    def pending_datagrams(self) -> int:
+        """Datagrams kept while waiting for META."""
+        return len(self._pending_packets)
+
+    @property
+    def is_transfer(self) -> bool:
+        """True once valid metadata started a transfer."""
+        return self.meta is not None
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk is held."""
+        return self.meta is not None and self.held_count == self.meta.chunk_count
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """Chunks missing now, as inclusive ranges."""
+        return missing_ranges(self.held)
+
+    def first_pass_gaps(self) -> list[tuple[int, int]]:
+        """Chunks whose first transmission never arrived, as inclusive ranges."""
+        return missing_ranges(self.first_pass)
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def _await_meta(self, packet: Packet, now: float) -> bool:
+        if isinstance(packet, Meta):
+            self._start(packet, now)
+            replay, self._pending_packets = self._pending_packets, []
+            for kept in replay:
+                self.receive_packet(kept, now)
+            return True
+        if isinstance(packet, Data | End | Abort):
+            if len(self._pending_packets) >= self.config.max_pending_datagrams:
+                return False
+            if isinstance(packet, Data):
+                packet = Data(
+                    packet.session,
+                    packet.index,
+                    packet.tx,
+                    bytes(packet.payload),
+                    packet.pass_no,
+                    packet.flags,
+                    packet.sent_ns,
+                )
+            self._pending_packets.append(packet)
+            return True
+        return False
+
+    def _start(self, meta: Meta, now: float) -> None:
+        limit = self.config.max_file_bytes
+        self.meta = meta
+        self.datagrams += 1
+        if limit is not None and meta.size > limit:
+            self._end(now, "aborted", f"file of {meta.size} bytes exceeds the limit of {limit}")
+            self._outgoing.append(
+                encode(Abort(self.session_id, AbortCode.REFUSED, "file too large", _ns(now)))
+            )
+            return
+        self.state = ReceiverState.RECEIVING
+        self._chunk_size = meta.chunk_size
+        self._chunk_count = meta.chunk_count
+        self._last_len = meta.size - (meta.chunk_count - 1) * meta.chunk_size
+        self.held = bytearray(meta.chunk_count)
+        self.first_pass = bytearray(meta.chunk_count)
+        per_datagram = meta.chunk_size + HEADER_BYTES + _BUFFER_OVERHEAD_BYTES
+        self.window = max(
+            8, min(self.config.max_window, self.config.buffer_bytes // 2 // per_datagram)
+        )
+        self._events.emit(self, TransferStarted(meta))
+        self._send_status(meta.sent_ns, now)
+        if meta.chunk_count == 0:
+            self._all_held()
+
+    def _on_repeated_meta(self, meta: Meta) -> bool:
+        current = self.meta
+        if current is None or (meta.name, meta.size, meta.chunk_size, meta.sha256, meta.mode) != (
+            current.name,
+            current.size,
+            current.chunk_size,
+            current.sha256,
+            current.mode,
+        ):
+            return False
+        if self.state is ReceiverState.RECEIVING:
+            self._send_status(meta.sent_ns, self.last_heard)
+        return True
+
+    def _on_data(self, data: Data, now: float) -> bool:
+        index = data.index
+        count = self._chunk_count
+        if index >= count or len(data.payload) != (
+            self._chunk_size if index < count - 1 else self._last_len
+        ):
+            return False
+        if self.first_data_at is None:
+            self.first_data_at = now
+        flags = data.flags
+        held = self.held
+        duplicate = held[index]
+        if self.trace is not None:
+            trace = self.trace
+            trace.index.append(index)
+            trace.tx.append(data.tx)
+            trace.sent_ns.append(data.sent_ns)
+            trace.arrival_ns.append(_ns(now))
+            trace.pass_no.append(data.pass_no)
+            trace.flags.append((flags & _RESENT) | (TRACE_DUPLICATE if duplicate else 0))
+        if data.tx > self._highest_tx:
+            self._highest_tx = data.tx
+        elif not duplicate:
+            self.out_of_order += 1
+        if flags & _RESENT:
+            self.retransmitted += 1
+        else:
+            self.first_pass[index] = 1
+        if duplicate:
+            self.duplicates += 1
+        elif self.state is ReceiverState.RECEIVING:
+            held[index] = 1
+            self.held_count += 1
+            self._events.emit(self, ChunkReceived(index, index * self._chunk_size, data.payload))
+            if self.held_count == count:
+                self._all_held()
+        if flags & _ACK_REQUESTED:
+            self._send_status(data.sent_ns, now)
+        return True
+
+    def _on_end(self, end: End, now: float) -> None:
+        self._last_sent_ns = end.sent_ns
+        self.tx_sent = max(self.tx_sent, end.tx_sent)
+        if self._end_seen_at is None:
+            self._end_seen_at = now
+        if self.state is ReceiverState.FINISHED:
+            if self.verdict is not None:
+                self._send_done(end.sent_ns, now)
+            return
+        if self.state is not ReceiverState.RECEIVING or self.meta is None:
+            return
+        if self.meta.mode is Mode.BLAST:
+            return  # the grace timer finishes the transfer
+        self._last_end_round = end.round
+        self.rounds = max(self.rounds, end.round)
+        ranges = self.gaps()
+        limit = self.config.max_nack_datagrams
+        sent = 0
+        for part in batched(ranges, MAX_NACK_RANGES):
+            if sent == limit:
+                break  # the rest waits for the next round
+            self._outgoing.append(
+                encode(Nack(self.session_id, end.round, end.sent_ns, tuple(part), _ns(now)))
+            )
+            sent += 1
+        self.nacks_sent += sent
+        self._events.emit(self, NackSent(end.round, self._chunk_count - self.held_count))
+
+    def _finish_blast(self, now: float) -> None:
+        if self.complete:
+            self._all_held()
+            return
+        self.verdict = Verdict.INCOMPLETE
+        self._end(now, "incomplete", "chunks missing after the blast")
+        self._send_done(self._last_sent_ns, now)
+
+    def _all_held(self) -> None:
+        if self.state is ReceiverState.RECEIVING:
+            self.state = ReceiverState.VERIFYING
+            self._events.emit(self, VerifyRequested())
+
+    def _end(self, now: float, outcome: str, reason: str) -> None:
+        self.state = ReceiverState.FINISHED
+        self.finished_at = now
+        self.outcome = TransferEnded(outcome, reason, self.verdict)
+        self._events.emit(self, self.outcome)
+
+    def _send_status(self, echo_ns: int, now: float) -> None:
+        status = Status(
+            self.session_id, echo_ns, self._highest_tx, self.held_count, self.window, _ns(now)
+        )
+        self._outgoing.append(encode(status))
+
+    def _send_done(self, echo_ns: int, now: float) -> None:
+        if self.verdict is None:
+            return
+        done = Done(
+            self.session_id,
+            self.verdict,
+            self.held_count,
+            self.sha256_actual or bytes(32),
+            echo_ns,
+            _ns(now),
+        )
+        self._outgoing.append(encode(done))
+
+
+def _ns(now: float) -> int:
+    return int(now * 1e9)
+
+
+class _EventSink:
+    """The endpoint's queue of (session, event) pairs."""
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[tuple[ReceiverSession, Event]] = collections.deque()
+
+    def emit(self, session: ReceiverSession, event: Event) -> None:
+        self.queue.append((session, event))
+
+
+class ReceiverEndpoint:
+    """All transfers arriving at one socket."""
+
+    def __init__(self, config: ReceiverConfig | None = None) -> None:
+        self.config = config or ReceiverConfig()
+        self.sessions: dict[tuple[Peer, int], ReceiverSession] = {}
+        self.received = 0  # every datagram handed in
+        self.rejected = 0  # datagrams that are part of no valid transfer
+        self._sink = _EventSink()
+
+    def receive_datagram(
+        self, data: bytes | bytearray | memoryview, peer: Peer, now: float
+    ) -> None:
+        """Handle one datagram from ``peer``; never raises for any content."""
+        self.received += 1
+        try:
+            packet = decode_untrusted(data)
+        except CorruptPacket as exc:
+            session = self.sessions.get((peer, exc.session))
+            if session is not None and session.is_transfer:
+                session.corrupt += 1
+                session.datagrams += 1
+            else:
+                self.rejected += 1
+            return
+        except MalformedPacket:
+            self.rejected += 1
+            return
+        key = (peer, packet.session)
+        session = self.sessions.get(key)
+        if session is None:
+            if not isinstance(packet, Meta | Data | End) or not self._room_for_unknown():
+                self.rejected += 1
+                return
+            session = ReceiverSession(peer, packet.session, now, self.config, self._sink)
+            self.sessions[key] = session
+        if not session.receive_packet(packet, now):
+            self.rejected += 1
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Peer]]:
+        """Feedback for every peer: (datagram, peer) pairs."""
+        out: list[tuple[bytes, Peer]] = []
+        for session in self.sessions.values():
+            if session._outgoing:
+                out.extend((datagram, session.peer) for datagram in session.datagrams_to_send())
+        return out
+
+    def get_timer(self) -> float | None:
+        """The earliest timer of any session."""
+        timers = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run due session timers and forget closed sessions."""
+        for key, session in list(self.sessions.items()):
+            timer = session.get_timer()
+            if timer is not None and now >= timer:
+                session.handle_timer(now)
+            if session.state is ReceiverState.CLOSED and not session._outgoing:
+                if not session.is_transfer:
+                    self.rejected += session.pending_datagrams
+                del self.sessions[key]
+
+    def next_event(self) -> tuple[ReceiverSession, Event] | None:
+        """The oldest (session, event) pair not yet taken, or None."""
+        queue = self._sink.queue
+        return queue.popleft() if queue else None
+
+    def close(self, now: float, reason: str) -> None:
+        """End every open transfer (Ctrl-C on the receiver)."""
+        for session in self.sessions.values():
+            session.close(now, reason)
+
+    @property
+    def active_transfers(self) -> int:
+        """Transfers that have started and not reached a verdict."""
+        return sum(
+            1
+            for s in self.sessions.values()
+            if s.state is ReceiverState.RECEIVING or s.state is ReceiverState.VERIFYING
+        )
+
+    def _room_for_unknown(self) -> bool:
+        waiting = sum(1 for s in self.sessions.values() if s.state is ReceiverState.AWAITING_META)
+        return waiting < self.config.max_pending_sessions
