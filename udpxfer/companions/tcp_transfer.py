@@ -1,0 +1,192 @@
+"""File transfer over TCP for comparison runs: the header, the verdict line, the sender.
+
+On one connection the sender writes a header, then the file's bytes; the receiver answers
+one verdict line once it has checked the SHA-256. The sender exits successfully only on
+``OK``. Layout (network byte order; docs/PROTOCOL.md has the same table):
+
+    offset size field
+    0      4    magic b"UXTC"
+    4      1    version (1)
+    5      1    flags (0; ignored)
+    6      2    name length N in bytes (0..1024)
+    8      8    file size in bytes
+    16     32   SHA-256 of the whole file
+    48     N    file name, UTF-8 (the receiver keeps only a safe base name)
+    then   size the file's bytes
+    <- receiver: one ASCII line, "OK sha256=<hex>\\n" or "FAIL <reason>\\n"
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from udpxfer.companions.runtime import NoProgress, ProgressFactory, connect_tcp
+from udpxfer.errors import MalformedPacket, TransferError, UsageError
+from udpxfer.files import sha256_file
+from udpxfer.units import Address, format_size
+
+DEFAULT_PORT = 9001
+MAGIC = b"UXTC"
+VERSION = 1
+HEADER = struct.Struct("!4sBBHQ32s")
+MAX_NAME_BYTES = 1024
+MAX_VERDICT_BYTES = 1024
+SEND_SLICE_BYTES = 1 << 20  # one sendfile call: the unit of progress updates
+
+
+@dataclass(frozen=True, slots=True)
+class TransferHeader:
+    """What the receiver learns before the file's bytes."""
+
+    name: str
+    size: int
+    sha256: bytes
+
+
+def encode_header(header: TransferHeader) -> bytes:
+    """The header bytes for ``header``; the name is cut to ``MAX_NAME_BYTES`` of UTF-8."""
+    name = header.name.encode("utf-8", errors="surrogateescape")[:MAX_NAME_BYTES]
+    fixed = HEADER.pack(MAGIC, VERSION, 0, len(name), header.size, header.sha256)
+    return fixed + name
+
+
+def header_length_untrusted(fixed: bytes) -> int:
+    """The whole header's length, from its first ``HEADER.size`` bytes.
+
+    Raises:
+        MalformedPacket: not a udpxfer TCP transfer header of a known version.
+    """
+    try:
+        magic, version, _, name_len, _, _ = HEADER.unpack(fixed)
+    except struct.error as exc:
+        raise MalformedPacket(f"short header ({len(fixed)} bytes)") from exc
+    if magic != MAGIC:
+        raise MalformedPacket("not a udpxfer TCP transfer (bad magic)")
+    if version != VERSION:
+        raise MalformedPacket(f"unsupported version {version}")
+    if name_len > MAX_NAME_BYTES:
+        raise MalformedPacket(f"name of {name_len} bytes is too long")
+    return HEADER.size + int(name_len)
+
+
+def decode_header_untrusted(data: bytes) -> TransferHeader:
+    """Decode a complete header (fixed part and name).
+
+    Raises:
+        MalformedPacket: the bytes are not a valid header.
+    """
+    length = header_length_untrusted(data[: HEADER.size])
+    if len(data) != length:
+        raise MalformedPacket(f"header of {len(data)} bytes, expected {length}")
+    _, _, _, _, size, digest = HEADER.unpack_from(data)
+    try:
+        name = data[HEADER.size :].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedPacket("file name is not UTF-8") from exc
+    return TransferHeader(name, size, digest)
+
+
+def encode_verdict(ok: bool, detail: str) -> bytes:
+    """The receiver's answer line: ``OK sha256=<hex>`` or ``FAIL <reason>``."""
+    text = f"{'OK' if ok else 'FAIL'} {detail}".encode("ascii", errors="replace")
+    return text[: MAX_VERDICT_BYTES - 1].replace(b"\n", b" ") + b"\n"
+
+
+def decode_verdict_untrusted(line: bytes) -> tuple[bool, str]:
+    """``(ok, detail)`` from a verdict line.
+
+    Raises:
+        MalformedPacket: the line is not a verdict.
+    """
+    word, _, detail = line.rstrip(b"\r\n").decode("ascii", errors="replace").partition(" ")
+    if word not in ("OK", "FAIL") or not line.endswith(b"\n"):
+        raise MalformedPacket(f"unexpected answer from the receiver: {line[:80]!r}")
+    return word == "OK", detail
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """A file the receiver confirmed."""
+
+    name: str
+    size: int
+    sha256_hex: str
+    duration_s: float
+    verdict: str
+
+
+def send_file(
+    path: Path,
+    to: Address,
+    *,
+    timeout_s: float = 30.0,
+    progress: ProgressFactory = NoProgress,
+) -> SendResult:
+    """Send ``path`` to a ``tcp recv`` at ``to`` and wait for its verdict.
+
+    ``timeout_s`` bounds the connection attempt, any stall of the receiver, and the wait for
+    its verdict.
+
+    Raises:
+        UsageError: the file cannot be read, or the address is bad.
+        TransportError: the receiver cannot be reached.
+        TransferError: the connection broke, or the receiver did not confirm the file.
+    """
+    if not path.is_file():
+        raise UsageError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
+    digest = sha256_file(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    with handle, connect_tcp(to, timeout_s) as sock:
+        size = path.stat().st_size
+        started = time.perf_counter()
+        sock.settimeout(timeout_s)
+        bar = progress(path.name, size)
+        sent = 0
+        try:
+            sock.sendall(encode_header(TransferHeader(path.name, size, digest)))
+            while sent < size:
+                n = sock.sendfile(handle, sent, min(SEND_SLICE_BYTES, size - sent))
+                if n == 0:
+                    raise TransferError(f"{path} shrank while it was being sent")
+                sent += n
+                bar.update(n)
+            verdict = _read_verdict(sock)
+        except TimeoutError:
+            raise TransferError(
+                f"receiver at {to} stalled for {timeout_s:g} s after {format_size(sent)} "
+                f"of {format_size(size)}"
+            ) from None
+        except OSError as exc:
+            raise TransferError(
+                f"connection to receiver {to} lost after {format_size(sent)} of "
+                f"{format_size(size)} ({exc.strerror or type(exc).__name__}); "
+                "the file was not delivered"
+            ) from None
+        finally:
+            bar.close()
+    ok, detail = verdict
+    if not ok:
+        raise TransferError(f"receiver rejected {path.name}: {detail}")
+    return SendResult(path.name, size, digest.hex(), time.perf_counter() - started, detail)
+
+
+def _read_verdict(sock: socket.socket) -> tuple[bool, str]:
+    line = b""
+    while not line.endswith(b"\n") and len(line) < MAX_VERDICT_BYTES:
+        data = sock.recv(MAX_VERDICT_BYTES - len(line))
+        if not data:
+            break
+        line += data
+    if not line:
+        raise TransferError("receiver closed the connection without confirming the file")
+    try:
+        return decode_verdict_untrusted(line)
+    except MalformedPacket as exc:
+        raise TransferError(str(exc)) from None
