@@ -138,3 +138,44 @@ def parse_address(text: str, *, default_host: str) -> Address:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise UsageError(f"bad address {text!r}: port must be a number from 0 to 65535")
     return Address(host, int(port_text))
+
+
+# Durations: a bare number is milliseconds, the unit netem users think in (``delay 20ms``).
+_DURATION_UNITS = {"": 1e-3, "MS": 1e-3, "S": 1.0, "US": 1e-6}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a duration such as ``20ms``, ``0.5s``, ``250us`` or a bare ``20`` into seconds.
+
+    A bare number means milliseconds; ``µs`` is accepted for ``us``.
+
+    Raises:
+        UsageError: the text is not a non-negative duration.
+    """
+    match = _NUMBER.match(text.replace("µ", "u"))
+    unit = match.group(2).upper() if match else ""
+    if not match or unit not in _DURATION_UNITS:
+        raise UsageError(
+            f"bad duration {text!r}: expected a number with an optional ms, s or us suffix "
+            "(a bare number means milliseconds)"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[unit]
+
+
+def parse_probability(text: str) -> float:
+    """Parse a probability given as a fraction (``0.05``) or a percentage (``5%``).
+
+    Raises:
+        UsageError: the text is not a number from 0 to 1 (or 0% to 100%).
+    """
+    raw = text.strip()
+    scale = 100.0 if raw.endswith("%") else 1.0
+    match = _NUMBER.match(raw.removesuffix("%"))
+    if not match or match.group(2):
+        raise UsageError(f"bad probability {text!r}: expected a number such as 0.05 or 5%")
+    value = float(match.group(1)) / scale
+    if value > 1.0:
+        raise UsageError(
+            f"bad probability {text!r}: must be from 0 to 1 (write 5% for a percentage)"
+        )
+    return value
