@@ -1,3 +1,366 @@
-"""Commands of the companions part of the CLI (registered on import)."""
+"""``udpxfer tcp ...`` and ``udpxfer udp ...``: the lab companions and the TCP transfer.
+
+Servers log to stdout with timestamps, stop cleanly on Ctrl-C or SIGTERM with a one-line
+summary, and exit 0. Clients exit 130 when interrupted.
+"""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_INTERRUPTED, guarded, tcp_app, udp_app
+from udpxfer.companions import echo, palindrome_tcp, tcp_transfer, udp_echo
+from udpxfer.companions.rtt import PingStats
+from udpxfer.companions.runtime import (
+    NoProgress,
+    Progress,
+    ProgressFactory,
+    printable,
+    read_lines,
+    timestamped,
+)
+from udpxfer.companions.tcp_receiver import run_tcp_receiver
+from udpxfer.errors import UsageError
+from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
+from udpxfer.units import Address, format_rate, format_size, parse_address, parse_size
+
+_BIND_HELP = (
+    "Where to listen: PORT (all interfaces, IPv4 and IPv6), HOST:PORT or \\[v6addr]:PORT. "
+    "Port 0 picks a free port; the log says which."
+)
+_TO_HELP = "The server: PORT (on this machine), HOST:PORT or \\[v6addr]:PORT."
+
+
+def _bind(text: str) -> Address:
+    return parse_address(text, default_host=ALL_INTERFACES)
+
+
+def _to(text: str) -> Address:
+    return parse_address(text, default_host=LOOPBACK)
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _progress(quiet: bool) -> ProgressFactory:
+    """tqdm bars on stderr, unless ``--quiet`` or stderr is not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return NoProgress
+
+    def bar(label: str, total: int) -> Progress:
+        bar: Progress = tqdm(
+            total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=False
+        )
+        return bar
+
+    return bar
+
+
+# ---------------------------------------------------------------- TCP echo
+
+
+@tcp_app.command("echo-server")
+def echo_server(
+    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(echo.DEFAULT_PORT),
+) -> None:
+    """Echo every byte each client sends back to it (many clients at once).
+
+    Clients are numbered in order of arrival, and logged with a timestamp:
+    "Client connected N from HOST:PORT", then "Client disconnected: N".
+    Ctrl-C or SIGTERM stops the server; it prints a summary and exits 0.
+
+    Try it with: udpxfer tcp echo-client (or nc localhost 8000)
+    """
+    log = timestamped(typer.echo)
+    with guarded():
+        stats = echo.run_echo_server(_bind(bind), log=log)
+    log(stats.summary("TCP echo server"))
+
+
+@tcp_app.command("echo-client")
+def echo_client(
+    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(echo.DEFAULT_PORT),
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds to wait for the connection, and for the server to close after Quit.",
+        ),
+    ] = 5.0,
+) -> None:
+    """Send each line you type to an echo server and print what comes back.
+
+    A line "Quit" (or Ctrl-D) closes our side of the connection;
+    the client ends when the server closes, and says so.
+
+    From a pipe: printf 'hello\\nQuit\\n' | udpxfer tcp echo-client
+    """
+    with guarded():
+        echo.run_echo_client(
+            _to(to),
+            read_lines(sys.stdin.fileno()),
+            write=_write_stdout,
+            say=typer.echo,
+            timeout_s=timeout,
+        )
+
+
+# ---------------------------------------------------------------- palindrome
+
+
+@tcp_app.command("palindrome-server")
+def palindrome_server(
+    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(palindrome_tcp.DEFAULT_PORT),
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help="Compare each line's exact code points. By default case, accents and "
+            "everything but letters and digits are ignored."
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log every request and its answer.")
+    ] = False,
+) -> None:
+    """Answer whether each line a client sends is a palindrome.
+
+    One UTF-8 line per request, one line per answer, in order:
+    PALINDROME, NOT PALINDROME or ERROR <reason>.
+    By default a tab and the normalised form follow the verdict:
+    case, accents and all but letters and digits are ignored,
+    so "A man, a plan, a canal: Panama" is a palindrome.
+    A line over 64 KiB, or not UTF-8, gets an ERROR; the connection stays open.
+
+    Try it with: udpxfer tcp palindrome-client (or nc localhost 8001)
+    """
+    log = timestamped(typer.echo)
+    with guarded():
+        stats = palindrome_tcp.run_palindrome_server(
+            _bind(bind), strict=strict, verbose=verbose, log=log
+        )
+    log(stats.summary("Palindrome server", "requests answered"))
+
+
+@tcp_app.command("palindrome-client")
+def palindrome_client(
+    strings: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Strings to check, one answer line each. Without any, lines are read "
+            "from stdin (type them, Ctrl-D ends).",
+            show_default=False,
+        ),
+    ] = None,
+    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(palindrome_tcp.DEFAULT_PORT),
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for the connection and each answer.")
+    ] = 10.0,
+) -> None:
+    """Ask a palindrome server about each string and print its answers, in order.
+
+    Example: udpxfer tcp palindrome-client "Ésope reste ici et se repose" hello
+    prints one answer line per string:
+    PALINDROME<tab>esoperesteicietserepose
+    NOT PALINDROME<tab>hello
+    """
+    with guarded():
+        if strings:
+            lines = [palindrome_tcp.request_line(text) for text in strings]
+            palindrome_tcp.run_palindrome_client(
+                _to(to), lines, on_answer=typer.echo, timeout_s=timeout
+            )
+            return
+        if sys.stdin.isatty():
+            typer.echo("Type a line to check it; Ctrl-D ends.", err=True)
+        palindrome_tcp.run_palindrome_client(
+            _to(to), read_lines(sys.stdin.fileno()), on_answer=typer.echo, timeout_s=timeout
+        )
+
+
+# ---------------------------------------------------------------- UDP echo
+
+
+@udp_app.command("echo-server")
+def udp_echo_server(
+    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(udp_echo.DEFAULT_PORT),
+    close_after: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Close after this many seconds (the original closed after 8). "
+            "Default: run until Ctrl-C or SIGTERM.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Echo every datagram back to its sender, logging its text, size and sender.
+
+    The log starts with the address, port and family the server listens on.
+    Try it with: udpxfer udp echo-client hello world
+    """
+    log = timestamped(typer.echo)
+    with guarded():
+        stats = udp_echo.run_udp_echo_server(_bind(bind), close_after_s=close_after, log=log)
+    log(stats.summary("UDP echo server", "datagrams echoed"))
+
+
+@udp_app.command("echo-client")
+def udp_echo_client(
+    buffers: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Text sent as ONE datagram: several buffers are joined, so 'hello world' "
+            "arrives as 'helloworld'. Without any, a generated payload of --size bytes.",
+            show_default=False,
+        ),
+    ] = None,
+    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(udp_echo.DEFAULT_PORT),
+    count: Annotated[
+        int, typer.Option("--count", "-c", min=0, help="Datagrams to send; 0 = until Ctrl-C.")
+    ] = 1,
+    interval: Annotated[
+        float, typer.Option("--interval", "-i", min=0.0, help="Seconds between sends.")
+    ] = 1.0,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            "--size",
+            "-s",
+            help="Generated payload size (e.g. 1400, 8K) when no buffers are given "
+            f"\\[default: {udp_echo.DEFAULT_PAYLOAD_BYTES}].",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", "-W", min=0.001, help="Seconds to wait for each echo."),
+    ] = 1.0,
+) -> None:
+    """Send datagrams to a UDP echo server and time the echoes, like ping.
+
+    Prints each echo with its round-trip time, then
+    "N transmitted, M received, X% lost; rtt min/avg/max/mdev = a/b/c/d ms".
+    Exit status: 0 if at least one echo came back, 1 if all were lost, 130 on Ctrl-C.
+    """
+    stats = PingStats()
+    parts = [text.encode("utf-8", errors="surrogateescape") for text in buffers or []]
+
+    def on_echo(reply: udp_echo.EchoReply) -> None:
+        typer.echo(
+            f"{len(reply.data)} bytes from {reply.peer}: seq={reply.seq} "
+            f"time={reply.rtt_ms:.3f} ms: {printable(reply.data, 60)}"
+        )
+
+    def on_loss(seq: int, reason: str) -> None:
+        typer.echo(f"seq={seq}: {reason}")
+
+    with guarded():
+        if parts and size is not None:
+            raise UsageError("give buffers or --size, not both")
+        target = _to(to)
+        try:
+            udp_echo.run_udp_echo_client(
+                target,
+                parts,
+                stats=stats,
+                size=None if size is None else parse_size(size),
+                count=count,
+                interval_s=interval,
+                timeout_s=timeout,
+                on_echo=on_echo,
+                on_loss=on_loss,
+            )
+        finally:
+            if stats.transmitted:
+                typer.echo(f"--- {target} UDP echo statistics ---")
+                typer.echo(stats.summary())
+    if not stats.received:
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+# ---------------------------------------------------------------- TCP file transfer
+
+
+@tcp_app.command("send")
+def tcp_send(
+    file: Annotated[Path, typer.Argument(help="The file to send.", show_default=False)],
+    to: Annotated[
+        str,
+        typer.Option(help="The receiver: PORT (on this machine), HOST:PORT or \\[v6addr]:PORT."),
+    ] = str(tcp_transfer.DEFAULT_PORT),
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds the receiver may stall (connect, read, verdict) before we give up.",
+        ),
+    ] = 30.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Send one file over TCP to "udpxfer tcp recv", for TCP-vs-UDP comparisons.
+
+    The receiver checks the SHA-256 and confirms: only then the exit status is 0.
+    A broken connection or a rejected file exits 1, with one line on stderr.
+    """
+    with guarded():
+        result = tcp_transfer.send_file(file, _to(to), timeout_s=timeout, progress=_progress(quiet))
+    rate = result.size * 8 / result.duration_s if result.duration_s > 0 else 0.0
+    typer.echo(
+        f"sent {result.name} ({format_size(result.size)}) in {result.duration_s:.3f} s "
+        f"({format_rate(rate)}); receiver verified {result.verdict}"
+    )
+
+
+@tcp_app.command("recv")
+def tcp_recv(
+    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(tcp_transfer.DEFAULT_PORT),
+    out: Annotated[
+        Path, typer.Option(help="Directory for received files (created if needed).")
+    ] = Path("received"),
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the JSON report (later transfers get -1, -2... names). "
+            "Default: reports/<UTC time>-<name>.json.",
+            show_default=False,
+        ),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option(help="Exit after one transfer; the exit status is its verdict.")
+    ] = False,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds of sender silence before a transfer is abandoned."),
+    ] = 10.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Receive files sent with "udpxfer tcp send" and write a JSON report for each.
+
+    A file is written as NAME.partial, renamed to NAME once its SHA-256 matches;
+    a transfer that breaks off leaves the .partial and a report saying so.
+    With --once the exit status is that transfer's: 0 verified, 1 not.
+    Ctrl-C or SIGTERM: exit 0 when idle, 130 during a transfer.
+    """
+    log = timestamped(typer.echo)
+    with guarded():
+        result = run_tcp_receiver(
+            _bind(bind),
+            out,
+            log=log,
+            report=report,
+            once=once,
+            idle_timeout_s=idle_timeout,
+            progress=_progress(quiet),
+        )
+    log(result.summary())
+    if result.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if once and not (result.reports and result.reports[-1]["file"]["verified"]):
+        raise typer.Exit(EXIT_INCOMPLETE)
