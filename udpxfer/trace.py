@@ -13,7 +13,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +61,30 @@ def _from_buffer(
     if buf.typecode not in "bBhHiIlLqQ":
         raise ValueError(f"column {name}: array typecode {buf.typecode!r} is not an integer type")
     return _column(name, np.frombuffer(buf, dtype=np.dtype(buf.typecode)), dtype)
+
+
+def _read_fields(handle: BinaryIO) -> dict[str, Any]:
+    """The ``Trace`` fields stored in an open ``.npz`` file (``ValueError`` if it is not one)."""
+    loaded = np.load(handle, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError("not an .npz archive")
+    with loaded as archive:
+        members = set(archive.files)
+        if "format" not in members or str(archive["format"]) != TRACE_FORMAT:
+            raise ValueError(f"not a {TRACE_FORMAT} archive")
+        missing = {"mode", *_INT64_COLUMNS, *_UINT8_COLUMNS, *_SCALARS} - members
+        if missing:
+            raise ValueError(f"missing {', '.join(sorted(missing))}")
+        fields: dict[str, Any] = {
+            name: archive[name] for name in (*_INT64_COLUMNS, *_UINT8_COLUMNS)
+        }
+        for name in _SCALARS:
+            value = archive[name]
+            if value.shape != () or value.dtype.kind not in "iu":
+                raise ValueError(f"{name} is not an integer scalar")
+            fields[name] = int(value)
+        fields["mode"] = str(archive["mode"])
+    return fields
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,26 +211,8 @@ class Trace:
             UsageError: the file is missing, unreadable, not a trace or inconsistent.
         """
         try:
-            loaded = np.load(path, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            with loaded as archive:
-                members = set(archive.files)
-                missing = {"format", "mode", *_INT64_COLUMNS, *_UINT8_COLUMNS, *_SCALARS}
-                missing -= members
-                if "format" not in members or str(archive["format"]) != TRACE_FORMAT:
-                    raise ValueError(f"not a {TRACE_FORMAT} archive")
-                if missing:
-                    raise ValueError(f"missing {', '.join(sorted(missing))}")
-                fields: dict[str, Any] = {
-                    name: archive[name] for name in (*_INT64_COLUMNS, *_UINT8_COLUMNS)
-                }
-                for name in _SCALARS:
-                    value = archive[name]
-                    if value.shape != () or value.dtype.kind not in "iu":
-                        raise ValueError(f"{name} is not an integer scalar")
-                    fields[name] = int(value)
-                fields["mode"] = str(archive["mode"])
+            with path.open("rb") as handle:
+                fields = _read_fields(handle)
             return cls(**fields)
         except OSError as exc:
             reason = exc.strerror or str(exc)
@@ -218,7 +224,8 @@ class Trace:
             zlib.error,
             pickle.UnpicklingError,
         ) as exc:
-            raise UsageError(f"bad trace file {path}: {exc}") from None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"bad trace file {path}: {reason}") from None
 
 
 class TraceRecorder:
