@@ -246,6 +246,12 @@ class SenderSession:
         self._pending.extend((abort, abort))
         self._finish(now, "aborted", reason, fail=True)
 
+    def release(self) -> None:
+        """Drop the reference to the file's buffer (the driver may then unmap it)."""
+        if isinstance(self._view, memoryview):
+            self._view.release()
+        self._view = b""
+
     # -- state ---------------------------------------------------------------------------
 
     @property

@@ -1,3 +1,310 @@
-"""``udpxfer send``, ``recv`` and ``demo``."""
+"""``udpxfer send`` and ``udpxfer recv``."""
 
 from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import suppress
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
+from udpxfer.driver import ReceiverServer, TransferResult, send_file
+from udpxfer.errors import TransferError
+from udpxfer.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.report import summary_lines
+from udpxfer.sender import SenderConfig, SenderSession
+from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
+from udpxfer.units import format_rate, format_size, parse_address, parse_rate, parse_size
+from udpxfer.wire import DEFAULT_CHUNK_BYTES, Mode
+
+DEFAULT_PORT = 9000
+
+
+class ModeChoice(StrEnum):
+    """Transfer modes as typed on the command line."""
+
+    reliable = "reliable"
+    blast = "blast"
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars only on a terminal and when not asked to be quiet."""
+    return not quiet and sys.stderr.isatty()
+
+
+@app.command()
+def send(
+    file: Annotated[Path, typer.Argument(help="The file to send.", show_default=False)],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="Receiver address: HOST:PORT, [v6addr]:PORT, or a bare PORT (loopback).",
+        ),
+    ] = str(DEFAULT_PORT),
+    chunk_size: Annotated[
+        str,
+        typer.Option(
+            "--chunk-size",
+            help="Payload bytes per datagram (64K-style suffixes accepted). The default fits "
+            "a 1500-byte Ethernet MTU under IPv6 with udpxfer's 44-byte header.",
+        ),
+    ] = str(DEFAULT_CHUNK_BYTES),
+    rate: Annotated[
+        str,
+        typer.Option(
+            "--rate",
+            help="Pace sending to this many bits per second (100M = 10^8 bit/s, counting "
+            "whole UDP payloads); 0 sends as fast as the receiver's window allows.",
+        ),
+    ] = "0",
+    mode: Annotated[
+        ModeChoice,
+        typer.Option(
+            "--mode",
+            help="reliable: resend what the receiver reports missing until the SHA-256 "
+            "matches. blast: send every chunk once and measure what was lost.",
+        ),
+    ] = ModeChoice.reliable,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", help="Reliable mode: give up after this many seconds of silence."
+        ),
+    ] = 10.0,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Name to announce instead of the file's own name."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Send one FILE to a `udpxfer recv` over UDP.
+
+    Exit 0 once the receiver verified the SHA-256 (reliable) or everything was sent (blast);
+    1 if the transfer failed; 2 for bad input.
+
+    Example: udpxfer send big.iso --to 192.0.2.7:9000 --rate 500M
+    """
+    with guarded():
+        config = SenderConfig(
+            chunk_size=parse_size(chunk_size),
+            mode=Mode.BLAST if mode is ModeChoice.blast else Mode.RELIABLE,
+            rate_bps=parse_rate(rate),
+            give_up_s=timeout,
+        )
+        address = parse_address(to, default_host=LOOPBACK)
+        if not file.exists():
+            fail(f"{file}: no such file")
+        bar = _SendBar(file, address_text=str(address), enabled=show_progress(quiet))
+        try:
+            session = send_file(file, address, config, on_progress=bar.update, name=name)
+        finally:
+            bar.close()
+        _report_send(session, str(address))
+
+
+class _SendBar:
+    """tqdm bar of the bytes the receiver confirmed."""
+
+    def __init__(self, file: Path, *, address_text: str, enabled: bool) -> None:
+        self._bar: tqdm[None] | None = None
+        if enabled:
+            self._bar = tqdm(
+                total=file.stat().st_size,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"{file.name} -> {address_text}",
+                leave=False,
+            )
+
+    def update(self, session: SenderSession) -> None:
+        if self._bar is None:
+            return
+        done = min(session.size, session.acked_held * session.chunk_size)
+        self._bar.n = done
+        self._bar.set_postfix(resent=session.chunks_resent, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _report_send(session: SenderSession, address: str) -> None:
+    outcome = session.outcome
+    elapsed = (session.finished_at or session.started_at) - session.started_at
+    rate = session.size * 8 / elapsed if elapsed > 0 else 0.0
+    head = f"{session.meta.name} ({format_size(session.size)}) -> {address}"
+    detail = (
+        f"{session.chunk_count} chunks, {session.chunks_resent} resent in "
+        f"{session.repair_rounds} repair rounds, {elapsed:.3f} s, {format_rate(rate)}"
+    )
+    if outcome is None:
+        raise TransferError(f"{head}: the transfer did not finish")
+    if session.mode is Mode.BLAST:
+        verdicts = {
+            "complete": "the receiver verified the SHA-256",
+            "incomplete": "the receiver reports chunks missing",
+            "sent": "no verdict from the receiver",
+        }
+        typer.echo(f"sent {head}: {detail}; {verdicts.get(outcome.outcome, outcome.outcome)}")
+        raise typer.Exit(EXIT_OK)
+    if outcome.outcome == "complete":
+        typer.echo(f"sent {head}: verified by the receiver; {detail}")
+        raise typer.Exit(EXIT_OK)
+    raise TransferError(f"{head}: {outcome.reason or outcome.outcome}")
+
+
+class _RecvObserver:
+    """tqdm bars and summaries for the receiver."""
+
+    def __init__(self, *, bars: bool, quiet: bool) -> None:
+        self._bars_enabled = bars
+        self._quiet = quiet
+        self._bars: dict[ReceiverSession, tqdm[None]] = {}
+
+    def transfer_started(self, session: ReceiverSession) -> None:
+        meta = session.meta
+        if meta is None:
+            return
+        if not self._quiet:
+            typer.echo(
+                f"receiving {meta.name} ({format_size(meta.size)}, {meta.chunk_count} chunks, "
+                f"{meta.mode.label}) from {_peer(session)}"
+            )
+        if self._bars_enabled:
+            self._bars[session] = tqdm(
+                total=meta.size,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=meta.name[:40],
+                leave=False,
+            )
+
+    def progress(self, session: ReceiverSession) -> None:
+        bar = self._bars.get(session)
+        if bar is not None and session.meta is not None:
+            bar.n = min(session.meta.size, session.held_count * session.meta.chunk_size)
+            bar.refresh()
+
+    def transfer_ended(self, session: ReceiverSession, result: TransferResult) -> None:
+        bar = self._bars.pop(session, None)
+        if bar is not None:
+            bar.close()
+        for line in summary_lines(result.report):
+            typer.echo(line)
+        typer.echo(f"report    {result.report_path}")
+
+
+def _peer(session: ReceiverSession) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple):
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
+
+
+@app.command()
+def recv(
+    bind: Annotated[
+        str,
+        typer.Option(
+            "--bind",
+            help="Address to listen on: HOST:PORT, [v6addr]:PORT, or a bare PORT (all "
+            "interfaces, IPv4 and IPv6).",
+        ),
+    ] = str(DEFAULT_PORT),
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory to write received files into.")
+    ] = Path("received"),
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Where to write the JSON report (a directory, or a file path; later "
+            "transfers get -1, -2 suffixes). Default: reports/<time>-<name>.json.",
+        ),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Exit after the first transfer ends.")
+    ] = False,
+    idle_timeout: Annotated[
+        float,
+        typer.Option("--idle-timeout", help="Give a transfer up after this many silent seconds."),
+    ] = 5.0,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace", help="Blast mode: seconds to wait after the sender's END for late chunks."
+        ),
+    ] = 0.5,
+    max_size: Annotated[
+        str | None,
+        typer.Option("--max-size", help="Refuse files larger than this (e.g. 10G)."),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or start messages.")
+    ] = False,
+) -> None:
+    """Receive files over UDP into --out, writing a JSON report per transfer.
+
+    Files land as NAME.partial and are renamed to NAME once the SHA-256 matches; an
+    incomplete transfer leaves NAME.partial (holes zero-filled). Exit codes with --once:
+    0 verified, 1 incomplete or unverified; 2 for bad input; 130 on Ctrl-C. SIGTERM stops a
+    long-running receiver cleanly (exit 0).
+
+    Example: udpxfer recv --bind 9000 --out incoming --once
+    """
+    with guarded():
+        if idle_timeout <= 0 or grace < 0:
+            fail("--idle-timeout must be positive and --grace not negative")
+        config = ReceiverConfig(
+            idle_timeout_s=idle_timeout,
+            blast_grace_s=grace,
+            max_file_bytes=parse_size(max_size) if max_size else None,
+        )
+        server = ReceiverServer(
+            parse_address(bind, default_host=ALL_INTERFACES),
+            out,
+            report_path=report,
+            once=once,
+            config=config,
+            observer=_RecvObserver(bars=show_progress(quiet), quiet=quiet),
+        )
+        host, port = server.address
+        if not quiet:
+            typer.echo(f"listening on {'[' + host + ']' if ':' in host else host}:{port}")
+        stop = threading.Event()
+        with _sigterm_sets(stop):
+            results = server.serve(stop)
+        if once:
+            ok = bool(results) and results[-1].verified
+            raise typer.Exit(EXIT_OK if ok else EXIT_INCOMPLETE)
+
+
+class _sigterm_sets:
+    """Within the block, SIGTERM sets ``stop`` instead of killing the process."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._previous: object = None
+
+    def __enter__(self) -> None:
+        with suppress(ValueError):  # not the main thread: leave SIGTERM alone
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)  # type: ignore[arg-type]

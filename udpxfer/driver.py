@@ -1,0 +1,408 @@
+"""The loops that connect sessions to sockets, the clock and files.
+
+Like aioquic's ``transmit()``: hand the session what arrived, send what it returns, sleep
+until its timer. Progress leaves through callbacks; the CLI connects them to tqdm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from udpxfer.errors import TransportError, UsageError
+from udpxfer.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
+from udpxfer.files import PartialFile, ensure_writable_dir, safe_name
+from udpxfer.ranges import as_lists
+from udpxfer.receiver import ReceiverConfig, ReceiverEndpoint, ReceiverSession
+from udpxfer.report import (
+    ChunkSection,
+    FileSection,
+    TransferReport,
+    default_report_path,
+    write_report,
+)
+from udpxfer.sender import SenderConfig, SenderSession
+from udpxfer.transport import UdpTransport
+from udpxfer.units import Address
+from udpxfer.wire import Mode
+
+Clock = Callable[[], float]
+PROGRESS_INTERVAL_S = 0.1
+_RECV_BURST = 256  # datagrams handled between two looks at timers and feedback
+
+
+# -- sending ----------------------------------------------------------------------------
+
+
+class _MappedFile:
+    """A read-only view of a whole file (a memory map; empty files have none)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            with path.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                self._map = (
+                    mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ) if size else None
+                )
+        except IsADirectoryError:
+            raise UsageError(f"{path} is a directory, not a file") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        self.data: bytes | memoryview = memoryview(self._map) if self._map is not None else b""
+
+    def close(self) -> None:
+        if isinstance(self.data, memoryview):
+            self.data.release()
+        if self._map is not None:
+            self._map.close()
+
+
+def send_file(
+    path: Path,
+    to: Address,
+    config: SenderConfig | None = None,
+    *,
+    on_progress: Callable[[SenderSession], None] | None = None,
+    name: str | None = None,
+    clock: Clock = time.monotonic,
+) -> SenderSession:
+    """Send one file to a receiver and return the finished session.
+
+    Raises:
+        UsageError: the file cannot be read or the address is bad.
+        TransportError: the socket failed.
+        KeyboardInterrupt: after telling the receiver that the transfer is cancelled.
+    """
+    if not path.is_file() and path.exists():
+        raise UsageError(f"{path} is not a regular file")
+    source = _MappedFile(path)
+    try:
+        digest = hashlib.sha256(source.data).digest()
+        transport = UdpTransport.connect(to)
+        try:
+            session = SenderSession(
+                source.data,
+                name=name or path.name,
+                sha256=digest,
+                session_id=secrets.randbits(64),
+                now=clock(),
+                config=config,
+            )
+            try:
+                _run_sender(session, transport, clock, on_progress)
+            finally:
+                session.release()
+        finally:
+            transport.close()
+    finally:
+        source.close()
+    return session
+
+
+def _run_sender(
+    session: SenderSession,
+    transport: UdpTransport,
+    clock: Clock,
+    on_progress: Callable[[SenderSession], None] | None,
+) -> None:
+    next_progress = 0.0
+    try:
+        while not session.finished:
+            now = clock()
+            batch = session.datagrams_to_send(now)
+            transport.send_many(batch)
+            heard = False
+            while (item := transport.recv()) is not None:
+                session.receive_datagram(item[0], clock())
+                heard = True
+            if on_progress is not None and now >= next_progress:
+                on_progress(session)
+                next_progress = now + PROGRESS_INTERVAL_S
+            if batch or heard or session.finished:
+                continue  # more may be ready to send now
+            timer = session.get_timer()
+            now = clock()
+            if timer is not None and timer <= now:
+                session.handle_timer(now)
+                continue
+            transport.wait(None if timer is None else timer - now)
+    except KeyboardInterrupt:
+        session.abort("sender interrupted", clock())
+        transport.send_many(session.datagrams_to_send(clock()))
+        raise
+    transport.send_many(session.datagrams_to_send(clock()))  # a final ABORT, if any
+    while session.next_event() is not None:
+        pass  # the outcome is kept on the session
+    if on_progress is not None:
+        on_progress(session)
+
+
+# -- receiving --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    """One finished incoming transfer: its report and where things were written."""
+
+    report: dict[str, Any]
+    report_path: Path
+    file_path: Path
+    trace_path: Path | None
+
+    @property
+    def verified(self) -> bool:
+        """True when the file is complete and its SHA-256 matched."""
+        return bool(self.report["file"]["verified"])
+
+
+class ReceiverObserver(Protocol):
+    """What the receiver tells its user interface."""
+
+    def transfer_started(self, session: ReceiverSession) -> None: ...
+
+    def progress(self, session: ReceiverSession) -> None: ...
+
+    def transfer_ended(self, session: ReceiverSession, result: TransferResult) -> None: ...
+
+
+class ReceiverServer:
+    """Receives transfers on one UDP socket into a directory, writing a report for each."""
+
+    def __init__(
+        self,
+        bind: Address,
+        out_dir: Path,
+        *,
+        report_path: Path | None = None,
+        reports_dir: Path = Path("reports"),
+        trace_path: Path | None = None,
+        once: bool = False,
+        config: ReceiverConfig | None = None,
+        observer: ReceiverObserver | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.out_dir = ensure_writable_dir(out_dir)
+        self.report_path = report_path
+        self.reports_dir = reports_dir
+        self.trace_path = trace_path
+        self.once = once
+        self.observer = observer
+        self.clock = clock
+        self.transport = UdpTransport.bind(bind)
+        base = config or ReceiverConfig()
+        self.endpoint = ReceiverEndpoint(
+            replace(base, buffer_bytes=self.transport.buffers.recv_granted)
+        )
+        self.results: list[TransferResult] = []
+        self._files: dict[ReceiverSession, PartialFile] = {}
+        self._ended: list[ReceiverSession] = []
+        self._marks = (0, 0)  # endpoint (received, rejected) when the last report was written
+        self._reports_written = 0
+        self._traces_written = 0
+        self._next_progress = 0.0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        host, port = self.transport.local_address[:2]
+        return host, port
+
+    def serve(self, stop: threading.Event | None = None) -> list[TransferResult]:
+        """Receive until ``stop`` is set, or after one transfer with ``once``.
+
+        Raises:
+            KeyboardInterrupt: after ending open transfers and writing their reports.
+        """
+        try:
+            self._loop(stop)
+        except KeyboardInterrupt:
+            now = self.clock()
+            self.endpoint.close(now, "receiver interrupted")
+            self._handle_events(now)
+            self._flush()
+            raise
+        finally:
+            for partial in self._files.values():
+                partial.close()
+            self.transport.close()
+        return self.results
+
+    def _loop(self, stop: threading.Event | None) -> None:
+        endpoint, transport, clock = self.endpoint, self.transport, self.clock
+        while stop is None or not stop.is_set():
+            handled = 0
+            while handled < _RECV_BURST and (item := transport.recv()) is not None:
+                now = clock()
+                endpoint.receive_datagram(item[0], item[1], now)
+                if endpoint._sink.queue:
+                    self._handle_events(now)
+                handled += 1
+            self._flush()
+            now = clock()
+            timer = endpoint.get_timer()
+            if timer is not None and timer <= now:
+                endpoint.handle_timer(now)
+                self._handle_events(now)
+                self._flush()
+            if self.observer is not None and now >= self._next_progress:
+                self._next_progress = now + PROGRESS_INTERVAL_S
+                for session in self._files:
+                    self.observer.progress(session)
+            if (
+                self.once
+                and self._ended
+                and all(s not in endpoint.sessions.values() for s in self._ended)
+            ):
+                return
+            if handled < _RECV_BURST:
+                wait = 0.25 if timer is None else min(0.25, max(0.0, timer - clock()))
+                transport.wait(wait)
+
+    def _flush(self) -> None:
+        for datagram, peer in self.endpoint.datagrams_to_send():
+            self.transport.send(datagram, peer)  # type: ignore[arg-type]
+
+    def _handle_events(self, now: float) -> None:
+        while (item := self.endpoint.next_event()) is not None:
+            session, event = item
+            if isinstance(event, ChunkReceived):
+                self._files[session].write_at(event.offset, event.payload)
+            elif isinstance(event, TransferStarted):
+                try:
+                    self._files[session] = PartialFile(
+                        self.out_dir, event.meta.name, event.meta.size
+                    )
+                except TransportError as exc:
+                    session.close(now, str(exc))
+                    continue
+                if self.observer is not None:
+                    self.observer.transfer_started(session)
+            elif isinstance(event, VerifyRequested):
+                session.hash_computed(self._files[session].sha256(), self.clock())
+            elif isinstance(event, TransferEnded) and session in self._files:
+                self._finish(session)
+
+    def _finish(self, session: ReceiverSession) -> None:
+        partial = self._files.pop(session)
+        verified = session.outcome is not None and session.outcome.outcome == "complete"
+        file_path = partial.commit() if verified else _closed(partial)
+        received, rejected = self.endpoint.received, self.endpoint.rejected
+        doc = udp_report(
+            session,
+            file_path,
+            datagrams_received=received - self._marks[0],
+            datagrams_rejected=rejected - self._marks[1],
+        )
+        self._marks = (received, rejected)
+        report_path = self._next_report_path(session)
+        write_report(doc, report_path)
+        result = TransferResult(doc, report_path, file_path, None)
+        self.results.append(result)
+        self._ended.append(session)
+        if self.observer is not None:
+            self.observer.transfer_ended(session, result)
+
+    def _next_report_path(self, session: ReceiverSession) -> Path:
+        assert session.meta is not None
+        self._reports_written += 1
+        target = self.report_path
+        if target is None or target.is_dir():
+            directory = target or self.reports_dir
+            return default_report_path(directory, Path(partial_name(session)).name, time.time())
+        if self._reports_written == 1:
+            return target
+        stem, suffix = target.stem, target.suffix
+        n = self._reports_written - 1
+        candidate = target.with_name(f"{stem}-{n}{suffix}")
+        while candidate.exists():
+            n += 1
+            candidate = target.with_name(f"{stem}-{n}{suffix}")
+        return candidate
+
+
+def partial_name(session: ReceiverSession) -> str:
+    """The received file's safe base name."""
+    return safe_name(session.meta.name if session.meta else "unnamed")
+
+
+def _closed(partial: PartialFile) -> Path:
+    partial.close()
+    return partial.path
+
+
+def udp_report(
+    session: ReceiverSession,
+    file_path: Path,
+    *,
+    datagrams_received: int,
+    datagrams_rejected: int,
+) -> dict[str, Any]:
+    """The JSON report of one UDP transfer."""
+    meta = session.meta
+    assert meta is not None
+    outcome = session.outcome.outcome if session.outcome else "incomplete"
+    complete = session.complete
+    verified = outcome == "complete"
+    gaps = session.gaps()
+    first_pass = session.first_pass_gaps()
+    end = session.finished_at if session.finished_at is not None else session.last_heard
+    report = TransferReport(
+        transport="udp",
+        mode=meta.mode.label,
+        file=FileSection(
+            name=meta.name,
+            size=meta.size,
+            path=str(file_path),
+            sha256_expected=meta.sha256.hex(),
+            sha256_actual=session.sha256_actual.hex()
+            if complete and session.sha256_actual
+            else None,
+            complete=complete,
+            verified=verified,
+        ),
+        chunks=ChunkSection(
+            size=meta.chunk_size,
+            total=meta.chunk_count,
+            received=session.held_count,
+            missing=meta.chunk_count - session.held_count,
+            duplicates=session.duplicates,
+            out_of_order=session.out_of_order,
+            corrupt=session.corrupt,
+            retransmitted=session.retransmitted,
+        ),
+        gaps=as_lists(gaps),
+        first_pass_gaps=as_lists(first_pass) if meta.mode is Mode.RELIABLE else as_lists(gaps),
+        duration_s=max(0.0, end - session.started_at),
+        datagrams_received=datagrams_received,
+        datagrams_rejected=datagrams_rejected,
+        peer=_peer_text(session.peer),
+        session_id=f"{session.session_id:016x}",
+        outcome=outcome,
+        extra={
+            "datagrams": {
+                "session": session.datagrams,
+                "sender_data_sent": session.tx_sent,
+            },
+            "repair": {
+                "rounds": session.rounds,
+                "nacks_sent": session.nacks_sent,
+            },
+            "reason": session.outcome.reason if session.outcome else "",
+        },
+    )
+    return report.to_dict()
+
+
+def _peer_text(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
