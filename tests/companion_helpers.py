@@ -136,10 +136,16 @@ class CliProcess:
             cwd=cwd or REPO,
         )
         self.lines: list[str] = []
+        self._errors: list[bytes] = []
         self._new = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.stderr = ""
+        self._error_reader = threading.Thread(target=self._read_errors, daemon=True)
+        self._error_reader.start()
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self._errors).decode("utf-8", "replace")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -147,6 +153,11 @@ class CliProcess:
             with self._new:
                 self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
                 self._new.notify_all()
+
+    def _read_errors(self) -> None:
+        assert self.proc.stderr is not None
+        while data := self.proc.stderr.read1(65536):
+            self._errors.append(data)
 
     def expect(self, pattern: str, timeout_s: float = WAIT_S) -> re.Match[str]:
         """Wait for a stdout line matching ``pattern`` (regex search)."""
@@ -173,21 +184,23 @@ class CliProcess:
         self.proc.send_signal(sig)
 
     def finish(self, timeout_s: float = WAIT_S) -> int:
-        """Wait for the exit status (killing the process if it overstays)."""
+        """Wait for the exit status and the end of its output (killing it if it overstays)."""
         try:
-            _, err = self.proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-            raise
-        self._reader.join(WAIT_S)
-        self.stderr = err.decode("utf-8", "replace")
+            self.proc.wait(timeout=timeout_s)
+        finally:
+            self.close()
         return self.proc.returncode
 
     def close(self) -> None:
+        """Kill the process (by its pid) if it still runs; wait for its output to be read."""
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
+        self._reader.join(WAIT_S)
+        self._error_reader.join(WAIT_S)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @contextmanager
