@@ -129,6 +129,7 @@ class SenderSession:
         self._feedback = False  # a STATUS, NACK or DONE has arrived
         self._open_loop = False
         self._probe_at: float | None = None
+        self._probing = False
         self._last_heard = now
         self._end_at: float | None = None  # next END (re)transmission
         self._ends_left = 0
@@ -193,9 +194,7 @@ class SenderSession:
         """The next time ``handle_timer`` must run, or None."""
         if self.state is SenderState.DONE or self.state is SenderState.FAILED:
             return None
-        deadlines = [
-            t for t in (self._end_at, self._verdict_deadline, self._probe_at) if t is not None
-        ]
+        deadlines = [t for t in (self._end_at, self._verdict_deadline) if t is not None]
         if self.state is not SenderState.CLOSING and self.mode is Mode.RELIABLE:
             deadlines.append(self._last_heard + self.config.give_up_s)
         if self.mode is Mode.BLAST and not self._feedback and not self._open_loop:
@@ -204,6 +203,8 @@ class SenderSession:
             release = self._pacer.next_release()
             if release is not None:
                 deadlines.append(release)
+            if self._probe_at is not None and not self._open_loop:
+                deadlines.append(self._probe_at)
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
@@ -276,9 +277,11 @@ class SenderSession:
             self._probe_at = now + self.rtt.rto_s
             return False
         if now >= self._probe_at:
-            # Feedback may have been lost: let one datagram out to ask again.
+            # Feedback may have been lost: let one datagram out to ask again (with META too
+            # while the receiver has not answered at all: it may have lost every copy).
             self._probe_at = now + self.rtt.rto_s
             self.rtt.back_off()
+            self._probing = True
             return True
         return False
 
@@ -327,8 +330,9 @@ class SenderSession:
                 self.chunks_resent += 1
             else:
                 self._next_index = index + 1
-            if not self._feedback and self._tx % config.meta_every == 0:
+            if not self._feedback and (self._probing or self._tx % config.meta_every == 0):
                 out.append(self._meta(self._tx // config.meta_every, now))
+            self._probing = False
 
     def _end_pass(self, now: float) -> None:
         if self.state is SenderState.REPAIRING:

@@ -1,0 +1,332 @@
+"""The sans-IO sessions against each other on a fake clock over seeded terrible networks."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+from helpers import PEER, Link, drop_first_copies, drop_types, run_pair
+
+from udpxfer.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
+from udpxfer.receiver import ReceiverConfig, ReceiverEndpoint, ReceiverState
+from udpxfer.sender import SenderConfig, SenderSession, SenderState
+from udpxfer.wire import (
+    Data,
+    End,
+    Meta,
+    Mode,
+    Nack,
+    PacketType,
+    Status,
+    Verdict,
+    decode_untrusted,
+    encode,
+)
+
+CHUNK = 1000
+BLAST = SenderConfig(chunk_size=CHUNK, mode=Mode.BLAST)
+RELIABLE = SenderConfig(chunk_size=CHUNK)
+
+
+def payload(n_bytes: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n_bytes)
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK, CHUNK * 50, CHUNK * 50 + 1, CHUNK * 50 - 1])
+@pytest.mark.parametrize("config", [BLAST, RELIABLE], ids=["blast", "reliable"])
+def test_clean_transfer_is_byte_exact(size: int, config: SenderConfig) -> None:
+    data = payload(size)
+    result = run_pair(data, sender_config=config)
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == "complete"
+    assert [e.outcome for e in result.ended] == ["complete"]
+    assert bytes(result.stored[:size]) == data
+    assert result.session is not None
+    assert result.session.gaps() == []
+    assert result.sender.chunks_resent == 0
+
+
+def test_blast_gaps_are_exactly_the_dropped_chunks() -> None:
+    data = payload(CHUNK * 300 + 7)
+    lost = {0, 1, 2, 50, 51, 199, 300}
+    result = run_pair(
+        data,
+        sender_config=BLAST,
+        forward=Link(random.Random(5), drop=drop_first_copies(lost)),
+    )
+    session = result.session
+    assert session is not None
+    assert session.gaps() == [(0, 2), (50, 51), (199, 199), (300, 300)]
+    assert session.first_pass_gaps() == session.gaps()
+    assert [e.outcome for e in result.ended] == ["incomplete"]
+    assert result.sender.verdict is Verdict.INCOMPLETE
+    for index in range(301):
+        if index not in lost:
+            chunk = slice(index * CHUNK, (index + 1) * CHUNK)
+            assert result.stored[chunk] == data[chunk]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reliable_survives_20_percent_loss_both_ways(seed: int) -> None:
+    data = payload(CHUNK * 400 + 3, seed)
+    result = run_pair(
+        data,
+        sender_config=RELIABLE,
+        forward=Link(random.Random(seed), loss=0.2),
+        reverse=Link(random.Random(seed + 100), loss=0.2),
+    )
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == "complete"
+    assert bytes(result.stored[: len(data)]) == data
+    assert result.session is not None
+    first_pass_lost = sum(b - a + 1 for a, b in result.session.first_pass_gaps())
+    assert 40 < first_pass_lost < 130  # about 20% of 401 first copies were lost
+    assert result.session.retransmitted >= first_pass_lost
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [set(range(100, 300)), {0, 499}, {0}, {499}, set(range(500))],
+    ids=["burst-200", "first-and-last", "first", "last", "everything"],
+)
+def test_reliable_repairs_bursts_and_edges(lost: set[int]) -> None:
+    data = payload(CHUNK * 500)
+    result = run_pair(
+        data, sender_config=RELIABLE, forward=Link(random.Random(1), drop=drop_first_copies(lost))
+    )
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == "complete"
+    assert bytes(result.stored) == data
+    assert result.session is not None
+    gaps = result.session.first_pass_gaps()
+    assert {i for a, b in gaps for i in range(a, b + 1)} == lost
+    assert result.sender.chunks_resent == len(lost)
+
+
+@pytest.mark.parametrize(
+    ("forward_drop", "reverse_drop"),
+    [
+        ((PacketType.META,), ()),  # every first META copy lost: data waits for a later one
+        ((PacketType.END,), ()),  # END lost twice
+        ((), (PacketType.NACK,)),
+        ((), (PacketType.DONE,)),
+        ((), (PacketType.STATUS,)),
+    ],
+    ids=["meta", "end", "nack", "done", "status"],
+)
+def test_reliable_survives_losing_control_datagrams(
+    forward_drop: tuple[PacketType, ...], reverse_drop: tuple[PacketType, ...]
+) -> None:
+    data = payload(CHUNK * 1000)
+    lost = {3, 500}
+    forward_rules = [drop_first_copies(lost), drop_types(*forward_drop, times=3)]
+    reverse_rule = drop_types(*reverse_drop, times=2)
+    result = run_pair(
+        data,
+        sender_config=RELIABLE,
+        forward=Link(random.Random(2), drop=lambda d: any(rule(d) for rule in forward_rules)),
+        reverse=Link(random.Random(3), drop=reverse_rule),
+    )
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == "complete"
+    assert bytes(result.stored) == data
+
+
+def test_reliable_with_duplicates_and_reordering() -> None:
+    data = payload(CHUNK * 600)
+    result = run_pair(
+        data,
+        sender_config=RELIABLE,
+        forward=Link(random.Random(8), loss=0.05, duplicate=0.1, jitter_s=0.01),
+        reverse=Link(random.Random(9), loss=0.05, duplicate=0.1, jitter_s=0.01),
+    )
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == "complete"
+    assert bytes(result.stored) == data
+    assert result.session is not None
+    assert result.session.duplicates > 0
+    assert result.session.out_of_order > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_reliable_meets_the_five_percent_bar(seed: int) -> None:
+    """First copies of 5% of chunks dropped, plus 5% of every datagram both ways."""
+    data = payload(CHUNK * 2000, seed)
+    rng = random.Random(seed)
+    lost = set(rng.sample(range(2000), 100))
+    forward_rule = drop_first_copies(lost)
+    result = run_pair(
+        data,
+        sender_config=RELIABLE,
+        forward=Link(random.Random(seed + 1), loss=0.05, drop=forward_rule),
+        reverse=Link(random.Random(seed + 2), loss=0.05),
+    )
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == "complete"
+    assert bytes(result.stored) == data
+    assert result.session is not None
+    first_pass = {i for a, b in result.session.first_pass_gaps() for i in range(a, b + 1)}
+    assert lost <= first_pass
+
+
+def test_sender_gives_up_when_the_receiver_is_silent() -> None:
+    data = payload(CHUNK * 20)
+    config = SenderConfig(chunk_size=CHUNK, give_up_s=3.0)
+    result = run_pair(data, sender_config=config, reverse=Link(random.Random(0), loss=1.0))
+    assert result.sender.state is SenderState.FAILED
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == "timeout"
+    assert 3.0 <= result.sender.finished_at <= 3.1  # type: ignore[operator]
+
+
+def test_receiver_times_out_when_the_sender_vanishes() -> None:
+    endpoint = ReceiverEndpoint(ReceiverConfig(idle_timeout_s=2.0))
+    sender = SenderSession(
+        payload(CHUNK * 10), name="x", sha256=bytes(32), session_id=9, now=0.0,
+        config=RELIABLE,
+    )  # fmt: skip
+    for datagram in sender.datagrams_to_send(0.0)[:5]:  # META copies and two chunks only
+        endpoint.receive_datagram(datagram, PEER, 0.0)
+    assert endpoint.get_timer() == pytest.approx(2.0)
+    endpoint.handle_timer(2.0)
+    events = []
+    while (item := endpoint.next_event()) is not None:
+        events.append(item[1])
+    ended = [e for e in events if isinstance(e, TransferEnded)]
+    assert [e.outcome for e in ended] == ["timeout"]
+    aborts = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send()]
+    assert any(getattr(p, "reason", "") == "receiver timed out" for p in aborts)
+
+
+def test_blast_sender_finishes_without_any_reverse_path() -> None:
+    data = payload(CHUNK * 300)
+    result = run_pair(data, sender_config=BLAST, reverse=Link(random.Random(0), loss=1.0))
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == "sent"
+    assert result.sender.state is SenderState.DONE
+    assert bytes(result.stored) == data
+
+
+def test_pacing_follows_the_rate() -> None:
+    data = payload(CHUNK * 500)
+    rate = 8_000_000  # 1 MB/s
+    result = run_pair(data, sender_config=SenderConfig(chunk_size=CHUNK, rate_bps=rate))
+    sent_bytes = result.sender.bytes_sent
+    duration = result.sender.finished_at
+    assert duration is not None
+    assert duration == pytest.approx(sent_bytes * 8 / rate, rel=0.05)
+
+
+def test_sender_abort_reaches_the_receiver() -> None:
+    endpoint = ReceiverEndpoint()
+    sender = SenderSession(
+        payload(CHUNK * 10), name="x", sha256=bytes(32), session_id=9, now=0.0, config=RELIABLE
+    )
+    for datagram in sender.datagrams_to_send(0.0)[:4]:
+        endpoint.receive_datagram(datagram, PEER, 0.0)
+    sender.abort("user pressed Ctrl-C", 0.1)
+    for datagram in sender.datagrams_to_send(0.1):
+        endpoint.receive_datagram(datagram, PEER, 0.1)
+    events = []
+    while (item := endpoint.next_event()) is not None:
+        events.append(item[1])
+    ended = [e for e in events if isinstance(e, TransferEnded)]
+    assert len(ended) == 1
+    assert ended[0].outcome == "aborted"
+    assert "Ctrl-C" in ended[0].reason
+
+
+def test_data_before_meta_is_kept_and_replayed() -> None:
+    data = payload(CHUNK * 3)
+    sender = SenderSession(
+        data, name="x", sha256=hashlib.sha256(data).digest(), session_id=5, now=0.0,
+        config=RELIABLE,
+    )  # fmt: skip
+    datagrams = sender.datagrams_to_send(0.0)
+    metas = [d for d in datagrams if isinstance(decode_untrusted(d), Meta)]
+    others = [d for d in datagrams if not isinstance(decode_untrusted(d), Meta)]
+    endpoint = ReceiverEndpoint()
+    for datagram in others:
+        endpoint.receive_datagram(datagram, PEER, 0.0)
+    assert endpoint.next_event() is None
+    endpoint.receive_datagram(metas[0], PEER, 0.01)
+    kinds = []
+    while (item := endpoint.next_event()) is not None:
+        kinds.append(type(item[1]))
+    assert kinds[0] is TransferStarted
+    assert kinds.count(ChunkReceived) == 3
+    assert kinds[-1] is VerifyRequested
+    assert endpoint.rejected == 0
+
+
+def test_foreign_and_forged_datagrams_are_counted_not_fatal() -> None:
+    endpoint = ReceiverEndpoint(ReceiverConfig(max_pending_sessions=4))
+    rng = random.Random(0)
+    for _ in range(500):
+        endpoint.receive_datagram(rng.randbytes(rng.randrange(0, 200)), PEER, 0.0)
+    for session in range(100):  # valid-looking data of sessions that never send META
+        endpoint.receive_datagram(encode(Data(session, 0, 0, b"x")), PEER, 0.0)
+    endpoint.receive_datagram(encode(Status(1, 0, 0, 0, 0)), PEER, 0.0)  # wrong direction
+    endpoint.receive_datagram(encode(Nack(1, 0, 0, ((0, 1),))), PEER, 0.0)
+    assert endpoint.received == 602
+    assert endpoint.rejected == 500 + 96 + 2
+    endpoint.handle_timer(100.0)  # the four kept sessions expire: their datagrams were junk
+    assert endpoint.rejected == 602
+    assert endpoint.sessions == {}
+
+
+def test_data_that_does_not_fit_the_file_is_rejected() -> None:
+    data = payload(CHUNK * 2 + 10)
+    sender = SenderSession(
+        data, name="x", sha256=hashlib.sha256(data).digest(), session_id=5, now=0.0,
+        config=RELIABLE,
+    )  # fmt: skip
+    endpoint = ReceiverEndpoint()
+    endpoint.receive_datagram(sender.datagrams_to_send(0.0)[0], PEER, 0.0)  # META
+    for bad in (
+        Data(5, 3, 0, b"x" * CHUNK),  # past the last chunk
+        Data(5, 0, 0, b"x" * (CHUNK - 1)),  # short
+        Data(5, 2, 0, b"x" * CHUNK),  # the last chunk is 10 bytes
+        End(6, 0, 0, 0),  # a different session: an unknown one, kept until META
+    ):
+        endpoint.receive_datagram(encode(bad), PEER, 0.0)
+    assert endpoint.rejected == 3
+    (session,) = [s for s in endpoint.sessions.values() if s.session_id == 5]
+    assert session.held_count == 0
+    assert session.state is ReceiverState.RECEIVING
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_terrible_networks_never_corrupt_the_file(seed: int) -> None:
+    rng = random.Random(seed)
+    size = rng.choice([0, 1, CHUNK - 1, CHUNK, rng.randrange(1, CHUNK * 300)])
+    data = payload(size, seed)
+
+    def link(s: int) -> Link:
+        return Link(
+            random.Random(s),
+            loss=rng.uniform(0, 0.3),
+            duplicate=rng.uniform(0, 0.2),
+            delay_s=rng.uniform(0.0001, 0.05),
+            jitter_s=rng.uniform(0, 0.02),
+        )
+
+    mode = rng.choice([Mode.BLAST, Mode.RELIABLE])
+    result = run_pair(
+        data,
+        sender_config=SenderConfig(chunk_size=CHUNK, mode=mode, give_up_s=60.0),
+        forward=link(seed),
+        reverse=link(seed + 1000),
+    )
+    outcome = result.sender.outcome
+    assert outcome is not None
+    session = result.session
+    if mode is Mode.RELIABLE:
+        assert outcome.outcome == "complete"
+        assert bytes(result.stored[:size]) == data
+    elif session is not None and session.meta is not None:
+        for index in range(session.meta.chunk_count):  # whatever arrived is byte-exact
+            if session.held[index]:
+                chunk = slice(index * CHUNK, min((index + 1) * CHUNK, size))
+                assert result.stored[chunk] == data[chunk]
