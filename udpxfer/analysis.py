@@ -89,6 +89,21 @@ def wilson_interval(lost: int, total: int, z: float = Z95) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def span_mask(first: I64, last: I64, count: int) -> Bools:
+    """Boolean mask over ``count`` chunks, True inside every inclusive span ``first..last``."""
+    marks = np.zeros(count + 1, dtype=np.int64)
+    np.add.at(marks, np.clip(first, 0, count), 1)
+    np.add.at(marks, np.clip(last + 1, 0, count), -1)
+    mask: Bools = np.cumsum(marks[:count]) > 0
+    return mask
+
+
+def ranges_to_mask(ranges: list[list[int]], count: int) -> Bools:
+    """``span_mask`` of a report's ``gaps``/``first_pass_gaps`` (``[[first, last], ...]``)."""
+    bounds = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+    return span_mask(bounds[:, 0], bounds[:, 1], count)
+
+
 # --------------------------------------------------------------------------------------------
 # Runs: bursts (consecutive lost chunks) and gaps (consecutive received chunks)
 
@@ -307,10 +322,7 @@ def rfc3611_bursts(lost: Bools, slot_ns: F64 | None, gmin: int = GMIN) -> Rfc361
         starts, ends, losses = starts[is_burst], ends[is_burst], losses[is_burst]
     else:
         starts = ends = losses = np.zeros(0, dtype=np.int64)
-    marks = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(marks, starts, 1)
-    np.add.at(marks, ends + 1, -1)
-    in_burst = np.cumsum(marks[:n]) > 0
+    in_burst = span_mask(starts, ends, n)
     burst_chunks = int(np.count_nonzero(in_burst))
     burst_lost = int(losses.sum())
     gap_lost = int(pos.size) - burst_lost
