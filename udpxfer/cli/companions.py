@@ -145,7 +145,7 @@ def palindrome_server(
         stats = palindrome_tcp.run_palindrome_server(
             _bind(bind), strict=strict, verbose=verbose, log=log
         )
-    log(stats.summary("Palindrome server", "requests answered"))
+    log(stats.summary("Palindrome server", "request answered"))
 
 
 @tcp_app.command("palindrome-client")
@@ -208,7 +208,7 @@ def udp_echo_server(
     log = timestamped(typer.echo)
     with guarded():
         stats = udp_echo.run_udp_echo_server(_bind(bind), close_after_s=close_after, log=log)
-    log(stats.summary("UDP echo server", "datagrams echoed"))
+    log(stats.summary("UDP echo server", "datagram echoed"))
 
 
 @udp_app.command("echo-client")

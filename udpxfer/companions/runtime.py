@@ -115,14 +115,22 @@ class ServerStats:
     bytes_in: int = 0
     bytes_out: int = 0
 
-    def summary(self, name: str, requests_label: str = "") -> str:
-        """``echo server stopped: 3 clients served, 120 bytes received, 120 bytes sent``."""
-        served = f"{self.clients} client{'s' if self.clients != 1 else ''} served"
-        extra = f", {self.requests} {requests_label}" if requests_label else ""
-        return (
-            f"{name} stopped: {served}{extra}, {self.bytes_in} bytes received, "
-            f"{self.bytes_out} bytes sent"
-        )
+    def summary(self, name: str, request: str = "") -> str:
+        """``NAME stopped: 3 clients served, 120 bytes received, 120 bytes sent``.
+
+        ``request`` (e.g. ``"datagram echoed"``) adds the request count, pluralised.
+        """
+        parts = [counted(self.clients, "client served")]
+        if request:
+            parts.append(counted(self.requests, request))
+        parts += [f"{self.bytes_in} bytes received", f"{self.bytes_out} bytes sent"]
+        return f"{name} stopped: {', '.join(parts)}"
+
+
+def counted(n: int, phrase: str) -> str:
+    """``1 client served``, ``2 clients served``: the first word takes the plural."""
+    noun, _, rest = phrase.partition(" ")
+    return f"{n} {noun}{'' if n == 1 else 's'}{' ' if rest else ''}{rest}"
 
 
 def control_for(sock: socket.socket, stop: asyncio.Event) -> ServerControl:

@@ -23,6 +23,7 @@ from udpxfer.companions.runtime import (
     ProgressFactory,
     Ready,
     ServerStats,
+    counted,
     format_sockaddr,
     run_until_stopped,
     serve_tcp,
@@ -69,10 +70,9 @@ class ReceiverResult:
     def summary(self) -> str:
         """``TCP receiver stopped: 2 transfers (2 verified), 0 connections rejected``."""
         verified = sum(1 for doc in self.reports if doc["file"]["verified"])
-        n = len(self.reports)
         return (
-            f"TCP receiver stopped: {n} transfer{'s' if n != 1 else ''} ({verified} verified), "
-            f"{self.rejected} connection{'s' if self.rejected != 1 else ''} rejected, "
+            f"TCP receiver stopped: {counted(len(self.reports), 'transfer')} "
+            f"({verified} verified), {counted(self.rejected, 'connection rejected')}, "
             f"{self.stats.bytes_in} bytes received"
         )
 
