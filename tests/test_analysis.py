@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from udpxfer import analysis as an
 from udpxfer.errors import UsageError
-from udpxfer.trace import DUPLICATE, RESENT, Trace, TraceRecorder
+from udpxfer.trace import DUPLICATE, RESENT, Trace
 
 Bools = npt.NDArray[np.bool_]
 EPOCH_SENDER_NS = 1_700_000_000_000_000_000  # a wall-clock-like sender epoch
@@ -635,13 +635,30 @@ def test_trace_rejects_inconsistent_columns(change: dict[str, object], message: 
         Trace(**{**fields, **change})  # type: ignore[arg-type]
 
 
-def test_trace_from_buffers_shares_memory_and_is_read_only() -> None:
-    recorder = TraceRecorder()
+class Recorder:
+    """The receiver's way of recording: one ``array.array`` per column."""
+
+    def __init__(self) -> None:
+        self.index, self.tx = array.array("q"), array.array("q")
+        self.sent_ns, self.arrival_ns = array.array("q"), array.array("q")
+        self.pass_no, self.flags = array.array("B"), array.array("B")
+
+    def record(self, *row: int) -> None:
+        for column, value in zip(
+            (self.index, self.tx, self.sent_ns, self.arrival_ns, self.pass_no, self.flags),
+            row,
+            strict=True,
+        ):
+            column.append(value)
+
+
+def test_trace_from_recorder_shares_memory_and_is_read_only() -> None:
+    recorder = Recorder()
     for i in range(3):
         recorder.record(i, i, 100 * i, 100 * i + 7, 0, 0)
     recorder.record(1, 3, 300, 420, 1, RESENT | DUPLICATE)
-    trace = recorder.to_trace(
-        chunk_count=3, chunk_size=10, file_size=25, mode="reliable", started_ns=7
+    trace = Trace.from_recorder(
+        recorder, chunk_count=3, chunk_size=10, file_size=25, mode="reliable", started_ns=7
     )
     assert len(trace) == 4
     assert trace.pass_no.tolist() == [0, 0, 0, 1]

@@ -13,7 +13,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,17 @@ _SCALARS: Final = ("chunk_count", "chunk_size", "file_size", "tx_sent", "started
 
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
+
+
+class Columns(Protocol):
+    """Anything holding the six trace columns as ``array.array`` (the receiver's recorder)."""
+
+    index: array.array[int]
+    tx: array.array[int]
+    sent_ns: array.array[int]
+    arrival_ns: array.array[int]
+    pass_no: array.array[int]
+    flags: array.array[int]
 
 
 def _column(name: str, values: Any, dtype: type[np.integer[Any]]) -> npt.NDArray[Any]:
@@ -176,6 +187,25 @@ class Trace:
             tx_sent=tx_sent,
         )
 
+    @classmethod
+    def from_recorder(cls, columns: Columns, **scalars: Any) -> Trace:
+        """``from_buffers`` over an object's six column attributes (e.g. the receiver's recorder).
+
+        Args:
+            columns: holds ``index``, ``tx``, ``sent_ns``, ``arrival_ns``, ``pass_no``, ``flags``.
+            scalars: the scalar fields (``chunk_count``, ``chunk_size``, ``file_size``, ``mode``,
+                ``started_ns`` and optionally ``tx_sent``).
+        """
+        return cls.from_buffers(
+            index=columns.index,
+            tx=columns.tx,
+            sent_ns=columns.sent_ns,
+            arrival_ns=columns.arrival_ns,
+            pass_no=columns.pass_no,
+            flags=columns.flags,
+            **scalars,
+        )
+
     def chunk_bytes(self, index: npt.NDArray[np.int64]) -> I64:
         """Payload length of each chunk in ``index`` (the last chunk may be short)."""
         remaining = self.file_size - index * self.chunk_size
@@ -226,46 +256,3 @@ class Trace:
         ) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"bad trace file {path}: {reason}") from None
-
-
-class TraceRecorder:
-    """Appends one row per DATA datagram into ``array.array`` columns, then yields a ``Trace``."""
-
-    def __init__(self) -> None:
-        self.index = array.array("q")
-        self.tx = array.array("q")
-        self.sent_ns = array.array("q")
-        self.arrival_ns = array.array("q")
-        self.pass_no = array.array("B")
-        self.flags = array.array("B")
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def record(
-        self, index: int, tx: int, sent_ns: int, arrival_ns: int, pass_no: int, flags: int
-    ) -> None:
-        """Add the row of one arrived DATA datagram (``pass_no`` is capped at 255)."""
-        self.index.append(index)
-        self.tx.append(tx)
-        self.sent_ns.append(sent_ns)
-        self.arrival_ns.append(arrival_ns)
-        self.pass_no.append(min(pass_no, 255))
-        self.flags.append(flags)
-
-    def to_trace(self, **scalars: Any) -> Trace:
-        """The trace of what was recorded so far; the recorder cannot grow afterwards.
-
-        Args:
-            scalars: the scalar fields of ``Trace`` (``chunk_count``, ``chunk_size``,
-                ``file_size``, ``mode``, ``started_ns`` and optionally ``tx_sent``).
-        """
-        return Trace.from_buffers(
-            index=self.index,
-            tx=self.tx,
-            sent_ns=self.sent_ns,
-            arrival_ns=self.arrival_ns,
-            pass_no=self.pass_no,
-            flags=self.flags,
-            **scalars,
-        )
