@@ -96,7 +96,7 @@ def synthetic_trace(
         file_size=n * chunk_size - short_tail,
         mode=mode,
         started_ns=int(arrival.min()) if arrival.size else EPOCH_RECEIVER_NS,
-        tx_sent=int(tx.max()) + 1 if tx.size else 0,
+        tx_sent=n + (int(lost.sum()) if mode == "reliable" else 0),
     )
 
 
@@ -345,12 +345,12 @@ def test_reordering_rfc4737_single_late_packet() -> None:
     assert result.count == 1
     assert result.ratio == pytest.approx(1 / 7)
     assert result.max_extent == 2  # 2 arrived 2 places after 3, the first larger number
-    assert result.duplicates == 0
+    assert result.network_duplicates == 0
 
 
 def test_reordering_sets_duplicates_aside() -> None:
     result = an.reordering(_seq(0, 1, 3, 4, 2, 2, 5, 6, 6))
-    assert (result.count, result.max_extent, result.duplicates) == (1, 2, 2)
+    assert (result.count, result.max_extent, result.network_duplicates) == (1, 2, 2)
     assert result.ratio == pytest.approx(1 / 7)
 
 
@@ -445,6 +445,7 @@ def test_analyse_small_reliable_transfer() -> None:
     json.dumps(doc, allow_nan=False)
     loss = doc["loss"]
     assert loss["ci95"] == pytest.approx(list(an.wilson_interval(2, 10) or ()))
+    assert loss["datagram_rate"] == pytest.approx(2 / 12)  # 12 sent, 10 arrived
     assert loss["bursts"] == {
         "count": 1,
         "mean_length": 2.0,
@@ -511,6 +512,7 @@ def test_analyse_empty_traces_do_not_crash(chunks: int) -> None:
     assert doc["timing"]["jitter_ms"] is None
     assert doc["series"]["time_s"] == []
     assert doc["reorder"]["ratio"] is None
+    assert doc["loss"]["datagram_rate"] == (1.0 if chunks else None)
     if chunks:
         assert doc["loss"]["bursts"]["max_length"] == chunks
         assert doc["loss"]["gilbert"]["steady_state_loss"] in (None, 1.0)

@@ -388,7 +388,7 @@ class Reordering:
     ratio: float | None
     max_extent: int
     mean_extent: float | None
-    duplicates: int  # arrivals repeating a transmission number already seen (RFC 5560)
+    network_duplicates: int  # arrivals repeating a transmission number seen before (RFC 5560)
 
 
 def reordering(tx: I64) -> Reordering:
@@ -412,7 +412,7 @@ def reordering(tx: I64) -> Reordering:
         ratio=late.size / seq.size,
         max_extent=int(extents.max()) if extents.size else 0,
         mean_extent=float(extents.mean()) if extents.size else None,
-        duplicates=int(tx.size - seq.size),
+        network_duplicates=int(tx.size - seq.size),
     )
 
 
@@ -510,13 +510,22 @@ def _json_list(values: F64) -> list[float | None]:
     return [None if math.isnan(v) else v for v in values.tolist()]
 
 
-def time_series(trace: Trace, lost: Bools, send_ns: F64 | None) -> dict[str, Any]:
+def time_series(
+    trace: Trace, lost: Bools, send_ns: F64 | None, pdv_ms: F64, jitter_ms: F64
+) -> dict[str, Any]:
     """Per-bin goodput, first-pass loss and delay variation over the transfer, for plots.
 
     Time is the receiver clock in seconds since ``started_ns``. Goodput counts the bytes of
     chunks arriving for the first time (new unique bytes). Loss counts first transmissions by
     the bin they were sent in (``send_ns``, from ``trace_send_times``). Bins are 1-2-5 widths,
     at most ``SERIES_MAX_BINS`` of them.
+
+    Args:
+        trace: the transfer's trace.
+        lost: its first-pass lost mask.
+        send_ns: per-chunk send times on the receiver axis (``trace_send_times``).
+        pdv_ms: RFC 5481 PDV per arrival, in ms.
+        jitter_ms: RFC 3550 jitter after each arrival, in ms.
     """
     empty: dict[str, Any] = {
         "bin_s": None,
@@ -551,15 +560,13 @@ def time_series(trace: Trace, lost: Bools, send_ns: F64 | None) -> dict[str, Any
     loss = np.full(nbins, np.nan)
     if send_t is not None:
         _, loss = _bin_means(to_bins(send_t), lost.astype(np.float64), nbins)
-    pdv = delay_variation_ns(trace.sent_ns, trace.arrival_ns).astype(np.float64) / NS_PER_MS
-    count, pdv_mean = _bin_means(arr_bins, pdv, nbins)
+    count, pdv_mean = _bin_means(arr_bins, pdv_ms, nbins)
     pdv_max = np.full(nbins, -np.inf)
-    np.maximum.at(pdv_max, arr_bins, pdv)
+    np.maximum.at(pdv_max, arr_bins, pdv_ms)
     pdv_max[count == 0] = np.nan
-    jitter = interarrival_jitter_ns(trace.sent_ns, trace.arrival_ns) / NS_PER_MS
     last = np.full(nbins, -1, dtype=np.int64)
     np.maximum.at(last, arr_bins, np.arange(arr_bins.size, dtype=np.int64))
-    jitter_at = np.where(last >= 0, jitter[np.maximum(last, 0)], np.nan)
+    jitter_at = np.where(last >= 0, jitter_ms[np.maximum(last, 0)], np.nan)
     return {
         **empty,
         "bin_s": width / NS_PER_S,
@@ -603,7 +610,8 @@ def analyse(trace: Trace) -> dict[str, Any]:
     """The analysis sections of a transfer's report, to merge into the JSON document.
 
     Returns:
-        ``loss`` {ci95, bursts, gaps, gilbert, rfc3611}, ``reorder``, ``duplicates``,
+        ``loss`` {ci95, datagram_rate, bursts, gaps, gilbert, rfc3611}, ``reorder``,
+        ``duplicates``,
         ``timing`` {jitter_ms, pdv_ms}, ``series`` and ``analysis`` (what was analysed). Plain
         JSON values; ``None`` where undefined. Merged into the core report, ``loss`` and
         ``timing`` extend the core sections of the same name.
@@ -617,36 +625,35 @@ def analyse(trace: Trace) -> dict[str, Any]:
     bursts = _run_section(loss_lengths)
     # Mean run length of a memoryless channel with the same loss rate: 1 / (1 - q).
     bursts["bernoulli_mean_length"] = _ratio(lost.size, lost.size - n_lost)
-    order = reordering(trace.tx)
     pdv = delay_variation_ns(trace.sent_ns, trace.arrival_ns).astype(np.float64) / NS_PER_MS
-    jitter = interarrival_jitter_ns(trace.sent_ns, trace.arrival_ns)
+    jitter = interarrival_jitter_ns(trace.sent_ns, trace.arrival_ns) / NS_PER_MS
     pdv_ms: dict[str, float | None] = dict.fromkeys(("p50", "p95", "p99", "max"))
     if pdv.size:
         percentiles = np.percentile(pdv, [50, 95, 99]).tolist()
         pdv_ms.update(zip(("p50", "p95", "p99"), percentiles, strict=True), max=float(pdv.max()))
     first = first_transmissions(trace.pass_no, trace.flags)
+    # Every DATA datagram the sender reported, resends included, against those that arrived.
+    order = reordering(trace.tx)
+    tx_arrived = len(trace) - order.network_duplicates
+    sent = trace.tx_sent
+    datagram_loss = 1 - tx_arrived / sent if sent > 0 and tx_arrived <= sent else None
     return {
         "loss": {
             "ci95": list(ci) if ci is not None else None,
             "ci_method": "wilson",
+            "datagram_rate": datagram_loss,
             "bursts": bursts,
             "gaps": _run_section(gap_lengths),
             "gilbert": {key: _num(v) for key, v in asdict(gilbert_fit(lost)).items()},
             "rfc3611": asdict(rfc3611_bursts(lost, send_ns)),
         },
-        "reorder": {
-            "count": order.count,
-            "ratio": order.ratio,
-            "max_extent": order.max_extent,
-            "mean_extent": order.mean_extent,
-            "network_duplicates": order.duplicates,
-        },
+        "reorder": asdict(order),
         "duplicates": int(np.count_nonzero(trace.flags & DUPLICATE)),
         "timing": {
-            "jitter_ms": float(jitter[-1]) / NS_PER_MS if jitter.size else None,
+            "jitter_ms": float(jitter[-1]) if jitter.size else None,
             "pdv_ms": pdv_ms,
         },
-        "series": time_series(trace, lost, send_ns),
+        "series": time_series(trace, lost, send_ns, pdv, jitter),
         "analysis": {
             "datagrams": len(trace),
             "chunks": int(lost.size),
