@@ -158,3 +158,73 @@ def run_pair(
     else:
         raise AssertionError("simulation did not settle")
     return PairResult(sender, endpoint, session, stored, ended, now)
+
+
+# -- real sockets on loopback -----------------------------------------------------------
+
+
+class LossyRelay:
+    """A UDP relay on loopback for tests: forwards client <-> server, dropping by rule.
+
+    ``drop(datagram, forward)`` returns True to lose a datagram; ``forward`` is True for
+    client -> server. Runs in a thread; every wait is bounded.
+    """
+
+    def __init__(self, server: tuple[str, int], drop: Callable[[bytes, bool], bool]) -> None:
+        import socket
+        import threading
+
+        self._socket = socket
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        self.server = server
+        self.drop = drop
+        self.front = socket.socket(family, socket.SOCK_DGRAM)
+        self.front.bind((server[0], 0))
+        self.back = socket.socket(family, socket.SOCK_DGRAM)
+        self.back.bind((server[0], 0))
+        for sock in (self.front, self.back):
+            try:  # past net.core.rmem_max when running as root
+                sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 16 << 20)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+        self.address = self.front.getsockname()[:2]
+        self.client: tuple[str, int] | None = None
+        self.forwarded = 0
+        self.dropped: list[tuple[bool, bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LossyRelay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.front.close()
+        self.back.close()
+
+    def _run(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            readable, _, _ = select.select([self.front, self.back], [], [], 0.05)
+            for sock in readable:
+                while True:
+                    try:
+                        data, addr = sock.recvfrom(65535, self._socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    except ConnectionRefusedError:
+                        continue
+                    forward = sock is self.front
+                    if forward:
+                        self.client = addr[:2]
+                    if self.drop(data, forward):
+                        self.dropped.append((forward, data))
+                        continue
+                    target = self.server if forward else self.client
+                    out = self.back if forward else self.front
+                    if target is not None:
+                        out.sendto(data, target)
+                        self.forwarded += 1

@@ -90,7 +90,7 @@ def send_file(
         try:
             session = SenderSession(
                 source.data,
-                name=name or path.name,
+                name=path.name if name is None else name,
                 sha256=digest,
                 session_id=secrets.randbits(64),
                 now=clock(),

@@ -1,0 +1,299 @@
+"""End to end over real sockets on loopback: send_file against a ReceiverServer."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import LossyRelay
+
+from udpxfer.driver import ReceiverServer, TransferResult, send_file
+from udpxfer.receiver import ReceiverConfig
+from udpxfer.sender import SenderConfig
+from udpxfer.units import Address
+from udpxfer.wire import Data, Meta, Mode, PacketType, decode_untrusted, encode
+
+CHUNK = 1400
+REPORT_KEYS = {
+    "schema",
+    "transport",
+    "mode",
+    "file",
+    "chunks",
+    "gaps",
+    "first_pass_gaps",
+    "loss",
+    "timing",
+    "datagrams",
+}
+
+
+@contextmanager
+def receiver(
+    tmp_path: Path, host: str = "127.0.0.1", **config: Any
+) -> Iterator[tuple[ReceiverServer, list[TransferResult]]]:
+    """A ReceiverServer on an ephemeral loopback port, served in a thread."""
+    server = ReceiverServer(
+        Address(host, 0),
+        tmp_path / "out",
+        reports_dir=tmp_path / "reports",
+        config=ReceiverConfig(**config),
+    )
+    stop = threading.Event()
+    results: list[TransferResult] = []
+    thread = threading.Thread(target=lambda: results.extend(server.serve(stop)), daemon=True)
+    thread.start()
+    try:
+        yield server, server.results
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Wait on a condition with a bounded timeout (an Event, not a sleep, paces the polls)."""
+    tick = threading.Event()
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return
+        tick.wait(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def make_file(tmp_path: Path, size: int, name: str = "data.bin", seed: int = 0) -> Path:
+    path = tmp_path / name
+    path.write_bytes(random.Random(seed).randbytes(size))
+    return path
+
+
+def chunk_of(data: bytes, index: int) -> bytes:
+    return data[index * CHUNK : (index + 1) * CHUNK]
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK * 10, CHUNK * 10 + 1, CHUNK * 10 - 1])
+@pytest.mark.parametrize("mode", [Mode.RELIABLE, Mode.BLAST])
+def test_sizes_and_modes_arrive_byte_exact(tmp_path: Path, size: int, mode: Mode) -> None:
+    source = make_file(tmp_path, size)
+    with receiver(tmp_path) as (server, results):
+        session = send_file(source, Address(*server.address), SenderConfig(mode=mode))
+        wait_for(lambda: len(results) == 1)
+    assert session.outcome is not None
+    assert session.outcome.outcome == "complete"
+    (result,) = results
+    assert result.file_path == tmp_path / "out" / "data.bin"
+    assert result.file_path.read_bytes() == source.read_bytes()
+    doc = json.loads(result.report_path.read_text())
+    assert doc.keys() >= REPORT_KEYS
+    assert doc["schema"] == "udpxfer.report/1"
+    assert doc["mode"] == mode.label
+    assert doc["file"]["verified"] is True
+    assert doc["file"]["sha256_actual"] == doc["file"]["sha256_expected"]
+    assert doc["chunks"]["total"] == -(-size // CHUNK)
+    assert doc["chunks"]["received"] == doc["chunks"]["total"]
+    assert doc["gaps"] == []
+    assert doc["first_pass_gaps"] == []
+    assert doc["loss"]["rate"] == 0.0
+    assert result.report_path.parent == tmp_path / "reports"
+
+
+@pytest.mark.parametrize("mode", [Mode.RELIABLE, Mode.BLAST])
+def test_twenty_megabytes(tmp_path: Path, mode: Mode) -> None:
+    source = make_file(tmp_path, 20_000_000)
+    with receiver(tmp_path) as (server, results):
+        session = send_file(source, Address(*server.address), SenderConfig(mode=mode))
+        wait_for(lambda: len(results) == 1)
+    assert session.outcome is not None
+    assert session.outcome.outcome == "complete"
+    assert results[0].file_path.read_bytes() == source.read_bytes()
+
+
+def test_ipv6_loopback(tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no ::1 on this machine")
+    source = make_file(tmp_path, CHUNK * 100 + 5)
+    with receiver(tmp_path, host="::1") as (server, results):
+        session = send_file(source, Address("::1", server.address[1]), SenderConfig())
+        wait_for(lambda: len(results) == 1)
+    assert session.outcome is not None
+    assert session.outcome.outcome == "complete"
+    assert results[0].file_path.read_bytes() == source.read_bytes()
+    assert results[0].report["peer"].startswith("[::1]:")
+
+
+def first_copy_dropper(lost: set[int]) -> Callable[[bytes, bool], bool]:
+    def drop(datagram: bytes, forward: bool) -> bool:
+        if not forward or datagram[5] != PacketType.DATA:
+            return False
+        packet = decode_untrusted(datagram)
+        return isinstance(packet, Data) and not packet.resent and packet.index in lost
+
+    return drop
+
+
+def test_blast_gaps_equal_the_relays_drops(tmp_path: Path) -> None:
+    data = random.Random(3).randbytes(CHUNK * 700 + 99)
+    source = tmp_path / "photo.jpg"
+    source.write_bytes(data)
+    lost = {0, 1, 2, 3, 100, 350, 351, 698, 699, 700}
+    with (
+        receiver(tmp_path, blast_grace_s=0.3) as (server, results),
+        LossyRelay(server.address, first_copy_dropper(lost)) as relay,
+    ):
+        config = SenderConfig(mode=Mode.BLAST, rate_bps=200_000_000)
+        session = send_file(source, Address(*relay.address), config)
+        wait_for(lambda: len(results) == 1)
+    assert session.outcome is not None
+    assert session.outcome.outcome == "incomplete"
+    doc = results[0].report
+    assert doc["gaps"] == [[0, 3], [100, 100], [350, 351], [698, 700]]
+    assert doc["first_pass_gaps"] == doc["gaps"]
+    assert doc["chunks"]["missing"] == len(lost)
+    assert doc["chunks"]["received"] == 701 - len(lost)
+    assert doc["loss"]["rate"] == pytest.approx(len(lost) / 701)
+    assert doc["file"]["complete"] is False
+    assert doc["file"]["verified"] is False
+    assert doc["file"]["sha256_actual"] is None
+    partial = Path(doc["file"]["path"])
+    assert partial.name == "photo.jpg.partial"
+    stored = partial.read_bytes()
+    assert len(stored) == len(data)
+    for index in range(701):
+        expected = bytes(len(chunk_of(data, index))) if index in lost else chunk_of(data, index)
+        assert chunk_of(stored, index) == expected, index
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [set(range(300, 500)), {0, 999}],
+    ids=["burst-200", "first-and-last"],
+)
+def test_reliable_repairs_relay_drops(tmp_path: Path, lost: set[int]) -> None:
+    source = make_file(tmp_path, CHUNK * 1000)
+    with (
+        receiver(tmp_path) as (server, results),
+        LossyRelay(server.address, first_copy_dropper(lost)) as relay,
+    ):
+        session = send_file(source, Address(*relay.address), SenderConfig(rate_bps=300_000_000))
+        wait_for(lambda: len(results) == 1)
+    assert session.outcome is not None
+    assert session.outcome.outcome == "complete"
+    assert results[0].file_path.read_bytes() == source.read_bytes()
+    doc = results[0].report
+    first_pass = {i for a, b in doc["first_pass_gaps"] for i in range(a, b + 1)}
+    assert lost <= first_pass
+    assert doc["chunks"]["retransmitted"] >= len(lost)
+    assert doc["gaps"] == []
+
+
+def test_reliable_with_twenty_percent_loss_both_ways(tmp_path: Path) -> None:
+    source = make_file(tmp_path, CHUNK * 1500)
+    rng = random.Random(20)
+    with (
+        receiver(tmp_path) as (server, results),
+        LossyRelay(server.address, lambda d, f: rng.random() < 0.2) as relay,
+    ):
+        session = send_file(source, Address(*relay.address), SenderConfig(rate_bps=300_000_000))
+        wait_for(lambda: len(results) == 1)
+    assert session.outcome is not None
+    assert session.outcome.outcome == "complete"
+    assert results[0].file_path.read_bytes() == source.read_bytes()
+    assert 0.1 < results[0].report["loss"]["rate"] < 0.3
+
+
+def junk_datagrams(count: int, seed: int) -> list[bytes]:
+    """Random bytes, truncations, bit flips and forged sessions of real datagrams."""
+    rng = random.Random(seed)
+    meta = encode(Meta(77, "junk.bin", 5000, 1000, 5, bytes(32), Mode.RELIABLE))
+    data = encode(Data(77, 1, 1, b"x" * 1000))
+    out: list[bytes] = []
+    for i in range(count):
+        kind = i % 4
+        if kind == 0:
+            out.append(rng.randbytes(rng.randrange(0, 1500)))
+        elif kind == 1:
+            base = rng.choice([meta, data])
+            out.append(base[: rng.randrange(0, len(base))])
+        elif kind == 2:
+            mutated = bytearray(rng.choice([meta, data]))
+            for bit in rng.sample(range(len(mutated) * 8), rng.randrange(1, 4)):
+                mutated[bit // 8] ^= 1 << (bit % 8)
+            out.append(bytes(mutated))
+        else:
+            out.append(b"UDPX" + rng.randbytes(rng.randrange(0, 100)))
+    return out
+
+
+def test_junk_is_counted_and_the_next_transfer_works(tmp_path: Path) -> None:
+    source = make_file(tmp_path, CHUNK * 300 + 1)
+    junk = junk_datagrams(4000, seed=1)
+    with receiver(tmp_path) as (server, results):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for datagram in junk:
+                sock.sendto(datagram, server.address)
+        wait_for(lambda: server.endpoint.received == len(junk))
+        assert server.endpoint.rejected == len(junk)
+        session = send_file(source, Address(*server.address), SenderConfig())
+        wait_for(lambda: len(results) == 1)
+    assert session.outcome is not None
+    assert session.outcome.outcome == "complete"
+    assert results[0].file_path.read_bytes() == source.read_bytes()
+    assert results[0].report["datagrams"]["rejected"] == len(junk)
+    assert results[0].report["datagrams"]["received"] >= len(junk) + 301
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("../../x", "x"),
+        ("/etc/passwd", "passwd"),
+        ("..", "unnamed"),
+        ("", "unnamed"),
+        ("a\0b", "ab"),
+        ("c:\\windows\\evil.dll", "evil.dll"),
+        (".hidden", "hidden"),
+        ("x" * 4096, "x" * 200),
+    ],
+)
+def test_hostile_names_stay_inside_the_output_directory(
+    tmp_path: Path, name: str, expected: str
+) -> None:
+    source = make_file(tmp_path, 3000)
+    with receiver(tmp_path) as (server, results):
+        send_file(source, Address(*server.address), SenderConfig(chunk_size=1000), name=name)
+        wait_for(lambda: len(results) == 1)
+    out = tmp_path / "out"
+    assert results[0].file_path == out / expected
+    assert results[0].file_path.read_bytes() == source.read_bytes()
+    written = {p for p in tmp_path.rglob("*") if p.is_file()}
+    assert written <= {source, results[0].file_path, results[0].report_path}
+    assert results[0].report_path.parent == tmp_path / "reports"
+
+
+def test_a_second_transfer_never_overwrites_the_first(tmp_path: Path) -> None:
+    first = make_file(tmp_path, 5000, "same.bin", seed=1)
+    with receiver(tmp_path) as (server, results):
+        send_file(first, Address(*server.address), SenderConfig())
+        wait_for(lambda: len(results) == 1)
+        first.write_bytes(b"different content")
+        send_file(first, Address(*server.address), SenderConfig())
+        wait_for(lambda: len(results) == 2)
+    assert results[0].file_path.name == "same.bin"
+    assert results[1].file_path.name == "same-1.bin"
+    assert results[1].file_path.read_bytes() == b"different content"
+    assert results[0].report_path != results[1].report_path
+    assert len(os.listdir(tmp_path / "reports")) == 2
