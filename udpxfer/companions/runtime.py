@@ -138,7 +138,8 @@ def control_for(sock: socket.socket, stop: asyncio.Event) -> ServerControl:
     loop = asyncio.get_running_loop()
 
     def stop_soon() -> None:
-        loop.call_soon_threadsafe(stop.set)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: already stopped
+            loop.call_soon_threadsafe(stop.set)
 
     return ServerControl(sock.getsockname(), stop_soon)
 

@@ -165,7 +165,7 @@ def send_file(
             ) from None
         except OSError as exc:
             raise TransferError(
-                f"connection to receiver {to} lost after {format_size(sent)} of "
+                f"connection to receiver {to} lost after sending {format_size(sent)} of "
                 f"{format_size(size)} ({exc.strerror or type(exc).__name__}); "
                 "the file was not delivered"
             ) from None
