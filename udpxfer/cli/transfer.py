@@ -281,10 +281,10 @@ def recv(
             observer=_RecvObserver(bars=show_progress(quiet), quiet=quiet),
         )
         host, port = server.address
-        if not quiet:
-            typer.echo(f"listening on {'[' + host + ']' if ':' in host else host}:{port}")
         stop = threading.Event()
         with _sigterm_sets(stop):
+            if not quiet:
+                typer.echo(f"listening on {'[' + host + ']' if ':' in host else host}:{port}")
             results = server.serve(stop)
         if once:
             ok = bool(results) and results[-1].verified

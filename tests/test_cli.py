@@ -1,0 +1,181 @@
+"""The command line as a user runs it: exit codes, one-line errors, reports on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from helpers import LossyRelay
+
+from udpxfer.wire import Data, PacketType, decode_untrusted
+
+UDPXFER = [sys.executable, "-m", "udpxfer"]
+
+
+def run(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*UDPXFER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("udpxfer: error:")
+    assert fragment in lines[0]
+
+
+@contextmanager
+def recv_process(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``udpxfer recv`` on an ephemeral loopback port; yields the process and its port."""
+    proc = subprocess.Popen(
+        [*UDPXFER, "recv", "--bind", "127.0.0.1:0", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "receiver did not start"
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        yield proc, int(line.rsplit(":", 1)[1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    path = tmp_path / "sample.bin"
+    path.write_bytes(random.Random(0).randbytes(300_000))
+    return path
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    result = run("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("send", "recv", "tcp", "udp"):
+        assert command in result.stdout
+    for sub in ("send", "recv"):
+        help_text = run(sub, "--help", cwd=tmp_path)
+        assert help_text.returncode == 0
+        assert "Exit" in help_text.stdout
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert_one_line_error(run("send", "nope.bin", "--to", "9", cwd=tmp_path), "no such file")
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    assert_one_line_error(run("send", ".", "--to", "9", cwd=tmp_path), "not a regular file")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("--chunk-size", "abc", "bad size"),
+        ("--chunk-size", "70000", "chunk size"),
+        ("--chunk-size", "0", "chunk size"),
+        ("--rate", "fast", "bad rate"),
+        ("--to", "host:port", "bad address"),
+        ("--to", "[::1", "bad address"),
+        ("--to", "1.2.3.4:99999", "port"),
+    ],
+)
+def test_bad_send_options(
+    tmp_path: Path, sample: Path, option: str, value: str, fragment: str
+) -> None:
+    assert_one_line_error(run("send", str(sample), option, value, cwd=tmp_path), fragment)
+
+
+def test_port_in_use(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        result = run("recv", "--bind", f"127.0.0.1:{port}", "--once", cwd=tmp_path)
+    assert_one_line_error(result, "already in use")
+
+
+def test_unwritable_output_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("recv", "--bind", "127.0.0.1:0", "--out", str(blocker / "sub"), cwd=tmp_path)
+    assert_one_line_error(result, "cannot create directory")
+
+
+def test_send_and_recv_exit_zero_and_write_the_report(tmp_path: Path, sample: Path) -> None:
+    with recv_process(tmp_path, "--once", "--out", "in", "--report", "r.json") as (proc, port):
+        sent = run("send", str(sample), "--to", f"127.0.0.1:{port}", cwd=tmp_path)
+        out, err = proc.communicate(timeout=30)
+    assert sent.returncode == 0, sent.stderr
+    assert "verified by the receiver" in sent.stdout
+    assert proc.returncode == 0, err
+    assert "complete, SHA-256 verified" in out
+    assert (tmp_path / "in" / "sample.bin").read_bytes() == sample.read_bytes()
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["file"]["verified"] is True
+    assert doc["file"]["path"] == str(Path("in") / "sample.bin")
+
+
+def test_blast_with_loss_exits_one_on_the_receiver_zero_on_the_sender(
+    tmp_path: Path, sample: Path
+) -> None:
+    def drop(datagram: bytes, forward: bool) -> bool:
+        if not forward or datagram[5] != PacketType.DATA:
+            return False
+        packet = decode_untrusted(datagram)
+        return isinstance(packet, Data) and packet.index in {5, 6, 100}
+
+    with (
+        recv_process(tmp_path, "--once", "--out", "in", "--report", "r.json") as (proc, port),
+        LossyRelay(("127.0.0.1", port), drop) as relay,
+    ):
+        relay_port = relay.address[1]
+        sent = run(
+            "send", str(sample), "--to", f"127.0.0.1:{relay_port}", "--mode", "blast",
+            "--rate", "100M", cwd=tmp_path,
+        )  # fmt: skip
+        _out, _ = proc.communicate(timeout=30)
+    assert sent.returncode == 0, sent.stderr
+    assert "chunks missing" in sent.stdout
+    assert proc.returncode == 1
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["gaps"] == [[5, 6], [100, 100]]
+    assert (tmp_path / "in" / "sample.bin.partial").exists()
+    assert not (tmp_path / "in" / "sample.bin").exists()
+
+
+def test_reliable_send_to_nobody_gives_up_with_exit_one(tmp_path: Path, sample: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # a port that swallows datagrams and never answers
+        port = silent.getsockname()[1]
+        result = run("send", str(sample), "--to", f"127.0.0.1:{port}", "--timeout", "1",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    assert "no answer from the receiver" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_receiver_stops_on_signals(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    with recv_process(tmp_path) as (proc, _port):
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == code
+    assert "Traceback" not in err
