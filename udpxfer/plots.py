@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from udpxfer import analysis as an
 from udpxfer.render import lookup
@@ -32,7 +33,7 @@ F64 = npt.NDArray[np.float64]
 DPI: Final = 100
 WIDE: Final = (9.0, 3.4)
 MAP_CELLS: Final = 1 << 20  # the loss map shows at most this many cells (worst chunk wins)
-STRIP_BINS: Final = 1000  # resolution of the loss strip over time
+STRIP_BINS: Final = 400  # loss strip columns: fewer than the axes' pixels, so none vanishes
 SCATTER_POINTS: Final = 50_000  # delay scatter is thinned to about this many points
 RECEIVED, REPAIRED, MISSING, EMPTY = "#cfe0ee", "#f4a261", "#c1121f", "#ffffff"
 
@@ -100,6 +101,7 @@ def loss_map(doc: Report, trace: Trace | None = None) -> Plot | None:
     worst = padded.reshape(cells, group).max(axis=1)
     width = min(cells, max(1, math.ceil(math.sqrt(cells * 4))))
     rows = math.ceil(cells / width)
+    row_chunks = width * group
     grid = np.full(rows * width, 3, dtype=np.int8)
     grid[:cells] = worst
     fig = _figure((9.0, 4.2))
@@ -110,7 +112,7 @@ def loss_map(doc: Report, trace: Trace | None = None) -> Plot | None:
         norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5], 4),
         interpolation="nearest",
         aspect="auto",
-        extent=(0, width * group, rows * width * group, 0),
+        extent=(0, row_chunks, rows * row_chunks, 0),
     )
     counts = np.bincount(status, minlength=3)
     handles = [Patch(color=RECEIVED, label=f"received on first pass ({counts[0]})")]
@@ -119,7 +121,9 @@ def loss_map(doc: Report, trace: Trace | None = None) -> Plot | None:
     handles.append(Patch(color=MISSING, label=f"missing at the end ({counts[2]})"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3)
     per_cell = f", {group} chunks per cell (worst shown)" if group > 1 else ""
-    ax.set_title(f"Loss map over chunk index: {total} chunks, {width * group} per row{per_cell}")
+    ax.set_title(f"Loss map over chunk index: {total} chunks, {row_chunks} per row{per_cell}")
+    ax.set_yticks(np.arange(0, rows, max(1, math.ceil(rows / 8))) * row_chunks)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("chunk index within the row")
     ax.set_ylabel("chunk index at row start")
     return Plot("loss-map", "Loss map over chunk index", _png(fig))
@@ -136,10 +140,11 @@ def loss_over_time(doc: Report, trace: Trace | None = None) -> Plot | None:
         ax, strip = fig.subplots(2, 1, sharex=True, height_ratios=(4, 1))
         times = send_ns[:-1] / an.NS_PER_S
         lost = an.lost_chunks(trace).astype(np.float64)
-        edges = np.linspace(float(times.min()), float(times.max()) + 1e-9, STRIP_BINS + 1)
+        columns = min(STRIP_BINS, times.size)
+        edges = np.linspace(float(times.min()), float(times.max()) + 1e-9, columns + 1)
         sent, _ = np.histogram(times, bins=edges)
         dropped, _ = np.histogram(times, bins=edges, weights=lost)
-        fraction = np.full(STRIP_BINS, np.nan)
+        fraction = np.full(columns, np.nan)
         np.divide(dropped, sent, out=fraction, where=sent > 0)
         strip.imshow(
             fraction[None, :] * 100,
