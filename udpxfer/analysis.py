@@ -185,8 +185,8 @@ def gilbert_two_state(lost: Bools) -> tuple[float | None, float | None, float | 
     """Simple Gilbert model (k=1, h=0) estimated by counting transitions in send order.
 
     p = #(received -> lost) / #(received chunks with a successor),
-    r = #(lost -> received) / #(lost chunks with a successor) (Gilbert 1960; RFC 3611 §4.7.2
-    uses the same state-transition counting).
+    r = #(lost -> received) / #(lost chunks with a successor) (Gilbert 1960: with k=1, h=0
+    the hidden state is the observed one, so these counts are its maximum-likelihood fit).
 
     Returns:
         ``(p, r, steady_state_loss)``; each ``None`` when its denominator is empty. The
@@ -296,7 +296,8 @@ def rfc3611_bursts(lost: Bools, slot_ns: F64 | None, gmin: int = GMIN) -> Rfc361
     A burst is a longest run that starts and ends with a lost chunk and holds no Gmin or more
     consecutive received chunks; the sequence is taken as preceded and followed by Gmin
     received chunks. A lone loss separated from others by >= Gmin received chunks stays in
-    the gap (RFC 3611 Appendix A.2 counts it as a gap loss), so a burst holds >= 2 losses.
+    the gap ("gaps correspond to periods of time during which only isolated lost packets may
+    occur", §4.7.2; Appendix A.2 counts such a loss in the gap), so a burst holds >= 2 losses.
     Gaps are the periods between bursts (the whole sequence when there is none).
 
     Args:
