@@ -106,8 +106,12 @@ def test_forwards_both_ways(
     server.sendto(b"pong", upstream)
     data, source = client.recvfrom(100)
     assert (data, source) == (b"pong", relay.listen_address)
-    assert relay.stats[Direction.FORWARD].delivered == 1
-    assert relay.stats[Direction.REVERSE].delivered == 1
+    largest = bytes(range(256)) * 255 + bytes(227)  # 65,507 bytes: the most UDP over IPv4 carries
+    client.sendto(largest, relay.listen_address)
+    assert server.recv(65536) == largest
+    # The counters are updated once a batch is sent: wait for them.
+    wait_for(lambda: relay.stats[Direction.FORWARD].delivered == 2)
+    wait_for(lambda: relay.stats[Direction.REVERSE].delivered == 1)
 
 
 def test_replies_go_back_to_the_right_client(
@@ -197,6 +201,30 @@ def test_log_matches_what_the_receiver_got(
     assert 0 < stats.dropped_loss < count
     assert stats.duplicated > 0
     assert stats.corrupted > 0
+
+
+@pytest.mark.parametrize("gso", [True, False])
+def test_batches_keep_order_and_content(
+    monkeypatch: pytest.MonkeyPatch,
+    server: socket.socket,
+    client: socket.socket,
+    gso: bool,
+) -> None:
+    if not gso:
+        monkeypatch.setattr("udpxfer.relay._gso_available", lambda sock: False)
+    sizes = [1400, 1400, 1400, 100, 0, 1400, 1400, 9000, 1400, 7]
+    sent = [bytes([i % 256]) * sizes[i % len(sizes)] for i in range(400)]
+    target = Address("127.0.0.1", server.getsockname()[1])
+    with Relay(Address("127.0.0.1", 0), target) as relay:
+        relay.start()
+        received: list[bytes] = []
+        for first in range(0, len(sent), 40):
+            for datagram in sent[first : first + 40]:
+                client.sendto(datagram, relay.listen_address)
+            settled = first + 40
+            wait_for(lambda: relay.forward.stats.delivered >= settled)  # noqa: B023
+            received += drain(server)
+    assert received == sent
 
 
 def test_measured_delay_matches_the_setting(

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import functools
 import json
 import selectors
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 from udpxfer.errors import TransportError, UsageError
 from udpxfer.impair import (
@@ -43,7 +46,10 @@ from udpxfer.impair import (
 from udpxfer.sockets import SockAddr, bind_socket, resolve
 from udpxfer.units import Address
 
-RECV_BUFFER_BYTES = 65536  # above the largest UDP payload (65,507 bytes over IPv4)
+MAX_DATAGRAM_BYTES = 65536  # above the largest UDP payload (65,507 bytes over IPv4)
+# Datagrams read in one drain stay in this buffer, each at its own offset, until the batch is
+# sent: room for DRAIN_BUDGET Ethernet-sized datagrams, or fewer large ones.
+RECV_BUFFER_BYTES = 1 << 20
 # Ask for large kernel buffers so bursts wait in the kernel rather than being lost before the
 # relay sees them (such losses would be missing from the ground truth). Linux caps the request
 # at net.core.rmem_max; macOS refuses sizes above kern.ipc.maxsockbuf, hence the fallbacks.
@@ -51,6 +57,14 @@ SOCKET_BUFFER_BYTES = (8 << 20, 4 << 20, 1 << 20, 256 << 10)
 DRAIN_BUDGET = 256  # datagrams read from one socket before looking at the others
 SEND_WAIT_S = 1.0  # how long a full send buffer may hold the loop before the datagram is lost
 MAX_CLIENTS = 256  # upstream sockets kept; the oldest mapping is closed beyond this
+# Linux UDP generic segmentation offload (udp(7), since 4.18): one sendmsg() carries up to
+# UDP_MAX_SEGMENTS datagrams of one size to one destination, the kernel cuts them apart. On
+# loopback it cuts the cost of sending a 1400-byte datagram about fivefold.
+UDP_SEGMENT = 103
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels (newer allow 128)
+GSO_MAX_BYTES = 64000  # the whole super-datagram must fit one 64 KiB IP packet
+_GSO_UNSUPPORTED = {errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP}
+_U16 = struct.Struct("=H")
 
 Dest = TypeVar("Dest")
 RecordSink = Callable[[list[Record]], None]
@@ -81,6 +95,58 @@ def _enlarge_buffers(sock: socket.socket) -> None:
             except OSError:
                 continue  # refused as too large here: try the next smaller size
             break
+
+
+def _gso_available(sock: socket.socket) -> bool:
+    """True when this system can segment UDP for us (probed once per relay)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.getsockopt(socket.SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False  # a kernel before 4.18
+    return True
+
+
+class _Outbox(Generic[Dest]):
+    """Collects datagrams to send, in order, into runs of one destination and one size.
+
+    Each full run, and the last one at ``flush()``, goes to ``send_run`` (one GSO system call).
+    """
+
+    __slots__ = ("_bytes", "_dest", "_run", "_send_run", "_size")
+
+    def __init__(self, send_run: Callable[[list[Datagram], Dest], None]) -> None:
+        self._send_run = send_run
+        self._run: list[Datagram] = []
+        self._dest: Dest | None = None
+        self._size = -1
+        self._bytes = 0
+
+    def add(self, data: Datagram, dest: Dest) -> None:
+        size = len(data)
+        if (
+            size != self._size
+            or dest != self._dest
+            or len(self._run) >= GSO_MAX_SEGMENTS
+            or self._bytes + size > GSO_MAX_BYTES
+        ):
+            self.flush()
+            self._dest, self._size = dest, size
+        self._run.append(data)
+        self._bytes += size
+
+    def flush(self) -> None:
+        if self._run:
+            run, self._run = self._run, []
+            self._bytes = 0
+            self._send_run(run, self._dest)  # type: ignore[arg-type]
+
+
+def _send_due(policy: ImpairmentPolicy[Dest], outbox: _Outbox[Dest], now: float) -> None:
+    for data, dest in policy.due(now):
+        outbox.add(data, dest)
+    outbox.flush()
 
 
 class Relay:
@@ -146,13 +212,15 @@ class Relay:
         self._listen.setblocking(False)
         _enlarge_buffers(self._listen)
         self._upstreams: dict[SockAddr, socket.socket] = {}
-        self._buf = bytearray(RECV_BUFFER_BYTES)
-        self._view = memoryview(self._buf)
+        self._view = memoryview(bytearray(RECV_BUFFER_BYTES))
+        self._gso = _gso_available(self._listen)
+        self._to_target: _Outbox[socket.socket] = _Outbox(self._send_upstream)
+        self._to_clients: _Outbox[SockAddr] = _Outbox(self._send_to_client)
         self._selector = selectors.DefaultSelector()
         self._selector.register(
             self._listen,
             selectors.EVENT_READ,
-            functools.partial(self._pump, self.forward, self._receive_forward, self._send_forward),
+            functools.partial(self._pump, self.forward, self._receive_forward, self._to_target),
         )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -292,45 +360,67 @@ class Relay:
     def _pump(
         self,
         policy: ImpairmentPolicy[Dest],
-        receive: Callable[[], tuple[int, Dest] | None],
-        send: Callable[[list[tuple[Datagram, Dest]]], None],
+        receive: Callable[[memoryview], tuple[int, Dest] | None],
+        outbox: _Outbox[Dest],
     ) -> bool:
-        """Read datagrams until EAGAIN or the budget; True if the budget ran out."""
-        view, clock = self._view, self._clock
-        copy = policy.holds_data
-        limit = self._count_limit
-        for _ in range(DRAIN_BUDGET):
-            if limit is not None and self._arrived >= limit:
-                return False
-            try:
-                got = receive()
-            except BlockingIOError:
-                return False
-            if got is None:
-                continue
-            size, dest = got
-            self._arrived += 1
-            now = clock()
-            if copy:
-                policy.on_datagram(bytes(view[:size]), now, dest)
-            else:
-                # Sent on before the buffer is reused: no copy.
-                policy.on_datagram(view[:size], now, dest)
-                send(policy.due(now))
-        return True
+        """Read datagrams until EAGAIN or the budget; True if the budget ran out.
 
-    def _receive_forward(self) -> tuple[int, socket.socket]:
-        size, addr = self._listen.recvfrom_into(self._buf)
+        What needs no timing is sent from the receive buffer, batched, without a copy: each
+        datagram is read at its own offset, and the batch is sent before the buffer is reused.
+        """
+        view, clock = self._view, self._clock
+        copy, passthrough = policy.holds_data, policy.passthrough
+        limit = self._count_limit
+        last_offset = len(view) - MAX_DATAGRAM_BYTES
+        offset = passed = passed_bytes = 0
+        try:
+            for _ in range(DRAIN_BUDGET):
+                if limit is not None and self._arrived >= limit:
+                    return False
+                if offset > last_offset:
+                    outbox.flush()
+                    offset = 0
+                try:
+                    got = receive(view[offset:])
+                except BlockingIOError:
+                    return False
+                if got is None:
+                    continue
+                size, dest = got
+                self._arrived += 1
+                data = view[offset : offset + size]
+                if passthrough:
+                    # The fast path: no decision to make.
+                    outbox.add(data, dest)
+                    offset += size
+                    passed += 1
+                    passed_bytes += size
+                elif copy:
+                    policy.on_datagram(bytes(data), clock(), dest)
+                else:
+                    now = clock()
+                    policy.on_datagram(data, now, dest)
+                    offset += size
+                    for out, to in policy.due(now):
+                        outbox.add(out, to)
+            return True
+        finally:
+            outbox.flush()
+            if passed:
+                policy.count_passthrough(passed, passed_bytes)
+
+    def _receive_forward(self, into: memoryview) -> tuple[int, socket.socket]:
+        size, addr = self._listen.recvfrom_into(into, MAX_DATAGRAM_BYTES)
         upstream = self._upstreams.get(addr)
         if upstream is None:
             upstream = self._open_upstream(addr)
         return size, upstream
 
     def _receive_reverse(
-        self, sock: socket.socket, client: SockAddr
+        self, sock: socket.socket, client: SockAddr, into: memoryview
     ) -> tuple[int, SockAddr] | None:
         try:
-            return sock.recv_into(self._buf), client
+            return sock.recv_into(into, MAX_DATAGRAM_BYTES), client
         except ConnectionRefusedError:
             # ICMP port unreachable for an earlier datagram: the target is not listening.
             self.relay_stats.unreachable += 1
@@ -356,14 +446,14 @@ class Relay:
         self._selector.register(
             sock,
             selectors.EVENT_READ,
-            functools.partial(self._pump, self.reverse, receive, self._send_reverse),
+            functools.partial(self._pump, self.reverse, receive, self._to_clients),
         )
         self.relay_stats.clients += 1
         return sock
 
     def _release(self, now: float) -> None:
-        self._send_forward(self.forward.due(now))
-        self._send_reverse(self.reverse.due(now))
+        _send_due(self.forward, self._to_target, now)
+        _send_due(self.reverse, self._to_clients, now)
         self._flush_records()
 
     def _flush_records(self) -> None:
@@ -374,17 +464,38 @@ class Relay:
         if records:
             self._on_records(records)
 
-    def _send_forward(self, datagrams: list[tuple[Datagram, socket.socket]]) -> None:
-        for data, sock in datagrams:
-            self._send(sock, data, None)
+    def _send_upstream(self, run: list[Datagram], sock: socket.socket) -> None:
+        self._send_run(sock, run, None)
 
-    def _send_reverse(self, datagrams: list[tuple[Datagram, SockAddr]]) -> None:
-        listen = self._listen
-        for data, client in datagrams:
-            self._send(listen, data, client)
+    def _send_to_client(self, run: list[Datagram], client: SockAddr) -> None:
+        self._send_run(self._listen, run, client)
 
-    def _send(self, sock: socket.socket, data: Datagram, addr: SockAddr | None) -> None:
-        """Send one datagram, waiting a little for buffer space; count what is refused."""
+    def _send_run(self, sock: socket.socket, run: list[Datagram], addr: SockAddr | None) -> None:
+        """Send datagrams of one size to one place: with one GSO system call where possible."""
+        if len(run) > 1 and self._gso and len(run[0]):
+            segment = [(socket.SOL_UDP, UDP_SEGMENT, _U16.pack(len(run[0])))]
+            try:
+                if addr is None:
+                    sock.sendmsg(run, segment)
+                else:
+                    sock.sendmsg(run, segment, 0, addr)
+                return
+            except OSError as exc:
+                # Sent nothing (UDP is all or nothing): go one by one, which waits for room
+                # and counts refusals; stop trying GSO where the system cannot do it.
+                if exc.errno in _GSO_UNSUPPORTED:
+                    self._gso = False
+        for data in run:
+            try:
+                if addr is None:
+                    sock.send(data)
+                else:
+                    sock.sendto(data, addr)
+            except OSError:
+                self._send_hard(sock, data, addr)
+
+    def _send_hard(self, sock: socket.socket, data: Datagram, addr: SockAddr | None) -> None:
+        """Send a datagram whose first try failed: wait a little for room, count refusals."""
         for _ in range(3):
             try:
                 if addr is None:
