@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from udpxfer import wire
 from udpxfer.cli.app import app  # importing the package registers the commands
 from udpxfer.impair import LOG_COLUMNS, Direction, DropCause, Impairment, Record, flip_bit
-from udpxfer.relay import RecordLog, Relay, StopReason
+from udpxfer.relay import RecordLog, Relay, StopReason, kernel_drops
 from udpxfer.units import Address
 
 pytestmark = pytest.mark.timeout(30)
@@ -287,6 +287,17 @@ def test_duration_stops_the_relay(make_relay: Callable[..., Relay]) -> None:
     relay = make_relay(duration_s=0.1)
     assert relay.join(TIMEOUT_S)
     assert relay.stop_reason is StopReason.DURATION
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/udp")
+def test_kernel_drops_count_what_never_reached_the_relay(client: socket.socket) -> None:
+    with udp_socket() as full:
+        full.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert kernel_drops([full]) == 0
+        for _ in range(200):
+            client.sendto(bytes(1000), full.getsockname())
+        queued = len(drain(full))
+        assert kernel_drops([full]) == 200 - queued > 0
 
 
 # --- the log file --------------------------------------------------------------------------------

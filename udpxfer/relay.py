@@ -19,6 +19,7 @@ import csv
 import errno
 import functools
 import json
+import os
 import selectors
 import socket
 import struct
@@ -85,6 +86,28 @@ class RelayStats:
     clients: int = 0  # client addresses seen
     send_failed: int = 0  # datagrams the system refused to send (counted as delivered above)
     unreachable: int = 0  # ICMP port unreachable reports from the target
+    # Datagrams the kernel dropped because a socket's receive queue was full, before the relay
+    # could see them (so not in the log); Linux only, None elsewhere. Counted when run() ends.
+    kernel_drops_forward: int | None = None
+    kernel_drops_reverse: int | None = None
+
+
+def kernel_drops(sockets: list[socket.socket]) -> int | None:
+    """Receive-queue overflows of ``sockets`` from Linux ``/proc/net/udp*`` (None elsewhere)."""
+    inodes = {os.fstat(sock.fileno()).st_ino for sock in sockets}
+    total, found = 0, False
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue  # not Linux, or no IPv6: nothing to count there
+        for line in lines:
+            # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            fields = line.split()
+            if len(fields) >= 13 and int(fields[9]) in inodes:
+                total += int(fields[12])
+                found = True
+    return total if found else None
 
 
 def _enlarge_buffers(sock: socket.socket) -> None:
@@ -324,6 +347,9 @@ class Relay:
         self.forward.discard_pending()
         self.reverse.discard_pending()
         self._flush_records()
+        self.relay_stats.kernel_drops_forward = kernel_drops([self._listen])
+        if self._upstreams:
+            self.relay_stats.kernel_drops_reverse = kernel_drops(list(self._upstreams.values()))
         self.stop_reason = reason
         return reason
 

@@ -322,5 +322,14 @@ def _run(relay: Relay, target: Address, record_log: RecordLog | None, *, quiet: 
         f"  clients {extra.clients}, send failures {extra.send_failed}, "
         f"target unreachable {extra.unreachable}"
     )
+    for way, drops in (
+        ("forward", extra.kernel_drops_forward),
+        ("reverse", extra.kernel_drops_reverse),
+    ):
+        if drops:
+            say(
+                f"  {way}: {drops} datagrams dropped by the kernel before the relay could read "
+                "them (receive buffer full; not in the log)"
+            )
     if record_log is not None:
         say(f"  log: {record_log.path}")
