@@ -596,7 +596,13 @@ def test_bad_gilbert_parameters() -> None:
 def test_describe() -> None:
     assert Impairment().describe() == "none"
     text = EVERYTHING.describe()
-    for word in ("loss 0.05", "gilbert p=0.01", "delay 5 ms +- 2 ms", "reorder", "rate 50000000"):
+    for word in (
+        "loss 0.05",
+        "gilbert p=0.01",
+        "delay 5 ms +- 2 ms",
+        "reorder",
+        "rate 50.0 Mbit/s queue 20 datagrams",
+    ):
         assert word in text
 
 

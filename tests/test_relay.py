@@ -390,7 +390,8 @@ def test_command_stops_cleanly_on_a_signal(
         (["--gilbert", "0.1"], "--gilbert: bad Gilbert-Elliott model"),
         (["--delay", "soon"], "--delay: bad duration"),
         (["--rate", "fast"], "--rate: bad rate"),
-        (["--queue", "1Q"], "--queue: bad size"),
+        (["--rate", "1M", "--queue", "1Q"], "--queue: bad size"),
+        (["--queue", "100"], "--queue is the bottleneck's buffer: it needs --rate"),
     ],
 )
 def test_command_rejects_bad_options_in_one_line(options: list[str], message: str) -> None:

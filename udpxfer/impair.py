@@ -49,6 +49,7 @@ from typing import Any, Generic, TypeVar
 
 from udpxfer import wire
 from udpxfer.errors import MalformedPacket, UsageError
+from udpxfer.units import format_rate
 
 Dest = TypeVar("Dest")  # where a datagram goes: opaque to the policy, handed back by due()
 Datagram = bytes | bytearray | memoryview
@@ -184,7 +185,7 @@ class Impairment:
         if self.rate_bps:
             unit = "bytes" if self.queue_in_bytes else "datagrams"
             limit = f"{self.queue_limit} {unit}" if self.queue_limit else "unlimited"
-            parts.append(f"rate {self.rate_bps} bit/s queue {limit}")
+            parts.append(f"rate {format_rate(self.rate_bps)} queue {limit}")
         return ", ".join(parts) or "none"
 
 

@@ -410,6 +410,8 @@ class Relay:
                     got = receive(view[offset:])
                 except BlockingIOError:
                     return False
+                except OSError as exc:
+                    raise TransportError(f"receive failed: {exc.strerror}") from exc
                 if got is None:
                     continue
                 size, dest = got

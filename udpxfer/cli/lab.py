@@ -202,12 +202,13 @@ def impair(
         typer.Option(help="Bottleneck in bits per second over UDP payloads (100M, 1.5G; 0: none)."),
     ] = "0",
     queue: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Bottleneck buffer, tail drop beyond it: a count of datagrams (1000) or "
-            "bytes with a unit (64K, 1500B); 0: unlimited. Only with --rate."
+            help="Bottleneck buffer, tail drop beyond it: a count of datagrams or bytes with a "
+            f"unit (64K, 1500B); 0: unlimited. Needs --rate. [default: {DEFAULT_QUEUE_LIMIT}]",
+            show_default=False,
         ),
-    ] = str(DEFAULT_QUEUE_LIMIT),
+    ] = None,
     seed: Annotated[
         int | None,
         typer.Option(
@@ -240,7 +241,12 @@ def impair(
 ) -> None:
     """Relay UDP between senders and a target, impairing it (help text: ``_HELP``)."""
     with guarded():
-        queue_limit, queue_in_bytes = _parsed("--queue", parse_queue_limit, queue)
+        rate_bps = _parsed("--rate", parse_rate, rate)
+        queue_limit, queue_in_bytes = DEFAULT_QUEUE_LIMIT, False
+        if queue is not None:
+            if not rate_bps:
+                raise UsageError("--queue is the bottleneck's buffer: it needs --rate")
+            queue_limit, queue_in_bytes = _parsed("--queue", parse_queue_limit, queue)
         config = Impairment(
             loss=_parsed("--loss", parse_probability, loss),
             gilbert=None if gilbert is None else _parsed("--gilbert", parse_gilbert, gilbert),
@@ -253,7 +259,7 @@ def impair(
             reorder_hold_s=_parsed("--reorder-hold", parse_duration, reorder_hold),
             duplicate=_parsed("--duplicate", parse_probability, duplicate),
             corrupt=_parsed("--corrupt", parse_probability, corrupt),
-            rate_bps=_parsed("--rate", parse_rate, rate),
+            rate_bps=rate_bps,
             queue_limit=queue_limit,
             queue_in_bytes=queue_in_bytes,
         )
