@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
+from udpxfer.events import TransferEnded, TransferStarted, VerifyRequested
 from udpxfer.files import PartialFile, ensure_writable_dir, safe_name
 from udpxfer.ranges import as_lists
 from udpxfer.receiver import ReceiverConfig, ReceiverEndpoint, ReceiverSession
@@ -199,10 +199,16 @@ class ReceiverServer:
         self.transport = UdpTransport.bind(bind)
         base = config or ReceiverConfig()
         self.endpoint = ReceiverEndpoint(
-            replace(base, buffer_bytes=self.transport.buffers.recv_granted)
+            replace(
+                base,
+                buffer_bytes=self.transport.buffers.recv_granted,
+                record_trace=base.record_trace,
+            ),
+            chunk_sink=self._store,
         )
         self.results: list[TransferResult] = []
         self._files: dict[ReceiverSession, PartialFile] = {}
+        self._refused: set[ReceiverSession] = set()
         self._ended: list[ReceiverSession] = []
         self._marks = (0, 0)  # endpoint (received, rejected) when the last report was written
         self._reports_written = 0
@@ -235,15 +241,40 @@ class ReceiverServer:
             self.transport.close()
         return self.results
 
+    def _store(self, session: ReceiverSession, offset: int, payload: bytes | memoryview) -> None:
+        partial = self._files.get(session) or self._open(session, self.clock())
+        if partial is not None:
+            partial.write_at(offset, payload)
+
+    def _open(self, session: ReceiverSession, now: float) -> PartialFile | None:
+        """The session's ``.partial`` file, created on its first chunk or its start event."""
+        if session in self._files:
+            return self._files[session]
+        if session.meta is None or session in self._refused:
+            return None
+        try:
+            partial = PartialFile(self.out_dir, session.meta.name, session.meta.size)
+        except TransportError as exc:
+            self._refused.add(session)
+            session.close(now, str(exc))
+            return None
+        self._files[session] = partial
+        if self.observer is not None:
+            self.observer.transfer_started(session)
+        return partial
+
     def _loop(self, stop: threading.Event | None) -> None:
         endpoint, transport, clock = self.endpoint, self.transport, self.clock
+        receive, queue = endpoint.receive_datagram, endpoint._sink.queue
         while stop is None or not stop.is_set():
             handled = 0
-            while handled < _RECV_BURST and (item := transport.recv()) is not None:
+            while handled < _RECV_BURST and (batch := transport.recv_batch()) is not None:
                 now = clock()
-                endpoint.receive_datagram(item[0], item[1], now)
-                if endpoint._sink.queue:
-                    self._handle_events(now)
+                segments, addr = batch
+                for segment in segments:
+                    receive(segment, addr, now)
+                    if queue:
+                        self._handle_events(now)
                 handled += 1
             self._flush()
             now = clock()
@@ -273,21 +304,13 @@ class ReceiverServer:
     def _handle_events(self, now: float) -> None:
         while (item := self.endpoint.next_event()) is not None:
             session, event = item
-            if isinstance(event, ChunkReceived):
-                self._files[session].write_at(event.offset, event.payload)
-            elif isinstance(event, TransferStarted):
-                try:
-                    self._files[session] = PartialFile(
-                        self.out_dir, event.meta.name, event.meta.size
-                    )
-                except TransportError as exc:
-                    session.close(now, str(exc))
-                    continue
-                if self.observer is not None:
-                    self.observer.transfer_started(session)
+            if isinstance(event, TransferStarted):
+                self._open(session, now)
             elif isinstance(event, VerifyRequested):
-                session.hash_computed(self._files[session].sha256(), self.clock())
-            elif isinstance(event, TransferEnded) and session in self._files:
+                partial = self._open(session, now)
+                if partial is not None:
+                    session.hash_computed(partial.sha256(), self.clock())
+            elif isinstance(event, TransferEnded) and self._open(session, now) is not None:
                 self._finish(session)
 
     def _finish(self, session: ReceiverSession) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 from array import array
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum, auto
 
@@ -43,11 +43,14 @@ from udpxfer.wire import (
     Packet,
     Status,
     Verdict,
+    data_fields_untrusted,
     decode_untrusted,
     encode,
 )
 
 Peer = Hashable
+Payload = bytes | memoryview
+ChunkSink = Callable[["ReceiverSession", int, Payload], None]
 _RESENT = int(Flags.RESENT)
 _ACK_REQUESTED = int(Flags.ACK_REQUESTED)
 TRACE_RESENT = 1
@@ -104,7 +107,13 @@ class ReceiverSession:
     """One incoming transfer."""
 
     def __init__(
-        self, peer: Peer, session_id: int, now: float, config: ReceiverConfig, events: _EventSink
+        self,
+        peer: Peer,
+        session_id: int,
+        now: float,
+        config: ReceiverConfig,
+        events: _EventSink,
+        store: ChunkSink,
     ) -> None:
         self.peer = peer
         self.session_id = session_id
@@ -134,6 +143,7 @@ class ReceiverSession:
         self.window = 0
 
         self._events = events
+        self._store = store
         self._pending_packets: list[Packet] = []
         self._outgoing: list[bytes] = []
         self._highest_tx = -1
@@ -156,7 +166,15 @@ class ReceiverSession:
         self.datagrams += 1
         match packet:
             case Data():
-                return self._on_data(packet, now)
+                return self.on_data(
+                    packet.index,
+                    packet.tx,
+                    packet.payload,
+                    packet.pass_no,
+                    packet.flags,
+                    packet.sent_ns,
+                    now,
+                )
             case End():
                 self._on_end(packet, now)
                 return True
@@ -233,6 +251,11 @@ class ReceiverSession:
         self.state = ReceiverState.CLOSED
 
     # -- views for reports ---------------------------------------------------------------
+
+    @property
+    def chunk_size(self) -> int:
+        """Bytes per chunk of this transfer (0 before META)."""
+        return self._chunk_size
 
     @property
     def pending_datagrams(self) -> int:
@@ -322,28 +345,40 @@ class ReceiverSession:
             self._send_status(meta.sent_ns, self.last_heard)
         return True
 
-    def _on_data(self, data: Data, now: float) -> bool:
-        index = data.index
+    def on_data(
+        self,
+        index: int,
+        tx: int,
+        payload: bytes | memoryview,
+        pass_no: int,
+        flags: int,
+        sent_ns: int,
+        now: float,
+    ) -> bool:
+        """One DATA datagram of this session (the endpoint's fast path calls this directly).
+
+        Returns False when the chunk has no place in this file.
+        """
         count = self._chunk_count
-        if index >= count or len(data.payload) != (
+        if index >= count or len(payload) != (
             self._chunk_size if index < count - 1 else self._last_len
         ):
             return False
+        self.last_heard = now
         if self.first_data_at is None:
             self.first_data_at = now
-        flags = data.flags
         held = self.held
         duplicate = held[index]
         if self.trace is not None:
             trace = self.trace
             trace.index.append(index)
-            trace.tx.append(data.tx)
-            trace.sent_ns.append(data.sent_ns)
-            trace.arrival_ns.append(_ns(now))
-            trace.pass_no.append(data.pass_no)
+            trace.tx.append(tx)
+            trace.sent_ns.append(sent_ns)
+            trace.arrival_ns.append(int(now * 1e9))
+            trace.pass_no.append(pass_no)
             trace.flags.append((flags & _RESENT) | (TRACE_DUPLICATE if duplicate else 0))
-        if data.tx > self._highest_tx:
-            self._highest_tx = data.tx
+        if tx > self._highest_tx:
+            self._highest_tx = tx
         elif not duplicate:
             self.out_of_order += 1
         if flags & _RESENT:
@@ -355,11 +390,11 @@ class ReceiverSession:
         elif self.state is ReceiverState.RECEIVING:
             held[index] = 1
             self.held_count += 1
-            self._events.emit(self, ChunkReceived(index, index * self._chunk_size, data.payload))
+            self._store(self, index * self._chunk_size, payload)
             if self.held_count == count:
                 self._all_held()
         if flags & _ACK_REQUESTED:
-            self._send_status(data.sent_ns, now)
+            self._send_status(sent_ns, now)
         return True
 
     def _on_end(self, end: End, now: float) -> None:
@@ -442,22 +477,48 @@ class _EventSink:
     def emit(self, session: ReceiverSession, event: Event) -> None:
         self.queue.append((session, event))
 
+    def store_as_event(self, session: ReceiverSession, offset: int, payload: Payload) -> None:
+        """The default chunk sink: a ``ChunkReceived`` event (payload copied)."""
+        self.queue.append(
+            (session, ChunkReceived(offset // session.chunk_size, offset, bytes(payload)))
+        )
+
 
 class ReceiverEndpoint:
     """All transfers arriving at one socket."""
 
-    def __init__(self, config: ReceiverConfig | None = None) -> None:
+    def __init__(
+        self, config: ReceiverConfig | None = None, *, chunk_sink: ChunkSink | None = None
+    ) -> None:
+        """Create an endpoint.
+
+        Args:
+            config: tunables.
+            chunk_sink: called as ``sink(session, offset, payload)`` for every new chunk,
+                with the payload a view into the caller's buffer (store it before the next
+                datagram). By default new chunks become ``ChunkReceived`` events.
+        """
         self.config = config or ReceiverConfig()
         self.sessions: dict[tuple[Peer, int], ReceiverSession] = {}
         self.received = 0  # every datagram handed in
         self.rejected = 0  # datagrams that are part of no valid transfer
         self._sink = _EventSink()
+        self._store: ChunkSink = chunk_sink or self._sink.store_as_event
 
     def receive_datagram(
         self, data: bytes | bytearray | memoryview, peer: Peer, now: float
     ) -> None:
         """Handle one datagram from ``peer``; never raises for any content."""
         self.received += 1
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        fields = data_fields_untrusted(view)
+        if fields is not None:  # the hot path: an intact DATA datagram
+            session = self.sessions.get((peer, fields[0]))
+            if session is not None and session.meta is not None:
+                session.datagrams += 1
+                if not session.on_data(*fields[1:], now):
+                    self.rejected += 1
+                return
         try:
             packet = decode_untrusted(data)
         except CorruptPacket as exc:
@@ -477,7 +538,9 @@ class ReceiverEndpoint:
             if not isinstance(packet, Meta | Data | End) or not self._room_for_unknown():
                 self.rejected += 1
                 return
-            session = ReceiverSession(peer, packet.session, now, self.config, self._sink)
+            session = ReceiverSession(
+                peer, packet.session, now, self.config, self._sink, self._store
+            )
             self.sessions[key] = session
         if not session.receive_packet(packet, now):
             self.rejected += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
+import struct
 import sys
 from dataclasses import dataclass
 
@@ -23,6 +24,16 @@ MAX_DATAGRAM = 65535
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _TRANSIENT = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
+# Linux UDP segmentation offload (linux/udp.h): one sendmsg carries many equal datagrams,
+# one recvmsg returns many coalesced ones with their segment size in a control message.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels
+GSO_MAX_BYTES = 65000  # below the 65,507-byte IPv4 UDP payload limit
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+_SEGMENT_SIZE = struct.Struct("=H")
+_GRO_SIZE = struct.Struct("=i")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +63,64 @@ def _set_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> int
     return granted // 2 if sys.platform.startswith("linux") else granted
 
 
+def _probe_gso(sock: socket.socket) -> bool:
+    """True when the kernel segments UDP for us (Linux 4.18+)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    """Ask for coalesced receives (Linux 5.0+); False where unsupported."""
+    if not sys.platform.startswith("linux") or not _GRO_CMSG_SPACE:
+        return False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def split_segments(view: memoryview, segment: int) -> list[memoryview]:
+    """Cut a coalesced receive into its datagrams (all ``segment`` bytes but the last)."""
+    if segment <= 0 or segment >= len(view):
+        return [view]
+    return [view[start : start + segment] for start in range(0, len(view), segment)]
+
+
+def gso_runs(datagrams: list[bytes]) -> list[tuple[int, int, int]]:
+    """Split a list into runs that one segmentation-offload send can carry.
+
+    Returns (start, end, segment size) triples: datagrams[start:end] are all ``segment``
+    bytes long except possibly the last, which may be shorter (as UDP_SEGMENT allows), and
+    the run fits ``GSO_MAX_SEGMENTS`` and ``GSO_MAX_BYTES``.
+    """
+    runs: list[tuple[int, int, int]] = []
+    n = len(datagrams)
+    start = 0
+    while start < n:
+        size = len(datagrams[start])
+        limit = min(n, start + max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(size, 1))))
+        end = start + 1
+        while end < limit and len(datagrams[end]) == size:
+            end += 1
+        if end < limit and len(datagrams[end]) < size:
+            end += 1  # a shorter datagram may close the run
+        runs.append((start, end, size))
+        start = end
+    return runs
+
+
 class UdpTransport:
-    """A UDP socket with large buffers, used without blocking on receive."""
+    """A UDP socket with large buffers, used without blocking on receive.
+
+    On Linux it sends runs of equal datagrams with one system call (UDP GSO) and receives
+    coalesced runs (UDP GRO) when the kernel offers them, with a plain fallback.
+    """
 
     def __init__(self, sock: socket.socket, peer: SockAddr | None = None) -> None:
         self.sock = sock
@@ -61,6 +128,8 @@ class UdpTransport:
         self.refused = 0  # ICMP port-unreachable reports seen (nobody listening there)
         self.recv_buffer = bytearray(MAX_DATAGRAM)
         self.recv_view = memoryview(self.recv_buffer)
+        self.gso = _probe_gso(sock)
+        self.gro = _enable_gro(sock)
         self.buffers = BufferSizes(
             RECV_BUFFER_BYTES,
             _set_buffer(sock, _SO_RCVBUFFORCE, socket.SO_RCVBUF, RECV_BUFFER_BYTES),
@@ -111,6 +180,31 @@ class UdpTransport:
             raise TransportError(f"receive failed: {exc.strerror}") from exc
         return self.recv_view[:n], addr
 
+    def recv_batch(self) -> tuple[list[memoryview], SockAddr] | None:
+        """The next waiting datagrams from one sender (several with GRO), or None.
+
+        The views are valid until the next call.
+        """
+        if not self.gro:
+            item = self.recv()
+            return None if item is None else ([item[0]], item[1])
+        try:
+            n, ancdata, _flags, addr = self.sock.recvmsg_into(
+                [self.recv_buffer], _GRO_CMSG_SPACE, socket.MSG_DONTWAIT
+            )
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in _TRANSIENT:
+                self.refused += 1
+                return None
+            raise TransportError(f"receive failed: {exc.strerror}") from exc
+        view = self.recv_view[:n]
+        for level, kind, data in ancdata:
+            if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
+                return split_segments(view, _GRO_SIZE.unpack_from(data)[0]), addr
+        return [view], addr
+
     def wait(self, timeout_s: float | None) -> bool:
         """Block until a datagram is waiting or ``timeout_s`` passes; True if readable."""
         if timeout_s is not None and timeout_s <= 0:
@@ -143,6 +237,34 @@ class UdpTransport:
             raise TransportError(f"send failed: {exc.strerror}") from exc
 
     def send_many(self, datagrams: list[bytes], addr: SockAddr | None = None) -> None:
-        """Send a list of datagrams in order."""
-        for datagram in datagrams:
-            self.send(datagram, addr)
+        """Send a list of datagrams in order, runs of equal ones in one call where possible."""
+        if not self.gso or len(datagrams) < 2:
+            for datagram in datagrams:
+                self.send(datagram, addr)
+            return
+        for start, end, size in gso_runs(datagrams):
+            if end - start == 1:
+                self.send(datagrams[start], addr)
+            elif not self._send_segmented(datagrams[start:end], size, addr):
+                for datagram in datagrams[start:end]:
+                    self.send(datagram, addr)
+
+    def _send_segmented(self, run: list[bytes], size: int, addr: SockAddr | None) -> bool:
+        """One GSO send; False (and GSO off from now on) when the kernel refuses it."""
+        control = [(SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZE.pack(size))]
+        try:
+            if addr is None:
+                self.sock.sendmsg([b"".join(run)], control)
+            else:
+                self.sock.sendmsg([b"".join(run)], control, 0, addr)
+        except OSError as exc:
+            if exc.errno in _TRANSIENT:
+                self.refused += 1
+                return True
+            if exc.errno == errno.ENOBUFS:
+                return True  # dropped like on a wire
+            if exc.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.EMSGSIZE):
+                self.gso = False  # no offload on this path: plain sends from now on
+                return False
+            raise TransportError(f"send failed: {exc.strerror}") from exc
+        return True

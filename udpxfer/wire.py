@@ -303,6 +303,28 @@ class CorruptPacket(MalformedPacket):
         self.session = session
 
 
+DataFields = tuple[int, int, int, memoryview, int, int, int]
+
+
+def data_fields_untrusted(view: memoryview) -> DataFields | None:
+    """The receiver's hot path: (session, index, tx, payload, pass_no, flags, sent_ns).
+
+    Returns None for anything but an intact DATA datagram; ``decode_untrusted`` then says
+    what is wrong with it. ``view`` must be a byte-format memoryview.
+    """
+    if len(view) < HEADER_BYTES:
+        return None
+    magic, version, ptype, flags, pass_no, session, seq, tx, sent_ns, check = HEADER.unpack_from(
+        view
+    )
+    if ptype != _DATA_TYPE or magic != MAGIC or version != VERSION or flags & _UNKNOWN_FLAGS:
+        return None
+    body = view[HEADER_BYTES:]
+    if zlib.crc32(body, zlib.crc32(view[:_PREFIX_BYTES])) != check:
+        return None
+    return session, seq, tx, body, pass_no, flags, sent_ns
+
+
 def decode_untrusted(datagram: bytes | bytearray | memoryview) -> Packet:
     """Decode one datagram from the network.
 
