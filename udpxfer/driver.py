@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from udpxfer.analysis import analyse
 from udpxfer.errors import TransportError, UsageError
 from udpxfer.events import TransferEnded, TransferStarted, VerifyRequested
 from udpxfer.files import PartialFile, ensure_writable_dir, safe_name
@@ -30,6 +31,7 @@ from udpxfer.report import (
     write_report,
 )
 from udpxfer.sender import SenderConfig, SenderSession
+from udpxfer.trace import Trace
 from udpxfer.transport import UdpTransport
 from udpxfer.units import Address
 from udpxfer.wire import Mode
@@ -318,16 +320,22 @@ class ReceiverServer:
         verified = session.outcome is not None and session.outcome.outcome == "complete"
         file_path = partial.commit() if verified else _closed(partial)
         received, rejected = self.endpoint.received, self.endpoint.rejected
+        trace = session_trace(session)
         doc = udp_report(
             session,
             file_path,
             datagrams_received=received - self._marks[0],
             datagrams_rejected=rejected - self._marks[1],
+            trace=trace,
         )
         self._marks = (received, rejected)
         report_path = self._next_report_path(session)
+        trace_path = None
+        if trace is not None and self.trace_path is not None:
+            trace_path = trace.save(self._numbered(self.trace_path, len(self.results)))
+            doc["trace_path"] = str(trace_path)
         write_report(doc, report_path)
-        result = TransferResult(doc, report_path, file_path, None)
+        result = TransferResult(doc, report_path, file_path, trace_path)
         self.results.append(result)
         self._ended.append(session)
         if self.observer is not None:
@@ -340,10 +348,14 @@ class ReceiverServer:
         if target is None or target.is_dir():
             directory = target or self.reports_dir
             return default_report_path(directory, Path(partial_name(session)).name, time.time())
-        if self._reports_written == 1:
+        return self._numbered(target, self._reports_written - 1)
+
+    @staticmethod
+    def _numbered(target: Path, n: int) -> Path:
+        """``target`` for the first transfer (n == 0), else the first free ``stem-N.suffix``."""
+        if n == 0:
             return target
         stem, suffix = target.stem, target.suffix
-        n = self._reports_written - 1
         candidate = target.with_name(f"{stem}-{n}{suffix}")
         while candidate.exists():
             n += 1
@@ -361,14 +373,31 @@ def _closed(partial: PartialFile) -> Path:
     return partial.path
 
 
+def session_trace(session: ReceiverSession) -> Trace | None:
+    """The session's per-datagram record as a ``Trace`` (None when not recorded)."""
+    meta = session.meta
+    if session.trace is None or meta is None:
+        return None
+    return Trace.from_recorder(
+        session.trace,
+        chunk_count=meta.chunk_count,
+        chunk_size=meta.chunk_size,
+        file_size=meta.size,
+        mode=meta.mode.label,
+        started_ns=int(session.started_at * 1e9),
+        tx_sent=session.tx_sent,
+    )
+
+
 def udp_report(
     session: ReceiverSession,
     file_path: Path,
     *,
     datagrams_received: int,
     datagrams_rejected: int,
+    trace: Trace | None = None,
 ) -> dict[str, Any]:
-    """The JSON report of one UDP transfer."""
+    """The JSON report of one UDP transfer, with the loss analysis when a trace is given."""
     meta = session.meta
     assert meta is not None
     outcome = session.outcome.outcome if session.outcome else "incomplete"
@@ -421,6 +450,8 @@ def udp_report(
             "reason": session.outcome.reason if session.outcome else "",
         },
     )
+    if trace is not None:
+        report.extra.update(analyse(trace))  # extends the core loss and timing sections
     return report.to_dict()
 
 
