@@ -260,11 +260,12 @@ def test_count_limit_lets_delayed_datagrams_leave(
     make_relay: Callable[..., Relay], server: socket.socket, client: socket.socket
 ) -> None:
     relay = make_relay(forward=Impairment(delay_s=0.03, jitter_s=0.01), count_limit=5)
-    for i in range(5):
+    for i in range(8):  # three more than the limit: never read
         client.sendto(bytes([i]), relay.listen_address)
     assert relay.join(TIMEOUT_S)
     assert relay.stop_reason is StopReason.COUNT_LIMIT
     assert drain(server) == [bytes([i]) for i in range(5)]
+    assert relay.forward.stats.datagrams_in == 5
 
 
 def test_stop_drops_what_is_still_held_as_shutdown(

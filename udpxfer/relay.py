@@ -376,12 +376,14 @@ class Relay:
 
     def _drain_pending(self, clock: Callable[[], float]) -> None:
         """Release what the policies still hold, on schedule, unless stop() comes first."""
-        while not self._stopping and (self.forward.pending or self.reverse.pending):
-            timeout = self._timeout(clock(), None)
-            for key, _ in self._selector.select(timeout):
-                if key.data is None:
+        # Wait on the wake-up socket alone: the others may stay readable (senders that go on
+        # sending), which would turn the wait into a busy loop.
+        with selectors.DefaultSelector() as waiter:
+            waiter.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping and (self.forward.pending or self.reverse.pending):
+                if waiter.select(self._timeout(clock(), None)):
                     self._drain_wakeups()
-            self._release(clock())
+                self._release(clock())
 
     def _pump(
         self,
