@@ -10,11 +10,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from udpxfer.errors import TransportError
 from udpxfer.files import unique_path
 from udpxfer.units import format_rate, format_size
+
+if TYPE_CHECKING:
+    from udpxfer.trace import Trace
 
 SCHEMA = "udpxfer.report/1"
 
@@ -170,3 +173,49 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
         f"timing    {timing['duration_s']:.3f} s, goodput {format_rate(timing['goodput_bps'])}"
     )
     return lines
+
+
+def report_from_trace(trace: Trace, *, source: Path) -> dict[str, Any]:
+    """A report rebuilt from a trace alone (no file name, path or hashes are known)."""
+    import numpy as np
+
+    from udpxfer.analysis import analyse, first_transmissions
+    from udpxfer.ranges import as_lists, missing_ranges
+    from udpxfer.trace import DUPLICATE, RESENT
+
+    held = np.zeros(trace.chunk_count, dtype=np.uint8)
+    held[trace.index] = 1
+    first = np.zeros(trace.chunk_count, dtype=np.uint8)
+    first[trace.index[first_transmissions(trace.pass_no, trace.flags)]] = 1
+    received = int(held.sum())
+    end_ns = int(trace.arrival_ns.max()) if len(trace) else trace.started_ns
+    report = TransferReport(
+        transport="udp",
+        mode=trace.mode,
+        file=FileSection(
+            name=source.stem,
+            size=trace.file_size,
+            path="",
+            sha256_expected=None,
+            sha256_actual=None,
+            complete=received == trace.chunk_count,
+            verified=False,
+        ),
+        chunks=ChunkSection(
+            size=trace.chunk_size,
+            total=trace.chunk_count,
+            received=received,
+            missing=trace.chunk_count - received,
+            duplicates=int(np.count_nonzero(trace.flags & DUPLICATE)),
+            retransmitted=int(np.count_nonzero(trace.flags & RESENT)),
+        ),
+        gaps=as_lists(missing_ranges(held)),
+        first_pass_gaps=as_lists(missing_ranges(first)),
+        duration_s=(end_ns - trace.started_ns) / 1e9,
+        datagrams_received=len(trace),
+        outcome="trace",
+        extra={"trace_path": str(source), **analyse(trace)},
+    )
+    doc = report.to_dict()
+    doc["chunks"]["out_of_order"] = doc.get("reorder", {}).get("count", 0)
+    return doc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from udpxfer.cli import companions, lab, transfer  # noqa: F401  (they register their commands)
+from udpxfer.cli import companions, lab, reports, transfer  # noqa: F401  (they register their commands)
 from udpxfer.cli.app import app
 
 
