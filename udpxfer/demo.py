@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from udpxfer.driver import ReceiverServer, send_file
-from udpxfer.errors import TransferError, UsageError
+from udpxfer.errors import TransferError
 from udpxfer.files import ensure_writable_dir
 from udpxfer.impair import GilbertElliott, Impairment
 from udpxfer.receiver import ReceiverConfig
 from udpxfer.relay import Relay
 from udpxfer.render import render_comparison, render_html, render_markdown
+from udpxfer.samples import SAMPLE_DIR
 from udpxfer.sender import SenderConfig
 from udpxfer.trace import Trace
 from udpxfer.units import Address
 from udpxfer.wire import Mode
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_files"
 DEFAULT_SAMPLE = "photo.jpg"
 LOOPBACK = "127.0.0.1"
 DEMO_RATE_BPS = 20_000_000  # slow enough that the time plots have something to show
@@ -50,16 +50,15 @@ class DemoRun:
     dropped: int
 
 
-def find_sample(name: str = DEFAULT_SAMPLE) -> Path:
-    """The sample file shipped beside the package (a source checkout or an sdist).
-
-    Raises:
-        UsageError: it is not there (e.g. a wheel installed elsewhere without samples).
-    """
-    for candidate in (SAMPLE_DIR / name, Path.cwd() / "sample_files" / name):
+def find_sample(reports_dir: Path) -> Path:
+    """The bundled sample photo: from sample_files/ in a checkout, else made afresh."""
+    for candidate in (SAMPLE_DIR / DEFAULT_SAMPLE, Path.cwd() / "sample_files" / DEFAULT_SAMPLE):
         if candidate.is_file():
             return candidate
-    raise UsageError(f"sample file {name} not found; pass one with --file")
+    from udpxfer.samples import write_photo  # Pillow, which matplotlib brings along
+
+    target = ensure_writable_dir(reports_dir / "demo-files") / DEFAULT_SAMPLE
+    return target if target.is_file() else write_photo(target)
 
 
 def run_demo(

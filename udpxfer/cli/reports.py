@@ -117,7 +117,7 @@ def demo(
     from udpxfer.demo import find_sample, run_demo
 
     with guarded():
-        sample = file if file is not None else find_sample()
+        sample = file if file is not None else find_sample(out)
         if not sample.is_file():
             fail(f"{sample}: no such file")
         runs = run_demo(sample, out, seed=seed, say=typer.echo)

@@ -1,6 +1,6 @@
-"""Regenerate the files in sample_files/ (deterministic: the same bytes on every run).
+"""The sample files of sample_files/, made deterministically (the same bytes on every run).
 
-    python scripts/make_samples.py
+    python -m udpxfer.samples [DIR]     # rewrite them (default: sample_files/)
 
 photo.jpg is a synthetic photo-like landscape (sky gradient, sun, hills, grain) saved with a
 restart marker after every row of blocks, so a JPEG decoder resynchronises after a hole: the
@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
-OUT = Path(__file__).resolve().parent.parent / "sample_files"
+if TYPE_CHECKING:
+    from PIL import Image
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_files"
 WIDTH, HEIGHT = 1024, 768
 
 
 def landscape(seed: int = 7) -> Image.Image:
+    """A photo-like landscape: sky gradient, sun, three ridges of hills, film grain."""
+    from PIL import Image
+
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
     t = y / HEIGHT
@@ -61,14 +67,23 @@ def text() -> str:
     return "\n\n".join(lines) + "\n"
 
 
-def main() -> None:
-    OUT.mkdir(exist_ok=True)
-    landscape().save(OUT / "photo.jpg", quality=85, restart_marker_rows=1)
-    (OUT / "notes.txt").write_text(text(), encoding="utf-8")
-    (OUT / "random.bin").write_bytes(random.Random(2026).randbytes(96 * 1024))
-    for path in sorted(OUT.iterdir()):
-        print(f"{path.name:12} {path.stat().st_size:8d} bytes")
+def write_photo(path: Path) -> Path:
+    """Write the sample photo (a JPEG with a restart marker after every row of blocks)."""
+    landscape().save(path, quality=85, restart_marker_rows=1)
+    return path
+
+
+def write_samples(directory: Path) -> list[Path]:
+    """Write every sample file into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "notes.txt").write_text(text(), encoding="utf-8")
+    (directory / "random.bin").write_bytes(random.Random(2026).randbytes(96 * 1024))
+    write_photo(directory / "photo.jpg")
+    return sorted(directory.iterdir())
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    for written in write_samples(Path(sys.argv[1]) if len(sys.argv) > 1 else SAMPLE_DIR):
+        print(f"{written.name:12} {written.stat().st_size:8d} bytes")
