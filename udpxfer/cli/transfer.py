@@ -234,6 +234,14 @@ def recv(
             "transfers get -1, -2 suffixes). Default: reports/<time>-<name>.json.",
         ),
     ] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace",
+            help="Save each transfer's per-datagram trace (chunk, times, pass, flags) to this "
+            ".npz file (later transfers get -1, -2 suffixes); `udpxfer report` renders it.",
+        ),
+    ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Exit after the first transfer ends.")
     ] = False,
@@ -276,6 +284,7 @@ def recv(
             parse_address(bind, default_host=ALL_INTERFACES),
             out,
             report_path=report,
+            trace_path=trace,
             once=once,
             config=config,
             observer=_RecvObserver(bars=show_progress(quiet), quiet=quiet),
