@@ -20,6 +20,7 @@ from udpxfer.impair import GilbertElliott, Impairment
 from udpxfer.receiver import ReceiverConfig
 from udpxfer.relay import Relay
 from udpxfer.render import render_comparison, render_html, render_markdown
+from udpxfer.report import summary_lines
 from udpxfer.samples import SAMPLE_DIR
 from udpxfer.sender import SenderConfig
 from udpxfer.trace import Trace
@@ -140,7 +141,9 @@ def _run_mode(
         f"bursts; file {'verified' if doc['file']['verified'] else 'incomplete'} "
         f"({doc['chunks']['retransmitted']} chunks resent)"
     )
-    say(f"          report {result.report_path}  html {page}")
+    for line in summary_lines(doc):
+        say(f"  {line}")
+    say(f"  written   {result.report_path}, {markdown.name}, {page.name}")
     return DemoRun(
         mode, doc, result.report_path, markdown, page, forward.datagrams_in, forward.dropped
     )

@@ -405,7 +405,11 @@ def udp_report(
     verified = outcome == "complete"
     gaps = session.gaps()
     first_pass = session.first_pass_gaps()
+    # Goodput counts until verification for a verified file, else until the last new chunk
+    # (not the blast grace period or an idle timeout that followed it).
     end = session.finished_at if session.finished_at is not None else session.last_heard
+    if outcome != "complete" and session.last_data_at is not None:
+        end = session.last_data_at
     report = TransferReport(
         transport="udp",
         mode=meta.mode.label,

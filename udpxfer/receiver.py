@@ -122,6 +122,7 @@ class ReceiverSession:
         self.meta: Meta | None = None
         self.started_at = now
         self.first_data_at: float | None = None
+        self.last_data_at: float | None = None  # arrival of the last new chunk
         self.last_heard = now
         self.finished_at: float | None = None
         self.outcome: TransferEnded | None = None
@@ -390,6 +391,7 @@ class ReceiverSession:
         elif self.state is ReceiverState.RECEIVING:
             held[index] = 1
             self.held_count += 1
+            self.last_data_at = now
             self._store(self, index * self._chunk_size, payload)
             if self.held_count == count:
                 self._all_held()

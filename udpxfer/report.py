@@ -169,9 +169,27 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             f"loss      {doc['loss']['rate'] * 100:.3f}% on the first pass "
             f"({_format_ranges(doc['first_pass_gaps'])})"
         )
+    loss = doc.get("loss", {})
+    bursts, gilbert, ci = loss.get("bursts"), loss.get("gilbert"), loss.get("ci95")
+    if isinstance(bursts, dict) and bursts.get("count"):
+        text = (
+            f"bursts    {bursts['count']} (mean {bursts['mean_length']:.2f}, "
+            f"max {bursts['max_length']} chunks)"
+        )
+        if isinstance(gilbert, dict) and gilbert.get("p") is not None and gilbert.get("r"):
+            text += f"; Gilbert-Elliott p={gilbert['p']:.4f} r={gilbert['r']:.4f}"
+        if isinstance(ci, list) and len(ci) == 2:
+            text += f"; loss 95% CI {ci[0] * 100:.2f}-{ci[1] * 100:.2f}%"
+        lines.append(text)
     lines.append(
         f"timing    {timing['duration_s']:.3f} s, goodput {format_rate(timing['goodput_bps'])}"
     )
+    pdv = timing.get("pdv_ms")
+    if timing.get("jitter_ms") is not None and isinstance(pdv, dict) and pdv.get("p99") is not None:
+        lines.append(
+            f"delay     jitter {timing['jitter_ms']:.3f} ms (RFC 3550), delay variation "
+            f"p50 {pdv['p50']:.3f} / p95 {pdv['p95']:.3f} / p99 {pdv['p99']:.3f} ms"
+        )
     return lines
 
 
