@@ -122,8 +122,10 @@ def _run_sender(
             batch = session.datagrams_to_send(now)
             transport.send_many(batch)
             heard = False
-            while (item := transport.recv()) is not None:
-                session.receive_datagram(item[0], clock())
+            while (batch := transport.recv_batch()) is not None:
+                now = clock()
+                for datagram in batch[0]:
+                    session.receive_datagram(datagram, now)
                 heard = True
             if on_progress is not None and now >= next_progress:
                 on_progress(session)

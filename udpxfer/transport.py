@@ -165,30 +165,32 @@ class UdpTransport:
         self.sock.close()
 
     def recv(self) -> tuple[memoryview, SockAddr] | None:
-        """One waiting datagram as a view into the reusable buffer, or None.
+        """One waiting datagram (or GRO run, unsplit) as a view into the buffer, or None.
 
         The view is valid until the next call.
         """
-        try:
-            n, addr = self.sock.recvfrom_into(self.recv_buffer, MAX_DATAGRAM, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            if exc.errno in _TRANSIENT:
-                self.refused += 1
-                return None
-            raise TransportError(f"receive failed: {exc.strerror}") from exc
-        return self.recv_view[:n], addr
+        got = self._receive()
+        return None if got is None else (self.recv_view[: got[0]], got[2])
 
     def recv_batch(self) -> tuple[list[memoryview], SockAddr] | None:
         """The next waiting datagrams from one sender (several with GRO), or None.
 
         The views are valid until the next call.
         """
-        if not self.gro:
-            item = self.recv()
-            return None if item is None else ([item[0]], item[1])
+        got = self._receive()
+        if got is None:
+            return None
+        n, segment, addr = got
+        return split_segments(self.recv_view[:n], segment), addr
+
+    def _receive(self) -> tuple[int, int, SockAddr] | None:
+        """(bytes, GRO segment size or 0, sender) of the next waiting datagram, or None."""
         try:
+            if not self.gro:
+                n, addr = self.sock.recvfrom_into(
+                    self.recv_buffer, MAX_DATAGRAM, socket.MSG_DONTWAIT
+                )
+                return n, 0, addr
             n, ancdata, _flags, addr = self.sock.recvmsg_into(
                 [self.recv_buffer], _GRO_CMSG_SPACE, socket.MSG_DONTWAIT
             )
@@ -199,11 +201,10 @@ class UdpTransport:
                 self.refused += 1
                 return None
             raise TransportError(f"receive failed: {exc.strerror}") from exc
-        view = self.recv_view[:n]
         for level, kind, data in ancdata:
             if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
-                return split_segments(view, _GRO_SIZE.unpack_from(data)[0]), addr
-        return [view], addr
+                return n, _GRO_SIZE.unpack_from(data)[0], addr
+        return n, 0, addr
 
     def wait(self, timeout_s: float | None) -> bool:
         """Block until a datagram is waiting or ``timeout_s`` passes; True if readable."""
