@@ -122,9 +122,9 @@ def _run_sender(
             batch = session.datagrams_to_send(now)
             transport.send_many(batch)
             heard = False
-            while (batch := transport.recv_batch()) is not None:
+            while (incoming := transport.recv_batch()) is not None:
                 now = clock()
-                for datagram in batch[0]:
+                for datagram in incoming[0]:
                     session.receive_datagram(datagram, now)
                 heard = True
             if on_progress is not None and now >= next_progress:
