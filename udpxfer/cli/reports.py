@@ -29,8 +29,8 @@ def load_report(path: Path) -> tuple[dict[str, Any], Trace | None]:
         UsageError: the file is missing or is neither.
     """
     if path.suffix == ".npz":
-        trace = Trace.load(path)
-        return report_from_trace(trace, source=path), trace
+        only = Trace.load(path)
+        return report_from_trace(only, source=path), only
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -39,7 +39,7 @@ def load_report(path: Path) -> tuple[dict[str, Any], Trace | None]:
         raise UsageError(f"{path} is not a JSON report: {exc}") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise UsageError(f"{path} is not a udpxfer report (schema {SCHEMA})")
-    trace = None
+    trace: Trace | None = None
     trace_path = doc.get("trace_path")
     if isinstance(trace_path, str):
         candidate = Path(trace_path)

@@ -9,7 +9,7 @@ from contextlib import suppress
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from tqdm import tqdm
@@ -114,7 +114,7 @@ class _SendBar:
     """tqdm bar of the bytes the receiver confirmed."""
 
     def __init__(self, file: Path, *, address_text: str, enabled: bool) -> None:
-        self._bar: tqdm[None] | None = None
+        self._bar: tqdm[Any] | None = None
         if enabled:
             self._bar = tqdm(
                 total=file.stat().st_size,
@@ -169,7 +169,7 @@ class _RecvObserver:
     def __init__(self, *, bars: bool, quiet: bool) -> None:
         self._bars_enabled = bars
         self._quiet = quiet
-        self._bars: dict[ReceiverSession, tqdm[None]] = {}
+        self._bars: dict[ReceiverSession, tqdm[Any]] = {}
 
     def transfer_started(self, session: ReceiverSession) -> None:
         meta = session.meta
