@@ -6,12 +6,18 @@ import hashlib
 import heapq
 import itertools
 import random
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from udpxfer.driver import ReceiverServer, TransferResult
 from udpxfer.events import ChunkReceived, TransferEnded, VerifyRequested
 from udpxfer.receiver import ReceiverConfig, ReceiverEndpoint, ReceiverSession
 from udpxfer.sender import SenderConfig, SenderSession
+from udpxfer.units import Address
 from udpxfer.wire import Data, PacketType, decode_untrusted
 
 PEER = ("192.0.2.1", 4000)  # a documentation address used as an opaque key, never contacted
@@ -161,6 +167,43 @@ def run_pair(
 
 
 # -- real sockets on loopback -----------------------------------------------------------
+
+
+@contextmanager
+def receiver(
+    tmp_path: Path, host: str = "127.0.0.1", *, trace_path: Path | None = None, **config: Any
+) -> Iterator[tuple[ReceiverServer, list[TransferResult]]]:
+    """A ReceiverServer on an ephemeral loopback port, served in a thread.
+
+    Files go to ``tmp_path/out``, reports to ``tmp_path/reports``; ``trace_path`` also saves
+    each transfer's trace; ``config`` are ``ReceiverConfig`` fields.
+    """
+    server = ReceiverServer(
+        Address(host, 0),
+        tmp_path / "out",
+        reports_dir=tmp_path / "reports",
+        trace_path=trace_path,
+        config=ReceiverConfig(**config),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield server, server.results
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Wait on a condition with a bounded timeout (an Event, not a sleep, paces the polls)."""
+    tick = threading.Event()
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return
+        tick.wait(0.01)
+    raise AssertionError("condition not met in time")
 
 
 class LossyRelay:

@@ -6,17 +6,13 @@ import json
 import os
 import random
 import socket
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import LossyRelay
+from helpers import LossyRelay, receiver, wait_for
 
-from udpxfer.driver import ReceiverServer, TransferResult, send_file
-from udpxfer.receiver import ReceiverConfig
+from udpxfer.driver import send_file
 from udpxfer.sender import SenderConfig
 from udpxfer.units import Address
 from udpxfer.wire import Data, Meta, Mode, PacketType, decode_untrusted, encode
@@ -34,39 +30,6 @@ REPORT_KEYS = {
     "timing",
     "datagrams",
 }
-
-
-@contextmanager
-def receiver(
-    tmp_path: Path, host: str = "127.0.0.1", **config: Any
-) -> Iterator[tuple[ReceiverServer, list[TransferResult]]]:
-    """A ReceiverServer on an ephemeral loopback port, served in a thread."""
-    server = ReceiverServer(
-        Address(host, 0),
-        tmp_path / "out",
-        reports_dir=tmp_path / "reports",
-        config=ReceiverConfig(**config),
-    )
-    stop = threading.Event()
-    results: list[TransferResult] = []
-    thread = threading.Thread(target=lambda: results.extend(server.serve(stop)), daemon=True)
-    thread.start()
-    try:
-        yield server, server.results
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Wait on a condition with a bounded timeout (an Event, not a sleep, paces the polls)."""
-    tick = threading.Event()
-    for _ in range(int(timeout_s / 0.01)):
-        if predicate():
-            return
-        tick.wait(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def make_file(tmp_path: Path, size: int, name: str = "data.bin", seed: int = 0) -> Path:
