@@ -330,3 +330,38 @@ def test_terrible_networks_never_corrupt_the_file(seed: int) -> None:
             if session.held[index]:
                 chunk = slice(index * CHUNK, min((index + 1) * CHUNK, size))
                 assert result.stored[chunk] == data[chunk]
+
+
+@pytest.mark.parametrize(
+    ("config", "size", "chunk"),
+    [
+        (ReceiverConfig(max_file_bytes=1000), 5000, 100),
+        (ReceiverConfig(max_chunks=10), 5000, 100),
+    ],
+    ids=["too-large", "too-many-chunks"],
+)
+def test_receiver_refuses_what_exceeds_its_limits(
+    config: ReceiverConfig, size: int, chunk: int
+) -> None:
+    endpoint = ReceiverEndpoint(config)
+    meta = Meta(9, "big", size, chunk, -(-size // chunk), bytes(32), Mode.RELIABLE)
+    endpoint.receive_datagram(encode(meta), PEER, 0.0)
+    (session,) = endpoint.sessions.values()
+    assert session.held == bytearray()  # no per-chunk state allocated
+    replies = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send()]
+    assert [type(r).__name__ for r in replies] == ["Abort"]
+    events = []
+    while (item := endpoint.next_event()) is not None:
+        events.append(item[1])
+    assert [e.outcome for e in events if isinstance(e, TransferEnded)] == ["refused"]
+
+
+def test_receiver_refuses_transfers_beyond_its_concurrency_limit() -> None:
+    endpoint = ReceiverEndpoint(ReceiverConfig(max_transfers=2))
+    for session in range(3):
+        meta = Meta(session, "f", 10, 5, 2, bytes(32), Mode.BLAST)
+        endpoint.receive_datagram(encode(meta), PEER, 0.0)
+    assert endpoint.active_transfers == 2
+    assert endpoint.rejected == 1
+    replies = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send()]
+    assert any(getattr(r, "reason", "") == "receiver busy" for r in replies)

@@ -130,7 +130,9 @@ def _run_mode(
     result = server.results[0]
     doc = result.report
     trace = Trace.load(result.trace_path) if result.trace_path is not None else None
-    images = (sample, result.file_path) if sample.suffix.lower() in {".jpg", ".jpeg"} else None
+    images = None
+    if result.file_path is not None and sample.suffix.lower() in {".jpg", ".jpeg", ".png"}:
+        images = (sample, result.file_path)
     markdown = render_markdown(doc, reports_dir, trace, stem=stem)
     page = render_html(doc, reports_dir, trace, images=images, stem=stem)
     forward = relay.forward.stats

@@ -158,7 +158,7 @@ class TransferResult:
 
     report: dict[str, Any]
     report_path: Path
-    file_path: Path
+    file_path: Path | None  # None when nothing was written (a refused transfer)
     trace_path: Path | None
 
     @property
@@ -314,13 +314,17 @@ class ReceiverServer:
                 partial = self._open(session, now)
                 if partial is not None:
                     session.hash_computed(partial.sha256(), self.clock())
-            elif isinstance(event, TransferEnded) and self._open(session, now) is not None:
+            elif isinstance(event, TransferEnded):
+                if session.outcome is not None and session.outcome.outcome != "refused":
+                    self._open(session, now)  # an empty transfer may end before any chunk
                 self._finish(session)
 
     def _finish(self, session: ReceiverSession) -> None:
-        partial = self._files.pop(session)
+        partial = self._files.pop(session, None)
         verified = session.outcome is not None and session.outcome.outcome == "complete"
-        file_path = partial.commit() if verified else _closed(partial)
+        file_path: Path | None = None  # refused, or the file could not be created
+        if partial is not None:
+            file_path = partial.commit() if verified else _closed(partial)
         received, rejected = self.endpoint.received, self.endpoint.rejected
         trace = session_trace(session)
         doc = udp_report(
@@ -393,7 +397,7 @@ def session_trace(session: ReceiverSession) -> Trace | None:
 
 def udp_report(
     session: ReceiverSession,
-    file_path: Path,
+    file_path: Path | None,
     *,
     datagrams_received: int,
     datagrams_rejected: int,
@@ -418,7 +422,7 @@ def udp_report(
         file=FileSection(
             name=meta.name,
             size=meta.size,
-            path=str(file_path),
+            path=str(file_path) if file_path is not None else "",
             sha256_expected=meta.sha256.hex(),
             sha256_actual=session.sha256_actual.hex()
             if complete and session.sha256_actual

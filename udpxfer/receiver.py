@@ -83,6 +83,8 @@ class ReceiverConfig:
     max_pending_sessions: int = 64  # unknown sessions whose datagrams are kept
     max_pending_datagrams: int = 4096  # per unknown session
     max_file_bytes: int | None = None  # refuse larger transfers
+    max_chunks: int = 1 << 28  # two bytes of state per chunk: 512 MiB at most per transfer
+    max_transfers: int = 32  # transfers in progress at once
     record_trace: bool = True
 
 
@@ -311,10 +313,18 @@ class ReceiverSession:
         limit = self.config.max_file_bytes
         self.meta = meta
         self.datagrams += 1
+        refusal = ""
         if limit is not None and meta.size > limit:
-            self._end(now, "aborted", f"file of {meta.size} bytes exceeds the limit of {limit}")
+            refusal = f"file of {meta.size} bytes exceeds the receiver's limit of {limit}"
+        elif meta.chunk_count > self.config.max_chunks:
+            refusal = (
+                f"{meta.chunk_count} chunks exceed the receiver's limit of "
+                f"{self.config.max_chunks}: use a larger chunk size"
+            )
+        if refusal:
+            self._end(now, "refused", refusal)
             self._outgoing.append(
-                encode(Abort(self.session_id, AbortCode.REFUSED, "file too large", _ns(now)))
+                encode(Abort(self.session_id, AbortCode.REFUSED, refusal, _ns(now)))
             )
             return
         self.state = ReceiverState.RECEIVING
@@ -505,6 +515,7 @@ class ReceiverEndpoint:
         self.received = 0  # every datagram handed in
         self.rejected = 0  # datagrams that are part of no valid transfer
         self._sink = _EventSink()
+        self._refusals: list[tuple[bytes, Peer]] = []
         self._store: ChunkSink = chunk_sink or self._sink.store_as_event
 
     def receive_datagram(
@@ -540,6 +551,11 @@ class ReceiverEndpoint:
             if not isinstance(packet, Meta | Data | End) or not self._room_for_unknown():
                 self.rejected += 1
                 return
+            if isinstance(packet, Meta) and self.active_transfers >= self.config.max_transfers:
+                self.rejected += 1
+                busy = Abort(packet.session, AbortCode.REFUSED, "receiver busy", _ns(now))
+                self._refusals.append((encode(busy), peer))
+                return
             session = ReceiverSession(
                 peer, packet.session, now, self.config, self._sink, self._store
             )
@@ -549,7 +565,7 @@ class ReceiverEndpoint:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Peer]]:
         """Feedback for every peer: (datagram, peer) pairs."""
-        out: list[tuple[bytes, Peer]] = []
+        out, self._refusals = self._refusals, []
         for session in self.sessions.values():
             if session._outgoing:
                 out.extend((datagram, session.peer) for datagram in session.datagrams_to_send())
