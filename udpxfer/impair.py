@@ -536,6 +536,8 @@ class ImpairmentPolicy(Generic[Dest]):
             entry = heapq.heappop(line)
             self._emit(entry)
             for waiting in held:
+                if entry[1] < waiting.entry[1]:
+                    continue  # arrived before the held one: it does not overtake it
                 waiting.remaining -= 1
                 if waiting.remaining == 0:
                     # Due now, unless its own (jittered) release time is still ahead.
