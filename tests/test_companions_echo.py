@@ -84,7 +84,11 @@ def test_server_survives_resets_half_closes_and_junk() -> None:
             elif i % 3 == 1:
                 sock.shutdown(socket.SHUT_WR)
             sock.close()
-        wait_for(lambda: sum("Client disconnected" in line for line in server.logs) == 30)
+        for _ in range(20):  # reset before the server even reads
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        wait_for(lambda: sum("Client disconnected" in line for line in server.logs) == 50)
         assert asyncio.run(_echo_client(port, [b"still here"]))
         server.stop()
 

@@ -50,6 +50,12 @@ def format_sockaddr(sockaddr: SockAddr) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def peer_of(writer: asyncio.StreamWriter) -> str:
+    """The client's address, or ``unknown peer`` when it reset before we could ask."""
+    peer = writer.get_extra_info("peername")
+    return format_sockaddr(peer) if peer else "unknown peer"
+
+
 def describe_socket(sock: socket.socket) -> str:
     """Where a bound socket listens, with its family: ``[::]:2222 (IPv6, dual-stack)``."""
     where = format_sockaddr(sock.getsockname())
@@ -201,7 +207,7 @@ async def serve_tcp(
         assert task is not None
         tasks.add(task)
         if log_clients:
-            peer = format_sockaddr(writer.get_extra_info("peername"))
+            peer = peer_of(writer)
             log(f"Client connected {number} from {peer}")
         note = ""
         try:

@@ -24,7 +24,7 @@ from udpxfer.companions.runtime import (
     Ready,
     ServerStats,
     counted,
-    format_sockaddr,
+    peer_of,
     run_until_stopped,
     serve_tcp,
 )
@@ -113,7 +113,7 @@ class _Receiver:
     async def handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
     ) -> None:
-        peer = format_sockaddr(writer.get_extra_info("peername"))
+        peer = peer_of(writer)
         try:
             fixed = await self._read_exactly(reader, HEADER.size)
             rest = await self._read_exactly(reader, header_length_untrusted(fixed) - HEADER.size)
