@@ -136,6 +136,29 @@ def test_a_long_running_receiver_never_overwrites(tmp_path: Path) -> None:
     assert len(paths) == 3
 
 
+def test_concurrent_transfers_are_all_delivered(tmp_path: Path) -> None:
+    sources = [make_file(tmp_path / f"part{i}.bin", 3 * MB + i, seed=i) for i in range(4)]
+    errors: list[BaseException] = []
+
+    def send(path: Path, to: Address) -> None:
+        try:
+            send_file(path, to)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with receiver(tmp_path) as rx:
+        senders = [threading.Thread(target=send, args=(p, rx.address)) for p in sources]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(WAIT_S)
+        received = rx.stop()
+    assert errors == []
+    assert sorted(doc["file"]["verified"] for doc in received.reports) == [True] * 4
+    for source in sources:
+        assert (tmp_path / "received" / source.name).read_bytes() == source.read_bytes()
+
+
 def test_junk_is_rejected_and_does_not_end_a_once_receiver(tmp_path: Path) -> None:
     source = make_file(tmp_path / "after-junk.bin", 10_000)
     with receiver(tmp_path, once=True, idle_timeout_s=5.0) as rx:
