@@ -230,6 +230,24 @@ def test_stopping_the_receiver_mid_transfer_reports_it_interrupted(tmp_path: Pat
     assert received.reports[0]["outcome"] == "interrupted"
 
 
+def test_once_ends_with_the_first_transfer_even_when_another_is_running(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "quick.bin", 1000)
+    with (
+        receiver(tmp_path, once=True) as rx,
+        socket.create_connection(("127.0.0.1", rx.control.port)) as slow,
+    ):
+        slow.sendall(encode_header(TransferHeader("slow.bin", 1000, b"\x00" * 32)) + b"x")
+        wait_for(lambda: (tmp_path / "received" / "slow.bin.partial").exists())
+        send_file(source, rx.address)
+        rx.thread.join(WAIT_S)
+        received = rx.stop()
+    assert not received.interrupted
+    assert received.once_report is not None
+    assert received.once_report["file"]["name"] == "quick.bin"
+    assert received.once_report["file"]["verified"]
+    assert sorted(doc["outcome"] for doc in received.reports) == ["complete", "interrupted"]
+
+
 def test_sender_reports_a_receiver_that_drops_the_connection(tmp_path: Path) -> None:
     source = make_file(tmp_path / "big.bin", 20 * MB)
     with socket.socket() as listener:

@@ -362,5 +362,5 @@ def tcp_recv(
     log(result.summary())
     if result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
-    if once and not (result.reports and result.reports[-1]["file"]["verified"]):
+    if once and not (result.once_report and result.once_report["file"]["verified"]):
         raise typer.Exit(EXIT_INCOMPLETE)

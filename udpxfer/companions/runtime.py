@@ -190,9 +190,9 @@ async def serve_tcp(
     """Accept TCP clients on ``bind`` until ``stop``, numbering and logging each one.
 
     Logs ``Client connected N`` and ``Client disconnected: N`` (the seed's phrases) unless
-    ``log_clients`` is false. A reset,
-    a half-open peer or any socket error ends only that client. On stop, listening ends, the
-    clients still connected are closed, and ``stats`` is returned.
+    ``log_clients`` is false. A reset, a half-open peer or any socket error ends only that
+    client. On stop, listening ends, the clients still connected are closed, and ``stats`` is
+    returned.
 
     Raises:
         UsageError: the address is in use or unavailable.
@@ -207,8 +207,7 @@ async def serve_tcp(
         assert task is not None
         tasks.add(task)
         if log_clients:
-            peer = peer_of(writer)
-            log(f"Client connected {number} from {peer}")
+            log(f"Client connected {number} from {peer_of(writer)}")
         note = ""
         try:
             await handler(reader, writer, number)

@@ -35,7 +35,7 @@ from udpxfer.companions.tcp_transfer import (
     encode_verdict,
     header_length_untrusted,
 )
-from udpxfer.errors import ProtocolError, UdpxferError
+from udpxfer.errors import ProtocolError, TransportError, UdpxferError
 from udpxfer.files import (
     PARTIAL_SUFFIX,
     PartialFile,
@@ -65,6 +65,7 @@ class ReceiverResult:
     report_paths: list[Path] = field(default_factory=list)
     rejected: int = 0
     interrupted: bool = False  # stopped while a transfer was in progress
+    once_report: dict[str, Any] | None = None  # the transfer that ended a ``once`` run
     stats: ServerStats = field(default_factory=ServerStats)
 
     def summary(self) -> str:
@@ -90,6 +91,7 @@ class TransferState:
     digest: Any = field(default_factory=hashlib.sha256)
     outcome: str = "complete"
     sha256_actual: str | None = None
+    report: dict[str, Any] | None = None
 
     @property
     def complete(self) -> bool:
@@ -122,24 +124,22 @@ class _Receiver:
             self.result.rejected += 1
             self.log(f"Rejected connection from {peer}: {_reason(exc)}")
             return
+        state = TransferState(header, peer, self.out_dir / safe_name(header.name))
         try:
-            await self._transfer(header, peer, reader, writer)
+            await self._transfer(state, reader, writer)
         finally:
-            if self.once and self.stop is not None:
+            if self.once and self.stop is not None and not self.stop.is_set():
+                self.result.once_report = state.report
                 self.stop.set()
 
     async def _read_exactly(self, reader: asyncio.StreamReader, n: int) -> bytes:
         return await asyncio.wait_for(reader.readexactly(n), self.idle_timeout_s)
 
     async def _transfer(
-        self,
-        header: TransferHeader,
-        peer: str,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        self, state: TransferState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        header, peer = state.header, state.peer
         self.log(f"Receiving {header.name!r} ({format_size(header.size)}) from {peer}")
-        state = TransferState(header, peer, self.out_dir / safe_name(header.name))
         try:
             partial = self._create(header)
         except UdpxferError as exc:
@@ -154,7 +154,8 @@ class _Receiver:
             await self._receive(reader, partial, state, bar.update)
         except asyncio.CancelledError:
             state.outcome = "interrupted"
-            self.result.interrupted = True
+            # Cut short by a user's stop, not by the end of a --once run.
+            self.result.interrupted = self.result.once_report is None
             raise
         finally:
             bar.close()
@@ -217,13 +218,17 @@ class _Receiver:
         state.path = partial.commit()
 
     def _finish(self, state: TransferState) -> None:
-        doc = tcp_report(state, time.perf_counter() - state.t0)
-        report_path = write_report(doc, self._report_path(state.path.name, state.started_unix_s))
+        state.report = doc = tcp_report(state, time.perf_counter() - state.t0)
         self.result.reports.append(doc)
-        self.result.report_paths.append(report_path)
         for line in summary_lines(doc):
             self.log(line)
-        self.log(f"report    {report_path}")
+        try:
+            path = write_report(doc, self._report_path(state.path.name, state.started_unix_s))
+        except TransportError as exc:
+            self.log(f"report    NOT WRITTEN: {exc}")
+            return
+        self.result.report_paths.append(path)
+        self.log(f"report    {path}")
 
     def _report_path(self, name: str, started: float) -> Path:
         """``--report`` for the first transfer, fresh names after: never overwrite a report."""
