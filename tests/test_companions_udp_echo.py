@@ -73,7 +73,7 @@ def run_client(to: Address, buffers: list[bytes], **kwargs: object) -> tuple[Pin
 
 def test_several_buffers_arrive_as_one_datagram() -> None:
     with scripted_udp_server(echo_all) as (address, arrivals):
-        stats, events = run_client(address, [b"hello", b"world"])
+        stats, events = run_client(address, [b"hello", b"world"], timeout_s=5.0)
     assert arrivals == [b"helloworld"]
     assert stats.transmitted == stats.received == 1
     assert isinstance(events[0], EchoReply)
@@ -87,12 +87,12 @@ def test_losses_are_counted_exactly() -> None:
         return [] if index in dropped else [data]
 
     with scripted_udp_server(lossy) as (address, arrivals):
-        stats, events = run_client(address, [], count=10, interval_s=0.0, timeout_s=0.3)
+        stats, events = run_client(address, [], count=10, interval_s=0.0, timeout_s=0.5)
     assert len(arrivals) == 10
     assert (stats.transmitted, stats.received, stats.lost) == (10, 7, 3)
     assert stats.loss_percent == pytest.approx(30.0)
     assert [e for e in events if isinstance(e, tuple)] == [
-        (seq, "no echo within 0.3 s") for seq in (3, 6, 7)
+        (seq, "no echo within 0.5 s") for seq in (3, 6, 7)
     ]
     assert re.fullmatch(
         r"10 transmitted, 7 received, 30% lost; rtt min/avg/max/mdev = "
@@ -111,7 +111,7 @@ def test_a_late_echo_is_not_taken_for_the_next_probe() -> None:
         return [*held, data] if index == 2 else [data]  # seq 2's echo comes before seq 3's
 
     with scripted_udp_server(late_second) as (address, _):
-        stats, events = run_client(address, [], count=3, interval_s=0.0, timeout_s=0.3, size=64)
+        stats, events = run_client(address, [], count=3, interval_s=0.0, timeout_s=0.5, size=64)
     assert (stats.transmitted, stats.received, stats.stray) == (3, 2, 1)
     assert [e.seq for e in events if isinstance(e, EchoReply)] == [1, 3]
 
@@ -138,7 +138,9 @@ def test_generated_payloads_have_the_asked_size_and_their_number() -> None:
 
 def test_server_logs_each_datagram_and_echoes_it() -> None:
     with running(run_udp_echo_server) as server:
-        stats, events = run_client(server.address, [b"hello ", "wörld".encode(), b"\x00\x1b"])
+        stats, events = run_client(
+            server.address, [b"hello ", "wörld".encode(), b"\x00\x1b"], timeout_s=5.0
+        )
         served = server.stop()
     assert stats.received == 1
     assert events[0].data == "hello wörld\x00\x1b".encode()  # type: ignore[union-attr]
@@ -159,7 +161,9 @@ def test_server_closes_by_itself_when_asked() -> None:
 
 def test_cli_client_prints_echoes_and_the_summary() -> None:
     with running(run_udp_echo_server) as server:
-        done = run_cli("udp", "echo-client", "--to", str(server.control.port), "hello", "world")
+        done = run_cli(
+            "udp", "echo-client", "--to", str(server.control.port), "-W", "5", "hello", "world"
+        )
         both = run_cli("udp", "echo-client", "--to", str(server.control.port), "x", "--size", "9")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -185,7 +189,7 @@ def test_cli_client_exits_1_when_every_echo_is_lost() -> None:
 def test_cli_server_stops_on_sigterm_with_a_summary() -> None:
     with background("udp", "echo-server", "--bind", "127.0.0.1:0") as server:
         address = Address("127.0.0.1", server.port())
-        stats, _ = run_client(address, [b"ping"])
+        stats, _ = run_client(address, [b"ping"], timeout_s=5.0)
         server.expect("Received 4 bytes from 127.0.0.1:")
         server.signal(signal.SIGTERM)
         assert server.finish() == 0, server.stderr
