@@ -101,7 +101,7 @@ def run_pair(
     """Run a sender and a receiver against each other on a fake clock until both are done."""
     forward = forward or Link(random.Random(0))
     reverse = reverse or Link(random.Random(1))
-    now = 0.0
+    now = 1.0  # a real clock is never at zero (a zero echo means "none" on the wire)
     sender = SenderSession(
         data,
         name=name,
@@ -134,7 +134,7 @@ def run_pair(
                 session.hash_computed(hashlib.sha256(body).digest(), now)
             elif isinstance(event, TransferEnded):
                 ended.append(event)
-        for datagram, _peer in endpoint.datagrams_to_send():
+        for datagram, _peer in endpoint.datagrams_to_send(now):
             for at, copy in reverse.carry(datagram, now):
                 heapq.heappush(in_flight, (at, next(order), "rev", copy))
         if sender.finished and not endpoint.sessions and not in_flight:

@@ -59,8 +59,8 @@ CASES: list[tuple[Packet, bytes]] = [
     ),
     (End(3, 4, 100, 140, 5), frame(3, 0, 0, 3, 4, 0, 5, struct.pack("!QQ", 100, 140))),
     (
-        Status(4, 11, -1, 0, 64, 12),
-        frame(4, 0, 0, 4, 0, 0, 12, struct.pack("!QqQI", 11, -1, 0, 64)),
+        Status(4, 11, -1, 0, 64, 12, 99, 7),
+        frame(4, 0, 0, 4, 0, 0, 12, struct.pack("!QqQIQI", 11, -1, 0, 64, 99, 7)),
     ),
     (
         Nack(5, 2, 77, ((1, 3), (9, 9)), 8),

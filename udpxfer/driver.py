@@ -125,7 +125,7 @@ def _run_sender(
             while (incoming := transport.recv_batch()) is not None:
                 now = clock()
                 for datagram in incoming[0]:
-                    session.receive_datagram(datagram, now)
+                    session.receive_datagram(datagram, now, incoming[2])
                 heard = True
             if on_progress is not None and now >= next_progress:
                 on_progress(session)
@@ -274,13 +274,13 @@ class ReceiverServer:
             handled = 0
             while handled < _RECV_BURST and (batch := transport.recv_batch()) is not None:
                 now = clock()
-                segments, addr = batch
+                segments, addr, queued_s = batch
                 for segment in segments:
-                    receive(segment, addr, now)
+                    receive(segment, addr, now, queued_s)
                     if queue:
                         self._handle_events(now)
+                self._flush()  # feedback leaves at once: its delay is the sender's signal
                 handled += 1
-            self._flush()
             now = clock()
             timer = endpoint.get_timer()
             if timer is not None and timer <= now:
@@ -302,7 +302,7 @@ class ReceiverServer:
                 transport.wait(wait)
 
     def _flush(self) -> None:
-        for datagram, peer in self.endpoint.datagrams_to_send():
+        for datagram, peer in self.endpoint.datagrams_to_send(self.clock()):
             self.transport.send(datagram, peer)  # type: ignore[arg-type]
 
     def _handle_events(self, now: float) -> None:

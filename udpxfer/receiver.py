@@ -136,6 +136,7 @@ class ReceiverSession:
         self.trace = TraceRecorder() if config.record_trace else None
 
         self.datagrams = 0  # datagrams attributed to this session
+        self.data_received = 0  # valid DATA datagrams, duplicates included
         self.duplicates = 0
         self.out_of_order = 0
         self.corrupt = 0
@@ -149,6 +150,7 @@ class ReceiverSession:
         self._store = store
         self._pending_packets: list[Packet] = []
         self._outgoing: list[bytes] = []
+        self._status_wanted: tuple[int, float, float] | None = None  # echo, arrival, request
         self._highest_tx = -1
         self._last_sent_ns = 0
         self._end_seen_at: float | None = None
@@ -202,10 +204,34 @@ class ReceiverSession:
             self._end(now, "mismatch", "SHA-256 of the received file does not match")
         self._send_done(self._last_sent_ns, now)
 
-    def datagrams_to_send(self) -> list[bytes]:
-        """Feedback datagrams waiting to go to the peer."""
+    def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
+        """Feedback datagrams waiting to go to the peer.
+
+        A wanted STATUS is encoded here, at send time, so that it reports how long the
+        datagram it answers was held on our side (socket queue and processing).
+        """
         out, self._outgoing = self._outgoing, []
+        if self._status_wanted is not None:
+            echo_ns, arrived, created = self._status_wanted
+            self._status_wanted = None
+            held_s = (now if now is not None else created) - arrived
+            status = Status(
+                self.session_id,
+                echo_ns,
+                self._highest_tx,
+                self.held_count,
+                self.window,
+                _ns(created),
+                self.data_received,
+                min(max(int(held_s * 1e9), 0), 0xFFFFFFFF),
+            )
+            out.append(encode(status))
         return out
+
+    @property
+    def has_outgoing(self) -> bool:
+        """True when feedback waits to be sent."""
+        return bool(self._outgoing) or self._status_wanted is not None
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run next."""
@@ -365,6 +391,7 @@ class ReceiverSession:
         flags: int,
         sent_ns: int,
         now: float,
+        queued_s: float = 0.0,
     ) -> bool:
         """One DATA datagram of this session (the endpoint's fast path calls this directly).
 
@@ -376,6 +403,7 @@ class ReceiverSession:
         ):
             return False
         self.last_heard = now
+        self.data_received += 1
         if self.first_data_at is None:
             self.first_data_at = now
         held = self.held
@@ -406,7 +434,7 @@ class ReceiverSession:
             if self.held_count == count:
                 self._all_held()
         if flags & _ACK_REQUESTED:
-            self._send_status(sent_ns, now)
+            self._send_status(sent_ns, now, queued_s)
         return True
 
     def _on_end(self, end: End, now: float) -> None:
@@ -456,11 +484,9 @@ class ReceiverSession:
         self.outcome = TransferEnded(outcome, reason, self.verdict)
         self._events.emit(self, self.outcome)
 
-    def _send_status(self, echo_ns: int, now: float) -> None:
-        status = Status(
-            self.session_id, echo_ns, self._highest_tx, self.held_count, self.window, _ns(now)
-        )
-        self._outgoing.append(encode(status))
+    def _send_status(self, echo_ns: int, now: float, queued_s: float = 0.0) -> None:
+        # One STATUS per flush is enough: its counters are cumulative; it echoes the newest.
+        self._status_wanted = (echo_ns, now - queued_s, now)
 
     def _send_done(self, echo_ns: int, now: float) -> None:
         if self.verdict is None:
@@ -519,9 +545,13 @@ class ReceiverEndpoint:
         self._store: ChunkSink = chunk_sink or self._sink.store_as_event
 
     def receive_datagram(
-        self, data: bytes | bytearray | memoryview, peer: Peer, now: float
+        self, data: bytes | bytearray | memoryview, peer: Peer, now: float, queued_s: float = 0.0
     ) -> None:
-        """Handle one datagram from ``peer``; never raises for any content."""
+        """Handle one datagram from ``peer``; never raises for any content.
+
+        ``queued_s`` is how long it waited in our own receive queue (from kernel timestamps):
+        STATUS reports it, so the sender can tell network queueing from ours.
+        """
         self.received += 1
         view = data if isinstance(data, memoryview) else memoryview(data)
         fields = data_fields_untrusted(view)
@@ -529,7 +559,7 @@ class ReceiverEndpoint:
             session = self.sessions.get((peer, fields[0]))
             if session is not None and session.meta is not None:
                 session.datagrams += 1
-                if not session.on_data(*fields[1:], now):
+                if not session.on_data(*fields[1:], now, queued_s):
                     self.rejected += 1
                 return
         try:
@@ -563,12 +593,12 @@ class ReceiverEndpoint:
         if not session.receive_packet(packet, now):
             self.rejected += 1
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Peer]]:
+    def datagrams_to_send(self, now: float | None = None) -> list[tuple[bytes, Peer]]:
         """Feedback for every peer: (datagram, peer) pairs."""
         out, self._refusals = self._refusals, []
         for session in self.sessions.values():
-            if session._outgoing:
-                out.extend((datagram, session.peer) for datagram in session.datagrams_to_send())
+            if session.has_outgoing:
+                out.extend((datagram, session.peer) for datagram in session.datagrams_to_send(now))
         return out
 
     def get_timer(self) -> float | None:
@@ -582,7 +612,7 @@ class ReceiverEndpoint:
             timer = session.get_timer()
             if timer is not None and now >= timer:
                 session.handle_timer(now)
-            if session.state is ReceiverState.CLOSED and not session._outgoing:
+            if session.state is ReceiverState.CLOSED and not session.has_outgoing:
                 if not session.is_transfer:
                     self.rejected += session.pending_datagrams
                 del self.sessions[key]

@@ -21,7 +21,7 @@ from enum import Enum, auto
 
 from udpxfer.errors import MalformedPacket, UsageError
 from udpxfer.events import Event, RepairRequested, TransferEnded
-from udpxfer.pacing import Pacer, RttEstimator
+from udpxfer.pacing import DelayWindow, Pacer, RttEstimator
 from udpxfer.ranges import iter_indexes
 from udpxfer.wire import (
     DEFAULT_CHUNK_BYTES,
@@ -64,6 +64,7 @@ class SenderConfig:
     rate_bps: int = 0
     max_window: int = 16384  # datagrams beyond the receiver's last report, at most
     initial_window: int = 64  # before the receiver has reported its window
+    congestion_control: bool = True  # delay-based window (pacing.DelayWindow) on top
     give_up_s: float = 10.0  # silence from the receiver after which a reliable send fails
     meta_copies: int = 3  # META copies sent before the first chunk
     meta_every: int = 256  # and one more every so many chunks until the receiver reports
@@ -126,6 +127,11 @@ class SenderSession:
 
         self._highest_acked = -1
         self._window = self.config.initial_window
+        self._advertised = self.config.initial_window
+        self._reported_received = 0  # the receiver's DATA count in its last STATUS
+        self._reported_highest = -1
+        self._next_cut = 0.0  # the window is cut at most once a round trip
+        self._congestion = DelayWindow() if self.config.congestion_control else None
         self._feedback = False  # a STATUS, NACK or DONE has arrived
         self._open_loop = False
         self._probe_at: float | None = None
@@ -160,8 +166,14 @@ class SenderSession:
         self.datagrams_sent += len(out)
         return out
 
-    def receive_datagram(self, data: bytes | bytearray | memoryview, now: float) -> None:
-        """Handle one datagram from the receiver; junk is counted in ``rejected``."""
+    def receive_datagram(
+        self, data: bytes | bytearray | memoryview, now: float, queued_s: float = 0.0
+    ) -> None:
+        """Handle one datagram from the receiver; junk is counted in ``rejected``.
+
+        ``queued_s`` is how long it waited in our own socket before this call (kernel
+        timestamps), left out of the congestion controller's round-trip samples.
+        """
         try:
             packet = decode_untrusted(data)
         except MalformedPacket:
@@ -174,9 +186,32 @@ class SenderSession:
             case Status():
                 self._on_feedback(now, packet.echo_ns)
                 self.acked_held = max(self.acked_held, packet.held)
+                acked = lost = 0
+                if packet.received >= self._reported_received:
+                    # Datagrams the receiver's tx count passed minus those it received since
+                    # the previous report: a (reordering-tolerant) loss signal.
+                    lost = (packet.highest_tx - self._reported_highest) - (
+                        packet.received - self._reported_received
+                    )
+                    self._reported_received = packet.received
+                    self._reported_highest = max(self._reported_highest, packet.highest_tx)
                 if packet.highest_tx > self._highest_acked:
-                    self._highest_acked = min(packet.highest_tx, self._tx - 1)
-                self._window = max(1, min(packet.window, self.config.max_window))
+                    highest = min(packet.highest_tx, self._tx - 1)
+                    acked = highest - self._highest_acked
+                    self._highest_acked = highest
+                self._advertised = max(1, min(packet.window, self.config.max_window))
+                if self._congestion is not None:
+                    if lost > 0 and now >= self._next_cut:
+                        self._congestion.on_loss()
+                        self._next_cut = now + (self.rtt.srtt_s or 0.0)
+                    elif packet.echo_ns:
+                        # Queueing in the receiver's own socket is flow control's business
+                        # (its advertised window), not the network's: leave it out.
+                        rtt = now - packet.echo_ns / 1e9 - packet.queued_ns / 1e9 - queued_s
+                        self._congestion.on_ack(acked, rtt)
+                    self._window = self._congestion.limit(self._advertised)
+                else:
+                    self._window = self._advertised
                 self._probe_at = None
             case Nack():
                 self._on_feedback(now, packet.echo_ns)
@@ -277,10 +312,18 @@ class SenderSession:
             self._probe_at = now + self.rtt.rto_s
             return False
         if now >= self._probe_at:
-            # Feedback may have been lost: let one datagram out to ask again (with META too
-            # while the receiver has not answered at all: it may have lost every copy).
-            self._probe_at = now + self.rtt.rto_s
-            self.rtt.back_off()
+            # No feedback for a whole timeout: what was in flight has left the network one way
+            # or the other (a loss burst can swallow every datagram that would have asked for
+            # feedback). Like TCP after a retransmission timeout, count it gone, halve the
+            # window and go on; NACK rounds repair what was lost. Send META too while the
+            # receiver has not answered at all: it may have lost every copy.
+            self._highest_acked = self._tx - 1
+            if self._congestion is not None:
+                self._congestion.on_timeout()
+                self._window = self._congestion.limit(self._advertised)
+            # No backoff here: a long loss burst must not slow the walk past it to a crawl;
+            # a dead receiver is caught by the give-up timer instead.
+            self._probe_at = None
             self._probing = True
             return True
         return False

@@ -11,6 +11,7 @@ import select
 import socket
 import struct
 import sys
+import time
 from dataclasses import dataclass
 
 from udpxfer.errors import TransportError, UsageError
@@ -32,6 +33,13 @@ UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels
 GSO_MAX_BYTES = 65000  # below the 65,507-byte IPv4 UDP payload limit
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+# Kernel receive timestamps (socket(7) SO_TIMESTAMPNS: a struct timespec, CLOCK_REALTIME)
+# tell how long a datagram waited in our own receive queue before we read it.
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("=qq")
+_CMSG_SPACE = (
+    _GRO_CMSG_SPACE + socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+)
 _SEGMENT_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 
@@ -85,6 +93,17 @@ def _enable_gro(sock: socket.socket) -> bool:
     return True
 
 
+def _enable_timestamps(sock: socket.socket) -> bool:
+    """Ask for kernel receive timestamps (Linux); False where unsupported."""
+    if not sys.platform.startswith("linux") or not _CMSG_SPACE:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
 def split_segments(view: memoryview, segment: int) -> list[memoryview]:
     """Cut a coalesced receive into its datagrams (all ``segment`` bytes but the last)."""
     if segment <= 0 or segment >= len(view):
@@ -130,6 +149,7 @@ class UdpTransport:
         self.recv_view = memoryview(self.recv_buffer)
         self.gso = _probe_gso(sock)
         self.gro = _enable_gro(sock)
+        self.timestamps = _enable_timestamps(sock)
         self.buffers = BufferSizes(
             RECV_BUFFER_BYTES,
             _set_buffer(sock, _SO_RCVBUFFORCE, socket.SO_RCVBUF, RECV_BUFFER_BYTES),
@@ -172,27 +192,30 @@ class UdpTransport:
         got = self._receive()
         return None if got is None else (self.recv_view[: got[0]], got[2])
 
-    def recv_batch(self) -> tuple[list[memoryview], SockAddr] | None:
+    def recv_batch(self) -> tuple[list[memoryview], SockAddr, float] | None:
         """The next waiting datagrams from one sender (several with GRO), or None.
 
-        The views are valid until the next call.
+        Returns:
+            The datagrams (views valid until the next call), the sender, and the seconds
+            they waited in the socket's receive queue (0 when the kernel does not say).
         """
         got = self._receive()
         if got is None:
             return None
-        n, segment, addr = got
-        return split_segments(self.recv_view[:n], segment), addr
+        n, segment, addr, kernel_ns = got
+        queued_s = max(0.0, (time.time_ns() - kernel_ns) / 1e9) if kernel_ns else 0.0
+        return split_segments(self.recv_view[:n], segment), addr, queued_s
 
-    def _receive(self) -> tuple[int, int, SockAddr] | None:
-        """(bytes, GRO segment size or 0, sender) of the next waiting datagram, or None."""
+    def _receive(self) -> tuple[int, int, SockAddr, int] | None:
+        """(bytes, GRO segment size or 0, sender, kernel arrival time in ns or 0), or None."""
         try:
-            if not self.gro:
+            if not self.gro and not self.timestamps:
                 n, addr = self.sock.recvfrom_into(
                     self.recv_buffer, MAX_DATAGRAM, socket.MSG_DONTWAIT
                 )
-                return n, 0, addr
+                return n, 0, addr, 0
             n, ancdata, _flags, addr = self.sock.recvmsg_into(
-                [self.recv_buffer], _GRO_CMSG_SPACE, socket.MSG_DONTWAIT
+                [self.recv_buffer], _CMSG_SPACE, socket.MSG_DONTWAIT
             )
         except BlockingIOError:
             return None
@@ -201,10 +224,18 @@ class UdpTransport:
                 self.refused += 1
                 return None
             raise TransportError(f"receive failed: {exc.strerror}") from exc
+        segment = kernel_ns = 0
         for level, kind, data in ancdata:
             if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
-                return n, _GRO_SIZE.unpack_from(data)[0], addr
-        return n, 0, addr
+                segment = _GRO_SIZE.unpack_from(data)[0]
+            elif (
+                level == socket.SOL_SOCKET
+                and kind == _SO_TIMESTAMPNS
+                and len(data) >= _TIMESPEC.size
+            ):
+                seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+                kernel_ns = seconds * 1_000_000_000 + nanoseconds
+        return n, segment, addr, kernel_ns
 
     def wait(self, timeout_s: float | None) -> bool:
         """Block until a datagram is waiting or ``timeout_s`` passes; True if readable."""

@@ -48,7 +48,9 @@ MAX_REASON_BYTES = 1024
 # Bodies.
 _META = struct.Struct("!QIQ32sBH")  # size, chunk_size, chunk_count, sha256, mode, name length
 _END = struct.Struct("!QQ")  # chunks sent in this pass, data datagrams sent so far (tx count)
-_STATUS = struct.Struct("!QqQI")  # echo_ns, highest tx seen (-1 none), chunks held, window
+# echo_ns, highest tx seen (-1 none), chunks held, window, DATA datagrams received,
+# nanoseconds the acknowledged datagram waited in the receiver's own socket queue
+_STATUS = struct.Struct("!QqQIQI")
 _NACK_HEAD = struct.Struct("!QH")  # echo_ns, number of ranges
 _RANGE = struct.Struct("!QQ")  # first, last chunk index (inclusive)
 _DONE = struct.Struct("!QBQ32s")  # echo_ns, verdict, chunks held, sha256 of what was received
@@ -166,6 +168,8 @@ class Status:
     held: int
     window: int
     sent_ns: int = 0
+    received: int = 0  # DATA datagrams of this session received so far (loss signal)
+    queued_ns: int = 0  # how long the echoed datagram waited in the receiver's socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +275,14 @@ def encode(packet: Packet) -> bytes:
             body = _END.pack(packet.chunks_sent, packet.tx_sent)
             ptype, seq = PacketType.END, packet.round
         case Status():
-            body = _STATUS.pack(packet.echo_ns, packet.highest_tx, packet.held, packet.window)
+            body = _STATUS.pack(
+                packet.echo_ns,
+                packet.highest_tx,
+                packet.held,
+                packet.window,
+                packet.received,
+                packet.queued_ns,
+            )
             ptype, seq = PacketType.STATUS, 0
         case Nack():
             body = _NACK_HEAD.pack(packet.echo_ns, len(packet.ranges)) + b"".join(
@@ -397,8 +408,8 @@ def _decode_control(
         return End(session, seq, chunks_sent, tx_sent, sent_ns)
     if kind is PacketType.STATUS:
         _exact(kind, body, _STATUS.size)
-        echo_ns, highest_tx, held, window = _STATUS.unpack_from(body)
-        return Status(session, echo_ns, highest_tx, held, window, sent_ns)
+        echo_ns, highest_tx, held, window, received, queued_ns = _STATUS.unpack_from(body)
+        return Status(session, echo_ns, highest_tx, held, window, sent_ns, received, queued_ns)
     if kind is PacketType.NACK:
         echo_ns, count = _NACK_HEAD.unpack_from(body)
         _exact(kind, body, _NACK_HEAD.size + count * _RANGE.size)
