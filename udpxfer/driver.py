@@ -120,7 +120,9 @@ def _run_sender(
         while not session.finished:
             now = clock()
             batch = session.datagrams_to_send(now)
-            transport.send_many(batch)
+            if batch:
+                transport.send_many(batch)
+                session.batch_left(clock())
             heard = False
             while (incoming := transport.recv_batch()) is not None:
                 now = clock()

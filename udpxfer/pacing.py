@@ -105,6 +105,7 @@ class DelayWindow:
         beta: float = 48.0,
         samples: int = 4,
         slow_start_limit: float = 64.0,
+        rtt_floor_s: float = 100e-6,
     ) -> None:
         self.cwnd = float(initial)
         self.minimum = minimum
@@ -112,14 +113,16 @@ class DelayWindow:
         self.beta = beta
         self.slow_start = True
         self.slow_start_limit = slow_start_limit  # RFC 5681's initial ssthresh, kept small
+        # Round trips are measured in user space, corrected for time spent in both ends'
+        # sockets; below this their noise is larger than any queue worth reacting to.
+        self.rtt_floor_s = rtt_floor_s
         self.base_rtt_s = float("inf")
         self._recent: list[float] = []
         self._samples = samples
 
     def on_ack(self, acked: int, rtt_s: float) -> None:
         """Fold in feedback that acknowledged ``acked`` datagrams, with one RTT sample."""
-        if rtt_s <= 0:
-            return
+        rtt_s = max(rtt_s, self.rtt_floor_s)
         self.base_rtt_s = min(self.base_rtt_s, rtt_s)
         self._recent.append(rtt_s)
         if len(self._recent) > self._samples:

@@ -131,6 +131,8 @@ class SenderSession:
         self._reported_received = 0  # the receiver's DATA count in its last STATUS
         self._reported_highest = -1
         self._next_cut = 0.0  # the window is cut at most once a round trip
+        self._unsent_stamp: int | None = None  # sent_ns of a feedback request not yet out
+        self._left_at: dict[int, float] = {}  # sent_ns stamp -> when its batch left
         self._congestion = DelayWindow() if self.config.congestion_control else None
         self._feedback = False  # a STATUS, NACK or DONE has arrived
         self._open_loop = False
@@ -165,6 +167,18 @@ class SenderSession:
             self.bytes_sent += len(datagram)
         self.datagrams_sent += len(out)
         return out
+
+    def batch_left(self, now: float) -> None:
+        """The driver reports that what ``datagrams_to_send`` returned has left, at ``now``.
+
+        Round-trip samples for the congestion window then start from when a datagram
+        really left, not from when its batch was built.
+        """
+        if self._unsent_stamp is not None:
+            self._left_at[self._unsent_stamp] = now
+            self._unsent_stamp = None
+            if len(self._left_at) > 256:
+                del self._left_at[next(iter(self._left_at))]
 
     def receive_datagram(
         self, data: bytes | bytearray | memoryview, now: float, queued_s: float = 0.0
@@ -207,7 +221,8 @@ class SenderSession:
                     elif packet.echo_ns:
                         # Queueing in the receiver's own socket is flow control's business
                         # (its advertised window), not the network's: leave it out.
-                        rtt = now - packet.echo_ns / 1e9 - packet.queued_ns / 1e9 - queued_s
+                        left = self._left_at.pop(packet.echo_ns, packet.echo_ns / 1e9)
+                        rtt = now - left - packet.queued_ns / 1e9 - queued_s
                         self._congestion.on_ack(acked, rtt)
                     self._window = self._congestion.limit(self._advertised)
                 else:
@@ -356,6 +371,8 @@ class SenderSession:
             tx = self._tx
             in_flight = tx - self._highest_acked
             ack = tx % ack_every == 0 or in_flight >= self._window
+            if ack:
+                self._unsent_stamp = sent_ns
             start = index * chunk_size
             datagram = encode_data(
                 sid,
