@@ -290,6 +290,15 @@ def recv(
             observer=_RecvObserver(bars=show_progress(quiet), quiet=quiet),
         )
         host, port = server.address
+        buffers = server.transport.buffers
+        if buffers.capped and not quiet:
+            typer.echo(
+                f"note: the kernel capped the receive buffer at "
+                f"{format_size(buffers.recv_granted)} (asked {format_size(buffers.recv_asked)}); "
+                "the sender's window shrinks to match. Raise it with "
+                f"`sysctl -w net.core.rmem_max={buffers.recv_asked}`.",
+                err=True,
+            )
         stop = threading.Event()
         with _sigterm_sets(stop):
             if not quiet:
