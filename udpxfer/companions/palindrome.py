@@ -21,14 +21,13 @@ def normalise(text: str) -> str:
 
     NFKD splits accented letters and compatibility forms (``ﬁ`` -> ``fi``, ``²`` -> ``2``);
     casefold removes case (``ß`` -> ``ss``); the second NFKD decomposes what casefolding
-    produced (Unicode's canonical caseless matching, D145); combining marks are dropped, and of
-    the rest only ``str.isalnum`` characters are kept. Last, NFC joins again what NFKD split
-    without leaving a mark: Hangul syllables, so that ``다시 합창합시다`` is compared syllable
-    by syllable, as it is read, not jamo by jamo.
+    produced (Unicode's canonical caseless matching, D145; for every single code point the
+    result is the same as without it); combining marks are dropped, and of the rest only
+    ``str.isalnum`` characters are kept (DESIGN.md's definition, applied literally: Hangul
+    syllables are compared as the jamo NFKD splits them into).
     """
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
-    kept = "".join(c for c in folded if c.isalnum() and not unicodedata.category(c).startswith("M"))
-    return unicodedata.normalize("NFC", kept)
+    return "".join(c for c in folded if c.isalnum() and not unicodedata.category(c).startswith("M"))
 
 
 def is_palindrome(text: str, *, strict: bool = False) -> bool:
