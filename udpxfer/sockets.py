@@ -37,6 +37,23 @@ def resolve(address: Address, kind: socket.SocketKind) -> tuple[socket.AddressFa
     return family, sockaddr
 
 
+def connect_udp(address: Address) -> tuple[socket.socket, SockAddr]:
+    """A UDP socket connected to ``address``: the kernel drops datagrams from anyone else
+    and reports ICMP errors (nobody listening) on it.
+
+    Raises:
+        UsageError: the address does not resolve or cannot be reached from here.
+    """
+    family, sockaddr = resolve(address, socket.SOCK_DGRAM)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.connect(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot send to {address}: {exc.strerror}") from None
+    return sock, sockaddr
+
+
 def bind_socket(address: Address, kind: socket.SocketKind) -> socket.socket:
     """Create a socket of ``kind`` bound to ``address``.
 

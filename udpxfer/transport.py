@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.sockets import SockAddr, bind_socket, resolve
+from udpxfer.sockets import SockAddr, bind_socket, connect_udp
 from udpxfer.units import Address
 
 RECV_BUFFER_BYTES = 32 << 20  # asked for; the kernel may cap it (net.core.rmem_max)
@@ -165,14 +165,7 @@ class UdpTransport:
     @classmethod
     def connect(cls, address: Address) -> UdpTransport:
         """A sending socket connected to ``address`` (only its replies are received)."""
-        family, sockaddr = resolve(address, socket.SOCK_DGRAM)
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.connect(sockaddr)
-        except OSError as exc:
-            sock.close()
-            raise UsageError(f"cannot send to {address}: {exc.strerror}") from None
-        return cls(sock, sockaddr)
+        return cls(*connect_udp(address))
 
     @property
     def local_address(self) -> SockAddr:

@@ -29,7 +29,7 @@ from udpxfer.companions.runtime import (
     run_until_stopped,
 )
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.sockets import SockAddr, bind_socket, resolve
+from udpxfer.sockets import SockAddr, bind_socket, connect_udp
 from udpxfer.units import Address
 
 DEFAULT_PORT = 2222
@@ -125,14 +125,7 @@ class EchoReply:
 
 
 def _open(to: Address) -> tuple[socket.socket, str]:
-    family, sockaddr = resolve(to, socket.SOCK_DGRAM)
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        # Connected: the kernel drops datagrams from anyone else and reports ICMP errors.
-        sock.connect(sockaddr)
-    except OSError as exc:
-        sock.close()
-        raise TransportError(f"cannot send to {to}: {exc.strerror}") from None
+    sock, sockaddr = connect_udp(to)
     return sock, format_sockaddr(sockaddr)
 
 
