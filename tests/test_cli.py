@@ -179,3 +179,12 @@ def test_receiver_stops_on_signals(tmp_path: Path, sig: signal.Signals, code: in
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == code
     assert "Traceback" not in err
+
+
+def test_send_to_a_closed_port_says_nothing_listens(tmp_path: Path, sample: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: the kernel answers port unreachable
+    result = run("send", str(sample), "--to", f"127.0.0.1:{port}", "--timeout", "1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"nothing is listening at 127.0.0.1:{port}" in result.stderr

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -260,3 +261,30 @@ def test_a_second_transfer_never_overwrites_the_first(tmp_path: Path) -> None:
     assert results[1].file_path.read_bytes() == b"different content"
     assert results[0].report_path != results[1].report_path
     assert len(os.listdir(tmp_path / "reports")) == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_refuses_the_transfer_instead_of_crashing(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        big = make_file(tmp_path, 3_000_000, "big.bin")
+        tiny = make_file(tmp_path, 5_000, "tiny.bin")
+        with receiver(small) as (server, results):
+            session = send_file(big, Address(*server.address), SenderConfig(give_up_s=5))
+            wait_for(lambda: len(results) == 1)
+            assert session.outcome is not None
+            assert session.outcome.outcome == "aborted"
+            assert "No space left" in session.outcome.reason
+            second = send_file(tiny, Address(*server.address), SenderConfig())
+            wait_for(lambda: len(results) == 2)
+        assert results[0].report["outcome"] == "aborted"
+        assert results[0].file_path is None or not results[0].file_path.exists()
+        assert not list((small / "out").glob("big*"))
+        assert second.outcome is not None
+        assert second.outcome.outcome == "complete"
+        assert results[1].file_path is not None
+        assert results[1].file_path.read_bytes() == tiny.read_bytes()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -31,6 +31,7 @@ from udpxfer.report import (
     write_report,
 )
 from udpxfer.sender import SenderConfig, SenderSession
+from udpxfer.sockets import format_sockaddr
 from udpxfer.trace import Trace
 from udpxfer.transport import UdpTransport
 from udpxfer.units import Address
@@ -102,6 +103,12 @@ def send_file(
                 _run_sender(session, transport, clock, on_progress)
             finally:
                 session.release()
+            outcome = session.outcome
+            if outcome is not None and outcome.outcome == "timeout" and transport.refused:
+                # ICMP port unreachable came back: say so, it is the likely cause.
+                session.outcome = replace(
+                    outcome, reason=f"{outcome.reason}; nothing is listening at {to}"
+                )
         finally:
             transport.close()
     finally:
@@ -447,7 +454,7 @@ def udp_report(
         duration_s=max(0.0, end - session.started_at),
         datagrams_received=datagrams_received,
         datagrams_rejected=datagrams_rejected,
-        peer=_peer_text(session.peer),
+        peer=peer_text(session.peer),
         session_id=f"{session.session_id:016x}",
         outcome=outcome,
         extra={
@@ -467,8 +474,8 @@ def udp_report(
     return report.to_dict()
 
 
-def _peer_text(peer: object) -> str:
+def peer_text(peer: object) -> str:
+    """A receiver session's peer as ``host:port`` text."""
     if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return format_sockaddr(peer)
     return str(peer)

@@ -5,6 +5,7 @@ Nothing here ever writes outside the directory it is given.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -88,9 +89,15 @@ class PartialFile:
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
             self._fd = os.open(self.path, flags, 0o644)
-            os.ftruncate(self._fd, size)
         except OSError as exc:
             raise TransportError(f"cannot create {self.path}: {exc.strerror}") from exc
+        try:
+            os.ftruncate(self._fd, size)
+            _reserve(self._fd, size)
+        except OSError as exc:
+            os.close(self._fd)
+            self.path.unlink(missing_ok=True)
+            raise TransportError(f"cannot make room for {self.path}: {exc.strerror}") from exc
         self._map: mmap.mmap | None = mmap.mmap(self._fd, size) if size else None
         self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
         self.closed = False
@@ -128,6 +135,22 @@ class PartialFile:
         except OSError as exc:
             raise TransportError(f"cannot rename {self.path}: {exc.strerror}") from exc
         return self.final_path
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now, so a full disk is an error at the start of a transfer
+    rather than a SIGBUS when a chunk is written through the memory map."""
+    if not size or not hasattr(os, "posix_fallocate"):
+        return  # (macOS has none: blocks are then allocated as chunks are written)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        # The filesystem cannot preallocate: at least check that the space is there.
+        stats = os.fstatvfs(fd)
+        if stats.f_bavail * stats.f_frsize < size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
 
 
 def sha256_file(path: Path) -> bytes:

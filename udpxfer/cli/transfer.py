@@ -15,7 +15,7 @@ import typer
 from tqdm import tqdm
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
-from udpxfer.driver import ReceiverServer, TransferResult, send_file
+from udpxfer.driver import ReceiverServer, TransferResult, peer_text, send_file
 from udpxfer.errors import TransferError
 from udpxfer.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.report import summary_lines
@@ -178,7 +178,7 @@ class _RecvObserver:
         if not self._quiet:
             typer.echo(
                 f"receiving {meta.name} ({format_size(meta.size)}, {meta.chunk_count} chunks, "
-                f"{meta.mode.label}) from {_peer(session)}"
+                f"{meta.mode.label}) from {peer_text(session.peer)}"
             )
         if self._bars_enabled:
             self._bars[session] = tqdm(
@@ -203,14 +203,6 @@ class _RecvObserver:
         for line in summary_lines(result.report):
             typer.echo(line)
         typer.echo(f"report    {result.report_path}")
-
-
-def _peer(session: ReceiverSession) -> str:
-    peer = session.peer
-    if isinstance(peer, tuple):
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(peer)
 
 
 @app.command()

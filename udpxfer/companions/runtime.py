@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.sockets import SockAddr, bind_socket
+from udpxfer.sockets import SockAddr, bind_socket, format_sockaddr
 from udpxfer.units import Address
 
 T = TypeVar("T")
@@ -40,14 +40,6 @@ def timestamped(emit: Log) -> Log:
         emit(f"{stamp}.{int(now * 1000) % 1000:03d} {message}")
 
     return log
-
-
-def format_sockaddr(sockaddr: SockAddr) -> str:
-    """``host:port`` or ``[v6]:port``; IPv4-mapped IPv6 peers show as plain IPv4."""
-    host, port = str(sockaddr[0]), int(sockaddr[1])
-    if host.startswith("::ffff:") and "." in host:
-        host = host.removeprefix("::ffff:")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def peer_of(writer: asyncio.StreamWriter) -> str:

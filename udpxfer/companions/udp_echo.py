@@ -24,12 +24,11 @@ from udpxfer.companions.runtime import (
     ServerStats,
     control_for,
     describe_socket,
-    format_sockaddr,
     printable,
     run_until_stopped,
 )
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.sockets import SockAddr, bind_socket, connect_udp
+from udpxfer.sockets import SockAddr, bind_socket, connect_udp, format_sockaddr
 from udpxfer.units import Address
 
 DEFAULT_PORT = 2222
