@@ -257,7 +257,18 @@ class ReceiverServer:
     def _store(self, session: ReceiverSession, offset: int, payload: bytes | memoryview) -> None:
         partial = self._files.get(session) or self._open(session, self.clock())
         if partial is not None:
-            partial.write_at(offset, payload)
+            try:
+                partial.write_at(offset, payload)
+            except TransportError as exc:
+                session.close(self.clock(), str(exc))
+
+    def _write_gathered(self) -> None:
+        """Write the chunks gathered from the last receive, before its buffer is reused."""
+        for session, partial in self._files.items():
+            try:
+                partial.flush()
+            except TransportError as exc:
+                session.close(self.clock(), str(exc))
 
     def _open(self, session: ReceiverSession, now: float) -> PartialFile | None:
         """The session's ``.partial`` file, created on its first chunk or its start event."""
@@ -288,6 +299,7 @@ class ReceiverServer:
                     receive(segment, addr, now, queued_s)
                     if queue:
                         self._handle_events(now)
+                self._write_gathered()
                 self._flush()  # feedback leaves at once: its delay is the sender's signal
                 handled += 1
             now = clock()
@@ -322,7 +334,12 @@ class ReceiverServer:
             elif isinstance(event, VerifyRequested):
                 partial = self._open(session, now)
                 if partial is not None:
-                    session.hash_computed(partial.sha256(), self.clock())
+                    try:
+                        digest = partial.sha256()
+                    except TransportError as exc:
+                        session.close(now, str(exc))
+                    else:
+                        session.hash_computed(digest, self.clock())
             elif isinstance(event, TransferEnded):
                 if session.outcome is not None and session.outcome.outcome != "refused":
                     self._open(session, now)  # an empty transfer may end before any chunk
@@ -333,7 +350,10 @@ class ReceiverServer:
         verified = session.outcome is not None and session.outcome.outcome == "complete"
         file_path: Path | None = None  # refused, or the file could not be created
         if partial is not None:
-            file_path = partial.commit() if verified else _closed(partial)
+            try:
+                file_path = partial.commit() if verified else _closed(partial)
+            except TransportError:
+                file_path = partial.path  # the write or rename failed: what is there stays
         received, rejected = self.endpoint.received, self.endpoint.rejected
         trace = session_trace(session)
         doc = udp_report(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import mmap
 import os
 import unicodedata
 from pathlib import Path
@@ -17,6 +16,7 @@ from udpxfer.errors import TransportError, UsageError
 MAX_NAME_BYTES = 200  # leaves room for a ``-NN`` suffix and ``.partial`` under NAME_MAX (255)
 PARTIAL_SUFFIX = ".partial"
 HASH_BLOCK_BYTES = 1 << 22
+MAX_RUN_CHUNKS = 512  # below IOV_MAX (1024 on Linux)
 
 
 def safe_name(name: str) -> str:
@@ -78,8 +78,9 @@ class PartialFile:
     """A ``NAME.partial`` file of a known size, written at offsets, renamed once verified.
 
     The file is created exclusively (never follows or replaces an existing path) and sized up
-    front, so holes read as zeros. Writes go through a shared memory map when the file is
-    not empty: one copy, no system call per chunk.
+    front (sparse, so holes read as zeros). Chunks that continue each other are gathered and
+    written with one ``pwritev`` at ``flush()``: fewer system calls than one write per chunk,
+    and a full disk is an error to report, not a crash as it would be through a memory map.
     """
 
     def __init__(self, directory: Path, name: str, size: int) -> None:
@@ -93,37 +94,66 @@ class PartialFile:
             raise TransportError(f"cannot create {self.path}: {exc.strerror}") from exc
         try:
             os.ftruncate(self._fd, size)
-            _reserve(self._fd, size)
+            _check_room(self._fd, size)
         except OSError as exc:
             os.close(self._fd)
             self.path.unlink(missing_ok=True)
             raise TransportError(f"cannot make room for {self.path}: {exc.strerror}") from exc
-        self._map: mmap.mmap | None = mmap.mmap(self._fd, size) if size else None
-        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+        self._run: list[bytes | memoryview] = []  # chunks waiting for flush(), back to back
+        self._run_start = self._run_end = 0
         self.closed = False
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
-        """Store ``data`` at ``offset`` (the caller guarantees it lies inside the file)."""
-        self._view[offset : offset + len(data)] = data
+        """Store ``data`` at ``offset`` (inside the file) by the next ``flush()``.
+
+        ``data`` is kept by reference: it must not change until ``flush()`` returns.
+
+        Raises:
+            TransportError: writing an earlier run failed (a full disk, an I/O error).
+        """
+        if self._run and (offset != self._run_end or len(self._run) >= MAX_RUN_CHUNKS):
+            self.flush()
+        if not self._run:
+            self._run_start = self._run_end = offset
+        self._run.append(data)
+        self._run_end += len(data)
+
+    def flush(self) -> None:
+        """Write what ``write_at`` gathered.
+
+        Raises:
+            TransportError: the system refused the write.
+        """
+        run, self._run = self._run, []
+        offset = self._run_start
+        while run:
+            try:
+                written = os.pwritev(self._fd, run, offset)
+            except OSError as exc:
+                raise TransportError(f"cannot write {self.path}: {exc.strerror}") from exc
+            offset += written
+            while run and written >= len(run[0]):
+                written -= len(run.pop(0))
+            if run and written:
+                run[0] = memoryview(run[0])[written:]  # a short write: go on from there
 
     def sha256(self) -> bytes:
-        """Digest of the file's current contents."""
+        """Digest of the file's current contents (gathered chunks are written first)."""
+        self.flush()
         digest = hashlib.sha256()
-        view = self._view
         for start in range(0, self.size, HASH_BLOCK_BYTES):
-            digest.update(view[start : start + HASH_BLOCK_BYTES])
+            digest.update(os.pread(self._fd, HASH_BLOCK_BYTES, start))
         return digest.digest()
 
     def close(self) -> None:
-        """Flush and close the file, leaving it as ``NAME.partial``."""
+        """Write what is gathered and close the file, leaving it as ``NAME.partial``."""
         if self.closed:
             return
         self.closed = True
-        self._view.release()
-        if self._map is not None:
-            self._map.flush()
-            self._map.close()
-        os.close(self._fd)
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
 
     def commit(self) -> Path:
         """Close and rename to the final name (a fresh one if that name appeared meanwhile)."""
@@ -137,20 +167,15 @@ class PartialFile:
         return self.final_path
 
 
-def _reserve(fd: int, size: int) -> None:
-    """Allocate the file's blocks now, so a full disk is an error at the start of a transfer
-    rather than a SIGBUS when a chunk is written through the memory map."""
-    if not size or not hasattr(os, "posix_fallocate"):
-        return  # (macOS has none: blocks are then allocated as chunks are written)
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-        # The filesystem cannot preallocate: at least check that the space is there.
-        stats = os.fstatvfs(fd)
-        if stats.f_bavail * stats.f_frsize < size:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
+def _check_room(fd: int, size: int) -> None:
+    """Refuse a file that the filesystem has no room for (ENOSPC).
+
+    Space is checked, not reserved: reserving would let a flood of forged metadata fill the
+    disk with preallocated blocks; a sparse file costs only what arrives.
+    """
+    stats = os.fstatvfs(fd)
+    if size and stats.f_bavail * stats.f_frsize < size:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def sha256_file(path: Path) -> bytes:

@@ -198,6 +198,7 @@ class _Receiver:
                 state.outcome = "abandoned"
                 return
             partial.write_at(state.received, data)
+            partial.flush()  # reads are large: write each at once
             state.digest.update(data)
             state.received += len(data)
             self.result.stats.bytes_in += len(data)
