@@ -349,12 +349,13 @@ def test_receiver_refuses_what_exceeds_its_limits(
     endpoint.receive_datagram(encode(meta), PEER, 0.0)
     (session,) = endpoint.sessions.values()
     assert session.held == bytearray()  # no per-chunk state allocated
+    assert "limit" in session.refusal
     replies = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send()]
     assert [type(r).__name__ for r in replies] == ["Abort"]
-    events = []
-    while (item := endpoint.next_event()) is not None:
-        events.append(item[1])
-    assert [e.outcome for e in events if isinstance(e, TransferEnded)] == ["refused"]
+    assert endpoint.next_event() is None  # nothing to create or report
+    endpoint.receive_datagram(encode(Data(9, 0, 0, b"x" * chunk)), PEER, 0.1)
+    endpoint.handle_timer(0.2)
+    assert endpoint.rejected == 2
 
 
 def test_receiver_refuses_transfers_beyond_its_concurrency_limit() -> None:
@@ -362,7 +363,47 @@ def test_receiver_refuses_transfers_beyond_its_concurrency_limit() -> None:
     for session in range(3):
         meta = Meta(session, "f", 10, 5, 2, bytes(32), Mode.BLAST)
         endpoint.receive_datagram(encode(meta), PEER, 0.0)
+        endpoint.receive_datagram(encode(Data(session, 0, 0, b"12345")), PEER, 0.0)
     assert endpoint.active_transfers == 2
-    assert endpoint.rejected == 1
+    assert endpoint.rejected == 1  # the third session's DATA
     replies = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send()]
     assert any(getattr(r, "reason", "") == "receiver busy" for r in replies)
+
+
+def test_a_meta_nobody_follows_up_creates_nothing() -> None:
+    endpoint = ReceiverEndpoint(ReceiverConfig(idle_timeout_s=2.0))
+    for session in range(10):
+        meta = Meta(session, f"forged-{session}", 1000, 100, 10, bytes(32), Mode.RELIABLE)
+        endpoint.receive_datagram(encode(meta), PEER, 0.0)
+    assert endpoint.next_event() is None  # no file, no report: not a transfer yet
+    assert endpoint.active_transfers == 0
+    statuses = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send(0.0)]
+    assert len(statuses) == 10  # each META is answered, so a real sender's window opens
+    endpoint.receive_datagram(encode(Data(3, 0, 0, b"y" * 100)), PEER, 0.5)  # session 3 goes on
+    item = endpoint.next_event()
+    assert item is not None
+    assert isinstance(item[1], TransferStarted)
+    assert item[0].session_id == 3
+    endpoint.handle_timer(2.0)
+    assert sorted(s.session_id for s in endpoint.sessions.values()) == [3]
+    assert endpoint.rejected == 9  # the nine METAs nobody followed up were junk
+
+
+def test_junk_sessions_cannot_lock_out_a_real_sender() -> None:
+    endpoint = ReceiverEndpoint(ReceiverConfig(max_pending_sessions=8))
+    for session in range(1000):  # a flood of forged METAs, each a new session
+        meta = Meta(session, "x", 1000, 100, 10, bytes(32), Mode.BLAST)
+        endpoint.receive_datagram(encode(meta), PEER, 0.0)
+    data = payload(CHUNK * 3)
+    real = SenderSession(
+        data, name="real", sha256=hashlib.sha256(data).digest(), session_id=1 << 40,
+        now=0.01, config=RELIABLE,
+    )  # fmt: skip
+    for datagram in real.datagrams_to_send(0.01):
+        endpoint.receive_datagram(datagram, PEER, 0.01)
+    started = []
+    while (item := endpoint.next_event()) is not None:
+        if isinstance(item[1], TransferStarted):
+            started.append(item[0].session_id)
+    assert started == [1 << 40]
+    assert len(endpoint.sessions) <= 8

@@ -341,8 +341,7 @@ class ReceiverServer:
                     else:
                         session.hash_computed(digest, self.clock())
             elif isinstance(event, TransferEnded):
-                if session.outcome is not None and session.outcome.outcome != "refused":
-                    self._open(session, now)  # an empty transfer may end before any chunk
+                self._open(session, now)  # an empty transfer may end before any chunk
                 self._finish(session)
 
     def _finish(self, session: ReceiverSession) -> None:

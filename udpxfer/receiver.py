@@ -64,6 +64,7 @@ class ReceiverState(Enum):
     """Where a receiver session is; every transition happens in this module."""
 
     AWAITING_META = auto()  # datagrams of an unknown session, kept until META arrives
+    PROBATION = auto()  # META arrived; nothing is created until DATA or END follows it
     RECEIVING = auto()
     VERIFYING = auto()  # every chunk held, the driver is hashing
     FINISHED = auto()  # verdict reached; lingering to answer repeated ENDs
@@ -136,6 +137,8 @@ class ReceiverSession:
         self.trace = TraceRecorder() if config.record_trace else None
 
         self.datagrams = 0  # datagrams attributed to this session
+        self.started = False  # a transfer: META followed up by DATA or END
+        self.refusal = ""  # why the receiver refused it, if it did
         self.data_received = 0  # valid DATA datagrams, duplicates included
         self.duplicates = 0
         self.out_of_order = 0
@@ -163,12 +166,23 @@ class ReceiverSession:
 
     def receive_packet(self, packet: Packet, now: float) -> bool:
         """Handle one decoded packet; False when it has no place in this transfer."""
-        self.last_heard = now
-        if self.state is ReceiverState.AWAITING_META:
-            return self._await_meta(packet, now)
         if self.state is ReceiverState.CLOSED:
             return False
-        self.datagrams += 1
+        self.last_heard = now
+        accepted = self._dispatch(packet, now)
+        if accepted:
+            self.datagrams += 1
+        return accepted
+
+    def _dispatch(self, packet: Packet, now: float) -> bool:
+        if self.state is ReceiverState.AWAITING_META:
+            return self._await_meta(packet, now)
+        if self.state is ReceiverState.PROBATION:
+            if isinstance(packet, Meta):
+                return self._on_repeated_meta(packet)
+            if not isinstance(packet, Data | End | Abort):
+                return False
+            self._begin(now)  # the sender follows its META up: this is a transfer
         match packet:
             case Data():
                 return self.on_data(
@@ -251,9 +265,10 @@ class ReceiverSession:
             if now >= self.last_heard + self.config.linger_s:
                 self.state = ReceiverState.CLOSED
             return
-        if state is ReceiverState.AWAITING_META:
-            if now >= self.last_heard + self.config.idle_timeout_s:
-                self.state = ReceiverState.CLOSED
+        if state is ReceiverState.AWAITING_META or state is ReceiverState.PROBATION:
+            timer = self.get_timer()
+            if timer is not None and now >= timer:
+                self.state = ReceiverState.CLOSED  # never a transfer: nothing was created
             return
         if state is not ReceiverState.RECEIVING:
             return
@@ -279,6 +294,12 @@ class ReceiverSession:
             )
         self.state = ReceiverState.CLOSED
 
+    def refuse(self, reason: str, now: float) -> None:
+        """Turn the sender away before anything was created (limits, too many transfers)."""
+        self.refusal = reason
+        self.state = ReceiverState.CLOSED
+        self._outgoing.append(encode(Abort(self.session_id, AbortCode.REFUSED, reason, _ns(now))))
+
     # -- views for reports ---------------------------------------------------------------
 
     @property
@@ -293,8 +314,8 @@ class ReceiverSession:
 
     @property
     def is_transfer(self) -> bool:
-        """True once valid metadata started a transfer."""
-        return self.meta is not None
+        """True once valid metadata, followed up by the sender, started a transfer."""
+        return self.started
 
     @property
     def complete(self) -> bool:
@@ -313,10 +334,10 @@ class ReceiverSession:
 
     def _await_meta(self, packet: Packet, now: float) -> bool:
         if isinstance(packet, Meta):
-            self._start(packet, now)
+            self._on_meta(packet, now)
             replay, self._pending_packets = self._pending_packets, []
             for kept in replay:
-                self.receive_packet(kept, now)
+                self._dispatch(kept, now)  # counted when they arrived
             return True
         if isinstance(packet, Data | End | Abort):
             if len(self._pending_packets) >= self.config.max_pending_datagrams:
@@ -335,10 +356,9 @@ class ReceiverSession:
             return True
         return False
 
-    def _start(self, meta: Meta, now: float) -> None:
+    def _on_meta(self, meta: Meta, now: float) -> None:
+        """The first META: refuse it, or wait on probation for the sender to follow it up."""
         limit = self.config.max_file_bytes
-        self.meta = meta
-        self.datagrams += 1
         refusal = ""
         if limit is not None and meta.size > limit:
             refusal = f"file of {meta.size} bytes exceeds the receiver's limit of {limit}"
@@ -348,23 +368,29 @@ class ReceiverSession:
                 f"{self.config.max_chunks}: use a larger chunk size"
             )
         if refusal:
-            self._end(now, "refused", refusal)
-            self._outgoing.append(
-                encode(Abort(self.session_id, AbortCode.REFUSED, refusal, _ns(now)))
-            )
+            self.refuse(refusal, now)
             return
+        self.meta = meta
+        self.state = ReceiverState.PROBATION
+        per_datagram = meta.chunk_size + HEADER_BYTES + _BUFFER_OVERHEAD_BYTES
+        self.window = max(
+            8, min(self.config.max_window, self.config.buffer_bytes // 2 // per_datagram)
+        )
+        self._send_status(meta.sent_ns, now)  # opens the sender's window
+
+    def _begin(self, now: float) -> None:
+        """Promote from probation: the transfer starts, the driver creates its file."""
+        meta = self.meta
+        assert meta is not None
+        self.started = True
+        self.started_at = now
         self.state = ReceiverState.RECEIVING
         self._chunk_size = meta.chunk_size
         self._chunk_count = meta.chunk_count
         self._last_len = meta.size - (meta.chunk_count - 1) * meta.chunk_size
         self.held = bytearray(meta.chunk_count)
         self.first_pass = bytearray(meta.chunk_count)
-        per_datagram = meta.chunk_size + HEADER_BYTES + _BUFFER_OVERHEAD_BYTES
-        self.window = max(
-            8, min(self.config.max_window, self.config.buffer_bytes // 2 // per_datagram)
-        )
         self._events.emit(self, TransferStarted(meta))
-        self._send_status(meta.sent_ns, now)
         if meta.chunk_count == 0:
             self._all_held()
 
@@ -378,7 +404,7 @@ class ReceiverSession:
             current.mode,
         ):
             return False
-        if self.state is ReceiverState.RECEIVING:
+        if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.PROBATION:
             self._send_status(meta.sent_ns, self.last_heard)
         return True
 
@@ -557,7 +583,7 @@ class ReceiverEndpoint:
         fields = data_fields_untrusted(view)
         if fields is not None:  # the hot path: an intact DATA datagram
             session = self.sessions.get((peer, fields[0]))
-            if session is not None and session.meta is not None:
+            if session is not None and session.started:
                 session.datagrams += 1
                 if not session.on_data(*fields[1:], now, queued_s):
                     self.rejected += 1
@@ -578,18 +604,20 @@ class ReceiverEndpoint:
         key = (peer, packet.session)
         session = self.sessions.get(key)
         if session is None:
-            if not isinstance(packet, Meta | Data | End) or not self._room_for_unknown():
+            if not isinstance(packet, Meta | Data | End):
                 self.rejected += 1
                 return
-            if isinstance(packet, Meta) and self.active_transfers >= self.config.max_transfers:
-                self.rejected += 1
-                busy = Abort(packet.session, AbortCode.REFUSED, "receiver busy", _ns(now))
-                self._refusals.append((encode(busy), peer))
-                return
+            self._make_room_for_unknown()
             session = ReceiverSession(
                 peer, packet.session, now, self.config, self._sink, self._store
             )
             self.sessions[key] = session
+        elif (
+            session.state is ReceiverState.PROBATION
+            and isinstance(packet, Data | End)
+            and self.active_transfers >= self.config.max_transfers
+        ):
+            session.refuse("receiver busy", now)
         if not session.receive_packet(packet, now):
             self.rejected += 1
 
@@ -614,7 +642,7 @@ class ReceiverEndpoint:
                 session.handle_timer(now)
             if session.state is ReceiverState.CLOSED and not session.has_outgoing:
                 if not session.is_transfer:
-                    self.rejected += session.pending_datagrams
+                    self.rejected += session.datagrams  # never a transfer: junk after all
                 del self.sessions[key]
 
     def next_event(self) -> tuple[ReceiverSession, Event] | None:
@@ -636,6 +664,12 @@ class ReceiverEndpoint:
             if s.state is ReceiverState.RECEIVING or s.state is ReceiverState.VERIFYING
         )
 
-    def _room_for_unknown(self) -> bool:
-        waiting = sum(1 for s in self.sessions.values() if s.state is ReceiverState.AWAITING_META)
-        return waiting < self.config.max_pending_sessions
+    def _make_room_for_unknown(self) -> None:
+        """Keep at most ``max_pending_sessions`` sessions that are not transfers (yet): drop
+        the one heard from longest ago, so junk cannot lock real senders out."""
+        waiting = [s for s in self.sessions.values() if not s.is_transfer]
+        if len(waiting) < self.config.max_pending_sessions:
+            return
+        oldest = min(waiting, key=lambda s: s.last_heard)
+        del self.sessions[(oldest.peer, oldest.session_id)]
+        self.rejected += oldest.datagrams
