@@ -188,3 +188,12 @@ def test_send_to_a_closed_port_says_nothing_listens(tmp_path: Path, sample: Path
     result = run("send", str(sample), "--to", f"127.0.0.1:{port}", "--timeout", "1", cwd=tmp_path)
     assert result.returncode == 1
     assert f"nothing is listening at 127.0.0.1:{port}" in result.stderr
+
+
+def test_report_option_with_a_trailing_slash_is_a_directory(tmp_path: Path, sample: Path) -> None:
+    with recv_process(tmp_path, "--once", "--out", "in", "--report", "reps/") as (proc, port):
+        sent = run("send", str(sample), "--to", f"127.0.0.1:{port}", cwd=tmp_path)
+        proc.communicate(timeout=30)
+    assert sent.returncode == 0
+    (report,) = (tmp_path / "reps").glob("*.json")
+    assert json.loads(report.read_text())["file"]["name"] == "sample.bin"

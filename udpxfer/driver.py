@@ -353,13 +353,13 @@ class ReceiverServer:
                 file_path = partial.commit() if verified else _closed(partial)
             except TransportError:
                 file_path = partial.path  # the write or rename failed: what is there stays
-        received, rejected = self.endpoint.received, self.endpoint.rejected
+        received, rejected = self.endpoint.received, self.endpoint.rejected_so_far
         trace = session_trace(session)
         doc = udp_report(
             session,
             file_path,
             datagrams_received=received - self._marks[0],
-            datagrams_rejected=rejected - self._marks[1],
+            datagrams_rejected=max(0, rejected - self._marks[1]),
             trace=trace,
         )
         self._marks = (received, rejected)

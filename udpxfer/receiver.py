@@ -656,6 +656,11 @@ class ReceiverEndpoint:
             session.close(now, reason)
 
     @property
+    def rejected_so_far(self) -> int:
+        """Rejected datagrams, counting those held by sessions that are no transfer (yet)."""
+        return self.rejected + sum(s.datagrams for s in self.sessions.values() if not s.is_transfer)
+
+    @property
     def active_transfers(self) -> int:
         """Transfers that have started and not reached a verdict."""
         return sum(

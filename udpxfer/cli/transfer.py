@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
 from udpxfer.driver import ReceiverServer, TransferResult, peer_text, send_file
 from udpxfer.errors import TransferError
+from udpxfer.files import ensure_writable_dir
 from udpxfer.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.report import summary_lines
 from udpxfer.sender import SenderConfig, SenderSession
@@ -219,11 +221,12 @@ def recv(
         Path, typer.Option("--out", help="Directory to write received files into.")
     ] = Path("received"),
     report: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--report",
-            help="Where to write the JSON report (a directory, or a file path; later "
-            "transfers get -1, -2 suffixes). Default: reports/<time>-<name>.json.",
+            help="Where to write the JSON report: a directory (an existing one, or a path "
+            "ending in /) or a file path (later transfers get -1, -2 suffixes). "
+            "Default: reports/<time>-<name>.json.",
         ),
     ] = None,
     trace: Annotated[
@@ -275,7 +278,7 @@ def recv(
         server = ReceiverServer(
             parse_address(bind, default_host=ALL_INTERFACES),
             out,
-            report_path=report,
+            report_path=_report_target(report),
             trace_path=trace,
             once=once,
             config=config,
@@ -299,6 +302,18 @@ def recv(
         if once:
             ok = bool(results) and results[-1].verified
             raise typer.Exit(EXIT_OK if ok else EXIT_INCOMPLETE)
+
+
+def _report_target(text: str | None) -> Path | None:
+    """``--report``: a trailing slash means a directory, created if need be."""
+    if text is None:
+        return None
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        ensure_writable_dir(path)
+    else:
+        ensure_writable_dir(path.parent)  # fail now, not after the first transfer
+    return path
 
 
 class _sigterm_sets:
