@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from udpxfer.cli import companions, lab, reports, transfer  # noqa: F401  (they register their commands)
+# Importing a module registers its commands; `udpxfer --help` lists them in this order.
+# isort: off
+from udpxfer.cli import transfer  # noqa: F401
+from udpxfer.cli import reports  # noqa: F401
+from udpxfer.cli import lab  # noqa: F401
+from udpxfer.cli import companions  # noqa: F401
+
+# isort: on
 from udpxfer.cli.app import app
 
 
