@@ -10,14 +10,16 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from udpxfer.errors import TransportError
+import numpy as np
+
+from udpxfer.analysis import analyse, first_transmissions
+from udpxfer.errors import TransportError, UsageError
 from udpxfer.files import unique_path
+from udpxfer.ranges import as_lists, missing_ranges
+from udpxfer.trace import DUPLICATE, RESENT, Trace
 from udpxfer.units import format_rate, format_size
-
-if TYPE_CHECKING:
-    from udpxfer.trace import Trace
 
 SCHEMA = "udpxfer.report/1"
 
@@ -195,12 +197,6 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 
 def report_from_trace(trace: Trace, *, source: Path) -> dict[str, Any]:
     """A report rebuilt from a trace alone (no file name, path or hashes are known)."""
-    import numpy as np
-
-    from udpxfer.analysis import analyse, first_transmissions
-    from udpxfer.ranges import as_lists, missing_ranges
-    from udpxfer.trace import DUPLICATE, RESENT
-
     held = np.zeros(trace.chunk_count, dtype=np.uint8)
     held[trace.index] = 1
     first = np.zeros(trace.chunk_count, dtype=np.uint8)
@@ -237,3 +233,31 @@ def report_from_trace(trace: Trace, *, source: Path) -> dict[str, Any]:
     doc = report.to_dict()
     doc["chunks"]["out_of_order"] = doc.get("reorder", {}).get("count", 0)
     return doc
+
+
+def load_report(path: Path) -> tuple[dict[str, Any], Trace | None]:
+    """A report and its trace from a ``.json`` report or a ``.npz`` trace.
+
+    Raises:
+        UsageError: the file is missing or is neither.
+    """
+    if path.suffix == ".npz":
+        only = Trace.load(path)
+        return report_from_trace(only, source=path), only
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path} is not a JSON report: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise UsageError(f"{path} is not a udpxfer report (schema {SCHEMA})")
+    trace: Trace | None = None
+    trace_path = doc.get("trace_path")
+    if isinstance(trace_path, str):
+        candidate = Path(trace_path)
+        if not candidate.is_absolute() and not candidate.exists():
+            candidate = path.parent / candidate.name
+        if candidate.exists():
+            trace = Trace.load(candidate)
+    return doc, trace

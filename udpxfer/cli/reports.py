@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from udpxfer.cli.app import app, fail, guarded
-from udpxfer.errors import UsageError
-from udpxfer.report import SCHEMA, report_from_trace
-from udpxfer.trace import Trace
+from udpxfer.report import load_report
 
 
 class FormatChoice(StrEnum):
@@ -20,34 +17,6 @@ class FormatChoice(StrEnum):
 
     md = "md"
     html = "html"
-
-
-def load_report(path: Path) -> tuple[dict[str, Any], Trace | None]:
-    """A report and its trace from a ``.json`` report or a ``.npz`` trace.
-
-    Raises:
-        UsageError: the file is missing or is neither.
-    """
-    if path.suffix == ".npz":
-        only = Trace.load(path)
-        return report_from_trace(only, source=path), only
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path} is not a JSON report: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise UsageError(f"{path} is not a udpxfer report (schema {SCHEMA})")
-    trace: Trace | None = None
-    trace_path = doc.get("trace_path")
-    if isinstance(trace_path, str):
-        candidate = Path(trace_path)
-        if not candidate.is_absolute() and not candidate.exists():
-            candidate = path.parent / candidate.name
-        if candidate.exists():
-            trace = Trace.load(candidate)
-    return doc, trace
 
 
 @app.command()
@@ -74,8 +43,11 @@ def report(
 ) -> None:
     """Render reports into Markdown or a self-contained HTML page with plots.
 
-    Plots: loss map over chunk index and over time, burst lengths against the geometric law
-    of a memoryless channel, goodput and delay variation over time.
+    PATHS are JSON reports (from `udpxfer recv`) or .npz traces (from recv --trace);
+    two or more are compared side by side.
+
+    Plots: the loss map over chunk index and over time; burst lengths against
+    the geometric law of a memoryless channel; goodput and delay variation over time.
 
     Example: udpxfer report reports/demo-blast.json --format html
     """
@@ -109,10 +81,12 @@ def demo(
 ) -> None:
     """Show the whole job on loopback: a sample file through a lossy relay, both modes.
 
-    A receiver, an impairment relay (Gilbert-Elliott burst loss, delay, jitter; 2% loss of
-    feedback) and a sender run on 127.0.0.1. The blast run shows what was lost; the reliable
-    run repairs it and verifies the SHA-256. Reports, traces, Markdown and HTML with plots
-    land in --out (demo-blast.*, demo-reliable.*, demo-comparison.html). No network needed.
+    A receiver, an impairment relay and a sender run on 127.0.0.1 (no network needed).
+    The relay adds Gilbert-Elliott burst loss, delay and jitter, and loses 2% of feedback.
+    The blast run shows what was lost; the reliable run repairs it and verifies the SHA-256.
+
+    Written to --out: demo-blast.*, demo-reliable.* (report, trace, Markdown, HTML)
+    and demo-comparison.html.
     """
     from udpxfer.demo import find_sample, run_demo
 

@@ -48,7 +48,7 @@ def send(
         str,
         typer.Option(
             "--to",
-            help="Receiver address: HOST:PORT, [v6addr]:PORT, or a bare PORT (loopback).",
+            help="Receiver address: HOST:PORT, \\[v6addr]:PORT, or a bare PORT (loopback).",
         ),
     ] = str(DEFAULT_PORT),
     chunk_size: Annotated[
@@ -89,8 +89,9 @@ def send(
 ) -> None:
     """Send one FILE to a `udpxfer recv` over UDP.
 
-    Exit 0 once the receiver verified the SHA-256 (reliable) or everything was sent (blast);
-    1 if the transfer failed; 2 for bad input.
+    Exit codes: 0 when the receiver verified the SHA-256 (reliable mode)
+    or once everything was sent (blast mode); 1 if the transfer failed;
+    2 for bad input; 130 on Ctrl-C.
 
     Example: udpxfer send big.iso --to 192.0.2.7:9000 --rate 500M
     """
@@ -213,7 +214,7 @@ def recv(
         str,
         typer.Option(
             "--bind",
-            help="Address to listen on: HOST:PORT, [v6addr]:PORT, or a bare PORT (all "
+            help="Address to listen on: HOST:PORT, \\[v6addr]:PORT, or a bare PORT (all "
             "interfaces, IPv4 and IPv6).",
         ),
     ] = str(DEFAULT_PORT),
@@ -260,10 +261,11 @@ def recv(
 ) -> None:
     """Receive files over UDP into --out, writing a JSON report per transfer.
 
-    Files land as NAME.partial and are renamed to NAME once the SHA-256 matches; an
-    incomplete transfer leaves NAME.partial (holes zero-filled). Exit codes with --once:
-    0 verified, 1 incomplete or unverified; 2 for bad input; 130 on Ctrl-C. SIGTERM stops a
-    long-running receiver cleanly (exit 0).
+    Files land as NAME.partial and become NAME once the SHA-256 matches;
+    an incomplete transfer leaves NAME.partial (holes zero-filled).
+
+    Exit codes with --once: 0 verified, 1 incomplete or unverified.
+    Always: 2 for bad input, 130 on Ctrl-C; SIGTERM stops cleanly (0).
 
     Example: udpxfer recv --bind 9000 --out incoming --once
     """
