@@ -43,11 +43,11 @@ def report(
 ) -> None:
     """Render reports into Markdown or a self-contained HTML page with plots.
 
-    PATHS are JSON reports (from `udpxfer recv`) or .npz traces (from recv --trace);
-    two or more are compared side by side.
+    PATHS are JSON reports (from udpxfer recv) or .npz traces (recv --trace).
+    Two or more are compared side by side.
 
-    Plots: the loss map over chunk index and over time; burst lengths against
-    the geometric law of a memoryless channel; goodput and delay variation over time.
+    Plots: loss map over chunk index and over time; burst lengths against
+    the geometric law of a memoryless channel; goodput and delay variation.
 
     Example: udpxfer report reports/demo-blast.json --format html
     """
@@ -81,12 +81,13 @@ def demo(
 ) -> None:
     """Show the whole job on loopback: a sample file through a lossy relay, both modes.
 
-    A receiver, an impairment relay and a sender run on 127.0.0.1 (no network needed).
-    The relay adds Gilbert-Elliott burst loss, delay and jitter, and loses 2% of feedback.
-    The blast run shows what was lost; the reliable run repairs it and verifies the SHA-256.
+    A receiver, an impairment relay and a sender run on 127.0.0.1.
+    The relay adds Gilbert-Elliott burst loss, delay and jitter,
+    and loses 2% of the receiver's feedback. The blast run shows
+    what was lost; the reliable run repairs it and verifies the SHA-256.
 
-    Written to --out: demo-blast.*, demo-reliable.* (report, trace, Markdown, HTML)
-    and demo-comparison.html.
+    Written to --out: demo-blast.*, demo-reliable.* (report, trace,
+    Markdown, HTML) and demo-comparison.html. No network needed.
     """
     from udpxfer.demo import find_sample, run_demo
 

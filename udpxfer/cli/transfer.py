@@ -89,8 +89,8 @@ def send(
 ) -> None:
     """Send one FILE to a `udpxfer recv` over UDP.
 
-    Exit codes: 0 when the receiver verified the SHA-256 (reliable mode)
-    or once everything was sent (blast mode); 1 if the transfer failed;
+    Exit codes: 0 when the receiver verified the SHA-256 (reliable)
+    or once everything was sent (blast); 1 if the transfer failed;
     2 for bad input; 130 on Ctrl-C.
 
     Example: udpxfer send big.iso --to 192.0.2.7:9000 --rate 500M
