@@ -29,14 +29,14 @@ def safe_name(name: str) -> str:
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     base = "".join(c for c in base if unicodedata.category(c)[0] != "C")
     base = base.strip().lstrip(".") or "unnamed"
-    if base.endswith(PARTIAL_SUFFIX):
-        base = base[: -len(PARTIAL_SUFFIX)] or "unnamed"
     encoded = base.encode("utf-8")
     if len(encoded) > MAX_NAME_BYTES:
         stem, dot, ext = base.rpartition(".")
         ext_bytes = (dot + ext).encode("utf-8") if dot and len(ext) <= 16 else b""
         head = (stem if ext_bytes else base).encode("utf-8")[: MAX_NAME_BYTES - len(ext_bytes)]
         base = head.decode("utf-8", errors="ignore") + ext_bytes.decode("utf-8")
+    while base.endswith(PARTIAL_SUFFIX):  # only unfinished files carry that suffix
+        base = base[: -len(PARTIAL_SUFFIX)].rstrip(".") or "unnamed"
     return base
 
 
@@ -51,7 +51,10 @@ def unique_path(directory: Path, name: str, *, also_free: tuple[str, ...] = ()) 
         stem, dot, ext = name, "", ""
     candidate = directory / name
     n = 1
-    while candidate.exists() or any(Path(str(candidate) + suffix).exists() for suffix in also_free):
+    # lexists: a dangling symbolic link occupies its name too.
+    while os.path.lexists(candidate) or any(
+        os.path.lexists(str(candidate) + suffix) for suffix in also_free
+    ):
         candidate = directory / f"{stem}-{n}{dot}{ext}"
         n += 1
     return candidate

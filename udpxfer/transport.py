@@ -123,11 +123,15 @@ def gso_runs(datagrams: list[bytes]) -> list[tuple[int, int, int]]:
     start = 0
     while start < n:
         size = len(datagrams[start])
-        limit = min(n, start + max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(size, 1))))
+        if size == 0:  # a segment size of 0 means "do not segment": empty ones go alone
+            runs.append((start, start + 1, 0))
+            start += 1
+            continue
+        limit = min(n, start + max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)))
         end = start + 1
         while end < limit and len(datagrams[end]) == size:
             end += 1
-        if end < limit and len(datagrams[end]) < size:
+        if end < limit and 0 < len(datagrams[end]) < size:
             end += 1  # a shorter datagram may close the run
         runs.append((start, end, size))
         start = end

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 
@@ -43,30 +44,43 @@ def parse_size(text: str) -> int:
     """
     match = _NUMBER.match(text)
     unit = match.group(2).upper() if match else ""
-    if not match or unit not in _SIZE_UNITS:
+    value = _finite(match.group(1)) if match else None
+    if value is None or unit not in _SIZE_UNITS:
         raise UsageError(f"bad size {text!r}: expected a number with an optional K, M or G suffix")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    return int(value * _SIZE_UNITS[unit])
 
 
 def parse_rate(text: str) -> int:
     """Parse a rate in bits per second such as ``0``, ``100M`` or ``1.5G`` (decimal suffixes).
 
-    ``bps``/``bit/s`` tails are accepted (``100Mbps``). Zero means unpaced.
+    ``bps``/``bit/s`` tails are accepted (``100Mbps``); a capital ``B/s`` tail means bytes
+    per second (``12.5MB/s`` = ``100M``). Zero means unpaced.
 
     Raises:
         UsageError: the text is not a rate.
     """
     match = _NUMBER.match(text)
-    unit = match.group(2).upper() if match else ""
+    raw_unit = match.group(2) if match else ""
+    factor = 1
+    if raw_unit.endswith("B/s") or raw_unit.endswith("Bps"):
+        factor, raw_unit = 8, raw_unit[:-3]  # bytes per second
+    unit = raw_unit.upper()
     for tail in ("BIT/S", "BPS", "B/S"):
         if unit.endswith(tail):
             unit = unit[: -len(tail)]
             break
-    if not match or unit not in _RATE_UNITS:
+    value = _finite(match.group(1)) if match else None
+    if value is None or unit not in _RATE_UNITS:
         raise UsageError(
             f"bad rate {text!r}: expected bits per second with an optional K, M or G suffix"
         )
-    return int(float(match.group(1)) * _RATE_UNITS[unit])
+    return int(value * _RATE_UNITS[unit] * factor)
+
+
+def _finite(number: str) -> float | None:
+    """The number as a float, or None when it is too large to be one."""
+    value = float(number)
+    return value if math.isfinite(value) and value < 2.0**63 else None
 
 
 def format_size(n_bytes: float) -> str:
@@ -135,7 +149,7 @@ def parse_address(text: str, *, default_host: str) -> Address:
         host, port_text = raw.split(":", 1)
         if not host:
             host = default_host
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise UsageError(f"bad address {text!r}: port must be a number from 0 to 65535")
     return Address(host, int(port_text))
 
