@@ -60,15 +60,17 @@ class BufferSizes:
 
 
 def _set_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> int:
-    for option in (force_opt, opt):
+    """Ask for a ``size``-byte buffer; return the usable size the kernel granted."""
+    linux = sys.platform.startswith("linux")
+    for option in (force_opt, opt) if linux else (opt,):
         try:
             sock.setsockopt(socket.SOL_SOCKET, option, size)
             break
         except OSError:
-            continue  # no CAP_NET_ADMIN for the forcing option: try the capped one
+            continue  # no CAP_NET_ADMIN for the forcing option, or too large: go smaller
     granted = sock.getsockopt(socket.SOL_SOCKET, opt)
     # Linux reports twice the size asked for (the rest is for bookkeeping), see socket(7).
-    return granted // 2 if sys.platform.startswith("linux") else granted
+    return granted // 2 if linux else granted
 
 
 def _probe_gso(sock: socket.socket) -> bool:
