@@ -267,6 +267,7 @@ def test_window_shrinks_no_lower_than_the_minimum() -> None:
 def test_window_halves_on_loss_and_timeout_not_below_minimum(event: str) -> None:
     window = DelayWindow(initial=100, minimum=8)
     assert window.slow_start
+    window.queued = window.alpha + 1  # loss comes with a queue building up: congestion
     halving = []
     for _ in range(6):
         getattr(window, event)()
@@ -275,8 +276,18 @@ def test_window_halves_on_loss_and_timeout_not_below_minimum(event: str) -> None
     assert not window.slow_start
 
 
+def test_loss_without_a_queue_keeps_the_window() -> None:
+    window = DelayWindow(initial=32)
+    window.on_ack(0, BASE)  # no queue: the round trip is the base one
+    assert window.queued == 0
+    window.on_loss()  # a lossy link, not congestion
+    assert window.cwnd == 32
+    assert window.slow_start
+
+
 def test_window_after_loss_grows_in_congestion_avoidance() -> None:
     window = DelayWindow(initial=64)
+    window.queued = window.alpha + 1
     window.on_loss()
     window.on_ack(32, BASE)
     assert window.cwnd == pytest.approx(34)

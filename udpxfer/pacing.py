@@ -117,6 +117,7 @@ class DelayWindow:
         # sockets; below this their noise is larger than any queue worth reacting to.
         self.rtt_floor_s = rtt_floor_s
         self.base_rtt_s = float("inf")
+        self.queued = 0.0  # the latest estimate of our datagrams waiting in the path
         self._recent: list[float] = []
         self._samples = samples
 
@@ -128,6 +129,7 @@ class DelayWindow:
         if len(self._recent) > self._samples:
             del self._recent[0]
         queued = self.cwnd * (1.0 - self.base_rtt_s / min(self._recent))
+        self.queued = queued
         acked = max(acked, 0)
         if queued > self.beta:
             self.slow_start = False
@@ -141,7 +143,14 @@ class DelayWindow:
 
     def on_loss(self) -> None:
         """Datagrams went missing: halve the window (at most once a round trip, the caller's
-        business), as TCP Reno does (RFC 5681 section 3.1)."""
+        business), as TCP Reno does (RFC 5681 section 3.1), when a queue is building up.
+
+        Loss with no queue behind it is the path's own (a lossy link, an impairment), not
+        congestion: halving for it would only slow the transfer down (and a loss lab lives
+        on such paths), so the window keeps its size.
+        """
+        if self.queued <= self.alpha:
+            return
         self.slow_start = False
         self.cwnd = max(float(self.minimum), self.cwnd / 2)
 
