@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -197,3 +198,28 @@ def test_report_option_with_a_trailing_slash_is_a_directory(tmp_path: Path, samp
     assert sent.returncode == 0
     (report,) = (tmp_path / "reps").glob("*.json")
     assert json.loads(report.read_text())["file"]["name"] == "sample.bin"
+
+
+def test_ctrl_c_on_the_sender_aborts_the_transfer_on_both_sides(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(random.Random(1).randbytes(20_000_000))
+    with recv_process(tmp_path, "--once", "--out", "in", "--report", "r.json") as (proc, port):
+        sender = subprocess.Popen(
+            [*UDPXFER, "send", str(big), "--to", f"127.0.0.1:{port}", "--rate", "20M"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        partial = tmp_path / "in" / "big.bin.partial"
+        deadline = time.monotonic() + 20
+        while not partial.exists() and time.monotonic() < deadline:
+            select.select([], [], [], 0.02)  # bounded wait for the transfer to begin
+        assert partial.exists()
+        sender.send_signal(signal.SIGINT)
+        _, sender_err = sender.communicate(timeout=20)
+        proc.communicate(timeout=20)
+    assert sender.returncode == 130
+    assert "interrupted" in sender_err
+    assert "Traceback" not in sender_err
+    assert proc.returncode == 1
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["outcome"] == "aborted"
+    assert doc["file"]["path"].endswith("big.bin.partial")
