@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from udpxfer.driver import ReceiverServer, TransferResult
+from udpxfer.endpoint import ReceiverEndpoint
 from udpxfer.events import ChunkReceived, TransferEnded, VerifyRequested
-from udpxfer.receiver import ReceiverConfig, ReceiverEndpoint, ReceiverSession
+from udpxfer.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.units import Address
 from udpxfer.wire import Data, PacketType, decode_untrusted

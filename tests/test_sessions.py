@@ -8,8 +8,9 @@ import random
 import pytest
 from helpers import PEER, Link, drop_first_copies, drop_types, run_pair
 
+from udpxfer.endpoint import ReceiverEndpoint
 from udpxfer.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
-from udpxfer.receiver import ReceiverConfig, ReceiverEndpoint, ReceiverState
+from udpxfer.receiver import ReceiverConfig, ReceiverState
 from udpxfer.sender import SenderConfig, SenderSession, SenderState
 from udpxfer.wire import (
     Data,

@@ -18,8 +18,11 @@ from udpxfer.analysis import analyse, first_transmissions
 from udpxfer.errors import TransportError, UsageError
 from udpxfer.files import unique_path
 from udpxfer.ranges import as_lists, missing_ranges
+from udpxfer.receiver import ReceiverSession
+from udpxfer.sockets import format_sockaddr
 from udpxfer.trace import DUPLICATE, RESENT, Trace
 from udpxfer.units import format_rate, format_size
+from udpxfer.wire import Mode
 
 SCHEMA = "udpxfer.report/1"
 
@@ -261,3 +264,96 @@ def load_report(path: Path) -> tuple[dict[str, Any], Trace | None]:
         if candidate.exists():
             trace = Trace.load(candidate)
     return doc, trace
+
+
+def session_trace(session: ReceiverSession) -> Trace | None:
+    """The session's per-datagram record as a ``Trace`` (None when not recorded)."""
+    meta = session.meta
+    if session.trace is None or meta is None:
+        return None
+    return Trace.from_recorder(
+        session.trace,
+        chunk_count=meta.chunk_count,
+        chunk_size=meta.chunk_size,
+        file_size=meta.size,
+        mode=meta.mode.label,
+        started_ns=int(session.started_at * 1e9),
+        tx_sent=session.tx_sent,
+    )
+
+
+def udp_report(
+    session: ReceiverSession,
+    file_path: Path | None,
+    *,
+    datagrams_received: int,
+    datagrams_rejected: int,
+    trace: Trace | None = None,
+) -> dict[str, Any]:
+    """The JSON report of one UDP transfer, with the loss analysis when a trace is given."""
+    meta = session.meta
+    assert meta is not None
+    outcome = session.outcome.outcome if session.outcome else "incomplete"
+    complete = session.complete
+    verified = outcome == "complete"
+    gaps = session.gaps()
+    first_pass = session.first_pass_gaps()
+    # Goodput counts until verification for a verified file, else until the last new chunk
+    # (not the blast grace period or an idle timeout that followed it).
+    end = session.finished_at if session.finished_at is not None else session.last_heard
+    if outcome != "complete" and session.last_data_at is not None:
+        end = session.last_data_at
+    report = TransferReport(
+        transport="udp",
+        mode=meta.mode.label,
+        file=FileSection(
+            name=meta.name,
+            size=meta.size,
+            path=str(file_path) if file_path is not None else "",
+            sha256_expected=meta.sha256.hex(),
+            sha256_actual=session.sha256_actual.hex()
+            if complete and session.sha256_actual
+            else None,
+            complete=complete,
+            verified=verified,
+        ),
+        chunks=ChunkSection(
+            size=meta.chunk_size,
+            total=meta.chunk_count,
+            received=session.held_count,
+            missing=meta.chunk_count - session.held_count,
+            duplicates=session.duplicates,
+            out_of_order=session.out_of_order,
+            corrupt=session.corrupt,
+            retransmitted=session.retransmitted,
+        ),
+        gaps=as_lists(gaps),
+        first_pass_gaps=as_lists(first_pass) if meta.mode is Mode.RELIABLE else as_lists(gaps),
+        duration_s=max(0.0, end - session.started_at),
+        datagrams_received=datagrams_received,
+        datagrams_rejected=datagrams_rejected,
+        peer=peer_text(session.peer),
+        session_id=f"{session.session_id:016x}",
+        outcome=outcome,
+        extra={
+            "datagrams": {
+                "session": session.datagrams,
+                "sender_data_sent": session.tx_sent,
+            },
+            "repair": {
+                "rounds": session.rounds,
+                "nacks_sent": session.nacks_sent,
+            },
+            "reason": session.outcome.reason if session.outcome else "",
+        },
+    )
+    if trace is not None:
+        report.extra.update(analyse(trace))  # extends the core loss and timing sections
+    return report.to_dict()
+
+
+def peer_text(peer: object) -> str:
+    """A receiver session's peer as ``host:port`` text."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return format_sockaddr(peer)
+    return str(peer)

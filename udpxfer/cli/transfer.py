@@ -16,11 +16,11 @@ import typer
 from tqdm import tqdm
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
-from udpxfer.driver import ReceiverServer, TransferResult, peer_text, send_file
+from udpxfer.driver import ReceiverServer, TransferResult, send_file
 from udpxfer.errors import TransferError
 from udpxfer.files import ensure_writable_dir
 from udpxfer.receiver import ReceiverConfig, ReceiverSession
-from udpxfer.report import summary_lines
+from udpxfer.report import peer_text, summary_lines
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import format_rate, format_size, parse_address, parse_rate, parse_size
