@@ -64,7 +64,9 @@ class SenderConfig:
     rate_bps: int = 0
     max_window: int = 16384  # datagrams beyond the receiver's last report, at most
     initial_window: int = 64  # before the receiver has reported its window
-    congestion_control: bool = True  # delay-based window (pacing.DelayWindow) on top
+    # A delay-based window (pacing.DelayWindow) on top of flow control, for unpaced sending;
+    # with an explicit rate the user sets the pace (its slow growth would cap long fat paths).
+    congestion_control: bool = True
     give_up_s: float = 10.0  # silence from the receiver after which a reliable send fails
     meta_copies: int = 3  # META copies sent before the first chunk
     meta_every: int = 256  # and one more every so many chunks until the receiver reports
@@ -133,7 +135,9 @@ class SenderSession:
         self._next_cut = 0.0  # the window is cut at most once a round trip
         self._unsent_stamp: int | None = None  # sent_ns of a feedback request not yet out
         self._left_at: dict[int, float] = {}  # sent_ns stamp -> when its batch left
-        self._congestion = DelayWindow() if self.config.congestion_control else None
+        self._congestion = (
+            DelayWindow() if self.config.congestion_control and not self.config.rate_bps else None
+        )
         self._feedback = False  # a STATUS, NACK or DONE has arrived
         self._open_loop = False
         self._probe_at: float | None = None

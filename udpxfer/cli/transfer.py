@@ -64,7 +64,9 @@ def send(
         typer.Option(
             "--rate",
             help="Pace sending to this many bits per second (100M = 10^8 bit/s, counting "
-            "whole UDP payloads); 0 sends as fast as the receiver's window allows.",
+            "whole UDP payloads). 0: as fast as the receiver's window and a delay-based "
+            "congestion window allow (no relay or bottleneck on the path overflows); "
+            "with a rate, the pace is yours.",
         ),
     ] = "0",
     mode: Annotated[
