@@ -65,25 +65,42 @@ def connect_udp(address: Address) -> tuple[socket.socket, SockAddr]:
 def bind_socket(address: Address, kind: socket.SocketKind) -> socket.socket:
     """Create a socket of ``kind`` bound to ``address``.
 
+    All interfaces means a dual-stack IPv6 socket, or IPv4 alone where IPv6 is switched off.
+
     Raises:
         UsageError: the address is in use or not available on this machine.
         TransportError: any other refusal by the system.
     """
     family, sockaddr = resolve(address, kind)
+    try:
+        return _bound(family, sockaddr, kind, dual_stack=address.host == ALL_INTERFACES)
+    except OSError as exc:
+        error = exc
+    if address.host == ALL_INTERFACES and family == socket.AF_INET6:
+        try:  # IPv6 disabled on this machine: all IPv4 interfaces then
+            return _bound(socket.AF_INET, ("0.0.0.0", address.port), kind, dual_stack=False)
+        except OSError as exc:
+            error = exc
+    if error.errno == errno.EADDRINUSE:
+        raise UsageError(f"address {address} is already in use") from None
+    if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        raise UsageError(f"address {address} is not available on this machine") from None
+    if error.errno == errno.EACCES:
+        raise UsageError(f"permission denied binding {address}") from None
+    raise TransportError(f"cannot bind {address}: {error.strerror}") from error
+
+
+def _bound(
+    family: socket.AddressFamily, sockaddr: SockAddr, kind: socket.SocketKind, *, dual_stack: bool
+) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and address.host == ALL_INTERFACES:
+        if family == socket.AF_INET6 and dual_stack:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(sockaddr)
-    except OSError as exc:
+    except OSError:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise UsageError(f"address {address} is already in use") from None
-        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-            raise UsageError(f"address {address} is not available on this machine") from None
-        if exc.errno == errno.EACCES:
-            raise UsageError(f"permission denied binding {address}") from None
-        raise TransportError(f"cannot bind {address}: {exc.strerror}") from exc
+        raise
     return sock
