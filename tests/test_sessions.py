@@ -408,3 +408,26 @@ def test_junk_sessions_cannot_lock_out_a_real_sender() -> None:
             started.append(item[0].session_id)
     assert started == [1 << 40]
     assert len(endpoint.sessions) <= 8
+
+
+def test_a_receiver_busy_verifying_still_answers_the_sender() -> None:
+    data = payload(CHUNK * 4)
+    sender = SenderSession(
+        data, name="x", sha256=hashlib.sha256(data).digest(), session_id=5, now=1.0,
+        config=RELIABLE,
+    )  # fmt: skip
+    endpoint = ReceiverEndpoint()
+    for datagram in sender.datagrams_to_send(1.0):
+        endpoint.receive_datagram(datagram, PEER, 1.0)
+    kinds = []
+    while (item := endpoint.next_event()) is not None:
+        kinds.append(type(item[1]))
+    assert VerifyRequested in kinds  # every chunk held; the driver is hashing (slowly)
+    endpoint.datagrams_to_send(1.0)
+    for second in (2.0, 5.0, 9.0):  # the sender's END retransmissions while the hash runs
+        endpoint.receive_datagram(encode(End(5, 0, 4, 4, int(second * 1e9))), PEER, second)
+        replies = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send(second)]
+        assert [type(r) for r in replies] == [Status]
+        sender.receive_datagram(encode(replies[0]), second)
+    sender.handle_timer(12.0)  # 11 s after it started, 3 s after the last answer
+    assert not sender.finished  # alive: no give-up while the receiver answers

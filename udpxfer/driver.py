@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import queue
 import secrets
 import threading
 import time
@@ -35,6 +36,7 @@ from udpxfer.units import Address
 Clock = Callable[[], float]
 PROGRESS_INTERVAL_S = 0.1
 _RECV_BURST = 256  # datagrams handled between two looks at timers and feedback
+_HASH_POLL_S = 0.005  # how often an idle loop looks for finished hashes
 
 
 # -- sending ----------------------------------------------------------------------------
@@ -217,6 +219,8 @@ class ReceiverServer:
         self.results: list[TransferResult] = []
         self._files: dict[ReceiverSession, PartialFile] = {}
         self._refused: set[ReceiverSession] = set()
+        self._hashed: queue.Queue[tuple[ReceiverSession, bytes | TransportError]] = queue.Queue()
+        self._hashing = 0  # verifications under way in worker threads
         self._ended: list[ReceiverSession] = []
         self._marks = (0, 0)  # endpoint (received, rejected) when the last report was written
         self._reports_written = 0
@@ -297,6 +301,8 @@ class ReceiverServer:
                 self._write_gathered()
                 self._flush()  # feedback leaves at once: its delay is the sender's signal
                 handled += 1
+            if self._hashing:
+                self._take_hashes()
             now = clock()
             timer = endpoint.get_timer()
             if timer is not None and timer <= now:
@@ -314,7 +320,8 @@ class ReceiverServer:
             ):
                 return
             if handled < _RECV_BURST:
-                wait = 0.25 if timer is None else min(0.25, max(0.0, timer - clock()))
+                longest = _HASH_POLL_S if self._hashing else 0.25
+                wait = longest if timer is None else min(longest, max(0.0, timer - clock()))
                 transport.wait(wait)
 
     def _flush(self) -> None:
@@ -329,15 +336,47 @@ class ReceiverServer:
             elif isinstance(event, VerifyRequested):
                 partial = self._open(session, now)
                 if partial is not None:
-                    try:
-                        digest = partial.sha256()
-                    except TransportError as exc:
-                        session.close(now, str(exc))
-                    else:
-                        session.hash_computed(digest, self.clock())
+                    self._verify(session, partial, now)
             elif isinstance(event, TransferEnded):
                 self._open(session, now)  # an empty transfer may end before any chunk
                 self._finish(session)
+
+    def _verify(self, session: ReceiverSession, partial: PartialFile, now: float) -> None:
+        """Hash the file in a worker thread; the loop goes on answering the sender meanwhile.
+
+        hashlib and pread release the GIL on large blocks, so a large file's hash does not
+        hold the receive loop up (a long silence would make the sender give up).
+        """
+        try:
+            partial.flush()  # every chunk is held: nothing more is written to this file
+        except TransportError as exc:
+            session.close(now, str(exc))
+            return
+
+        def work() -> None:
+            try:
+                self._hashed.put((session, partial.sha256()))
+            except TransportError as exc:
+                self._hashed.put((session, exc))
+
+        self._hashing += 1
+        threading.Thread(target=work, name="udpxfer-verify", daemon=True).start()
+
+    def _take_hashes(self) -> None:
+        """Hand finished hashes to their sessions."""
+        while True:
+            try:
+                session, result = self._hashed.get_nowait()
+            except queue.Empty:
+                return
+            self._hashing -= 1
+            now = self.clock()
+            if isinstance(result, TransportError):
+                session.close(now, str(result))
+            else:
+                session.hash_computed(result, now)
+            self._handle_events(now)
+            self._flush()
 
     def _finish(self, session: ReceiverSession) -> None:
         partial = self._files.pop(session, None)

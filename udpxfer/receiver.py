@@ -468,6 +468,10 @@ class ReceiverSession:
             if self.verdict is not None:
                 self._send_done(end.sent_ns, now)
             return
+        if self.state is ReceiverState.VERIFYING:
+            # Hashing a large file takes a while: answer, so the sender knows we are alive.
+            self._send_status(end.sent_ns, now)
+            return
         if self.state is not ReceiverState.RECEIVING or self.meta is None:
             return
         if self.meta.mode is Mode.BLAST:
