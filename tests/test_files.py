@@ -468,3 +468,24 @@ def test_sha256_file_errors(tmp_path: Path) -> None:
     missing = tmp_path / "missing"
     one_line_usage_error(lambda: sha256_file(missing), f"cannot read {missing}")
     one_line_usage_error(lambda: sha256_file(tmp_path), f"cannot read {tmp_path}")
+
+
+def test_prefix_hasher_matches_a_hash_of_the_whole_file(tmp_path: Path) -> None:
+    data = random.Random(7).randbytes(3 * (1 << 22) + 12345)  # spans several hash blocks
+    partial = PartialFile(tmp_path, "big.bin", len(data))
+    step = 1400
+    for offset in range(0, len(data), step):
+        partial.write_at(offset, data[offset : offset + step])
+        if offset % (step * 500) == 0:
+            partial.flush()
+            partial.final_prefix(offset)  # what is flushed before ``offset`` is final
+    assert partial.sha256() == hashlib.sha256(data).digest()
+    assert partial.sha256() == hashlib.sha256(data).digest()  # asking again is harmless
+    partial.close()
+
+
+def test_prefix_hasher_stops_when_the_file_closes(tmp_path: Path) -> None:
+    partial = PartialFile(tmp_path, "f.bin", 10_000)
+    partial.final_prefix(5_000)
+    partial.close()  # the worker ends; nothing hangs
+    assert partial.closed

@@ -262,12 +262,15 @@ class ReceiverServer:
                 session.close(self.clock(), str(exc))
 
     def _write_gathered(self) -> None:
-        """Write the chunks gathered from the last receive, before its buffer is reused."""
+        """Write the chunks gathered from the last receive, before its buffer is reused, and
+        let the hash run over what is now final."""
         for session, partial in self._files.items():
             try:
                 partial.flush()
             except TransportError as exc:
                 session.close(self.clock(), str(exc))
+                continue
+            partial.final_prefix(session.contiguous * session.chunk_size)
 
     def _open(self, session: ReceiverSession, now: float) -> PartialFile | None:
         """The session's ``.partial`` file, created on its first chunk or its start event."""

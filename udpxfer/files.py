@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 import unicodedata
 from pathlib import Path
 
@@ -77,6 +78,83 @@ def ensure_writable_dir(directory: Path) -> Path:
     return directory
 
 
+class PrefixHasher:
+    """SHA-256 of a file's leading bytes, computed in a worker thread as they become final.
+
+    ``advance(n)`` says the first ``n`` bytes will not change again; ``result(size)`` waits
+    for the digest of the first ``size`` bytes. ``os.pread`` and hashlib release the GIL on
+    large blocks, so the hash runs beside the receive loop, and a transfer's verification at
+    the end has only its last stretch left to hash.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._digest = hashlib.sha256()
+        self._done = 0  # bytes hashed
+        self._target = 0  # bytes known to be final
+        self._error: OSError | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def advance(self, final_bytes: int) -> None:
+        """The first ``final_bytes`` bytes of the file are written for good."""
+        with self._cond:
+            if final_bytes <= self._target or self._closed:
+                return
+            self._target = final_bytes
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="udpxfer-hash", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def result(self, size: int) -> bytes:
+        """The digest of the first ``size`` bytes (all of them final by now).
+
+        Raises:
+            OSError: reading the file failed.
+        """
+        self.advance(size)
+        with self._cond:
+            while self._done < size and self._error is None and not self._closed:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+            if self._done < size:
+                raise OSError(errno.EBADF, "the file was closed while being hashed")
+            return self._digest.copy().digest()
+
+    def close(self) -> None:
+        """Stop the worker (it finishes the block it is reading)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._done >= self._target and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                start, end = self._done, min(self._target, self._done + HASH_BLOCK_BYTES)
+            try:
+                block = os.pread(self._fd, end - start, start)
+                if len(block) != end - start:
+                    raise OSError(errno.EIO, "the file is shorter than it should be")
+            except OSError as exc:
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                return
+            self._digest.update(block)  # only this thread touches the digest until done
+            with self._cond:
+                self._done = end
+                self._cond.notify_all()
+
+
 class PartialFile:
     """A ``NAME.partial`` file of a known size, written at offsets, renamed once verified.
 
@@ -104,6 +182,7 @@ class PartialFile:
             raise TransportError(f"cannot make room for {self.path}: {exc.strerror}") from exc
         self._run: list[bytes | memoryview] = []  # chunks waiting for flush(), back to back
         self._run_start = self._run_end = 0
+        self._hasher = PrefixHasher(self._fd)
         self.closed = False
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
@@ -140,13 +219,23 @@ class PartialFile:
             if run and written:
                 run[0] = memoryview(run[0])[written:]  # a short write: go on from there
 
+    def final_prefix(self, n_bytes: int) -> None:
+        """The first ``n_bytes`` are written for good (flushed, never written again): hash
+        them in the background."""
+        self._hasher.advance(min(n_bytes, self.size))
+
     def sha256(self) -> bytes:
-        """Digest of the file's current contents (gathered chunks are written first)."""
+        """Digest of the whole file, once every byte is final (gathered chunks are written
+        first; holes read as zeros).
+
+        Raises:
+            TransportError: the file cannot be read.
+        """
         self.flush()
-        digest = hashlib.sha256()
-        for start in range(0, self.size, HASH_BLOCK_BYTES):
-            digest.update(os.pread(self._fd, HASH_BLOCK_BYTES, start))
-        return digest.digest()
+        try:
+            return self._hasher.result(self.size)
+        except OSError as exc:
+            raise TransportError(f"cannot read {self.path}: {exc.strerror}") from exc
 
     def close(self) -> None:
         """Write what is gathered and close the file, leaving it as ``NAME.partial``."""
@@ -156,6 +245,7 @@ class PartialFile:
         try:
             self.flush()
         finally:
+            self._hasher.close()
             os.close(self._fd)
 
     def commit(self) -> Path:

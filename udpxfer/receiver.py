@@ -130,6 +130,7 @@ class ReceiverSession:
         self.held = bytearray()
         self.first_pass = bytearray()
         self.held_count = 0
+        self.contiguous = 0  # chunks held from the start of the file without a hole
         self.trace = TraceRecorder() if config.record_trace else None
 
         self.datagrams = 0  # datagrams attributed to this session
@@ -453,6 +454,11 @@ class ReceiverSession:
             self.held_count += 1
             self.last_data_at = now
             self._store(self, index * self._chunk_size, payload)
+            if index == self.contiguous:
+                contiguous = index + 1
+                while contiguous < count and held[contiguous]:
+                    contiguous += 1
+                self.contiguous = contiguous
             if self.held_count == count:
                 self._all_held()
         if flags & _ACK_REQUESTED:
