@@ -117,7 +117,9 @@ class PrefixHasher:
         self.advance(size)
         with self._cond:
             while self._done < size and self._error is None and not self._closed:
-                self._cond.wait()
+                self._cond.wait(timeout=1.0)
+                if self._thread is not None and not self._thread.is_alive():
+                    break  # the worker died: report it below rather than wait forever
             if self._error is not None:
                 raise self._error
             if self._done < size:
