@@ -85,11 +85,18 @@ def test_case_table_in_both_modes(text: str, default: bool, strict: bool) -> Non
     assert strict_verdict == ("PALINDROME" if strict else "NOT PALINDROME")
 
 
-def test_answers_carry_the_normalised_form_after_a_tab() -> None:
-    assert answer(Line(b"A man, a plan, a canal: Panama")) == "PALINDROME\tamanaplanacanalpanama"
-    assert answer(Line("Ésope".encode())) == "NOT PALINDROME\tesope"
-    assert answer(Line(b" ,. ")) == "PALINDROME"  # nothing left to show
+def test_answers_are_bare_verdicts_by_default() -> None:
+    assert answer(Line(b"A man, a plan, a canal: Panama")) == "PALINDROME"
+    assert answer(Line("Ésope".encode())) == "NOT PALINDROME"
     assert answer(Line(b"Abba"), strict=True) == "NOT PALINDROME"
+
+
+def test_explained_answers_carry_the_normalised_form_after_a_tab() -> None:
+    explained = answer(Line(b"A man, a plan, a canal: Panama"), explain=True)
+    assert explained == "PALINDROME\tamanaplanacanalpanama"
+    assert answer(Line("Ésope".encode()), explain=True) == "NOT PALINDROME\tesope"
+    assert answer(Line(b" ,. "), explain=True) == "PALINDROME"  # nothing left to show
+    assert answer(Line(b"Abba"), strict=True, explain=True) == "NOT PALINDROME"
 
 
 def test_errors_name_their_reason() -> None:
@@ -235,7 +242,7 @@ def test_bad_lines_are_answered_and_the_connection_stays_usable() -> None:
         "ERROR invalid UTF-8 at byte 0",
         "PALINDROME",
     ]
-    assert replies == ["ERROR line longer than 65536 bytes", "PALINDROME\tnoon"]
+    assert replies == ["ERROR line longer than 65536 bytes", "PALINDROME"]
 
 
 def test_server_survives_resets_and_junk() -> None:
@@ -256,7 +263,7 @@ def test_server_survives_resets_and_junk() -> None:
 def test_library_client_reads_long_answers() -> None:
     text = "\ufdfa" * 1000  # NFKD turns each character into 18 (15 letters and 3 spaces)
     answers: list[str] = []
-    with running(run_palindrome_server) as server:
+    with running(run_palindrome_server, explain=True) as server:
         count = run_palindrome_client(
             server.address, [text.encode(), b"abc"], on_answer=answers.append
         )
@@ -274,11 +281,7 @@ def test_cli_client_prints_one_answer_per_argument() -> None:
         piped = run_cli("tcp", "palindrome-client", "--to", port, input=b"abba\r\nabc\nxyzyx")
         bad = run_cli("tcp", "palindrome-client", "--to", port, "two\nlines")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
-        "PALINDROME\tesoperesteicietserepose",
-        "NOT PALINDROME\thello",
-        "PALINDROME",
-    ]
+    assert done.stdout.splitlines() == ["PALINDROME", "NOT PALINDROME", "PALINDROME"]
     assert piped.returncode == 0, piped.stderr
     assert _verdicts(piped.stdout.splitlines()) == ["PALINDROME", "NOT PALINDROME", "PALINDROME"]
     assert bad.returncode == 2

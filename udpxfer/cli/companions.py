@@ -125,6 +125,12 @@ def palindrome_server(
             "everything but letters and digits are ignored."
         ),
     ] = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            help="Follow each verdict with a tab and the normalised form that was compared."
+        ),
+    ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log every request and its answer.")
     ] = False,
@@ -133,8 +139,7 @@ def palindrome_server(
 
     One UTF-8 line per request, one line per answer, in order:
     PALINDROME, NOT PALINDROME or ERROR <reason>.
-    By default a tab and the normalised form follow the verdict:
-    case, accents and all but letters and digits are ignored,
+    By default case, accents and all but letters and digits are ignored,
     so "A man, a plan, a canal: Panama" is a palindrome.
     A line over 64 KiB, or not UTF-8, gets an ERROR; the connection stays open.
 
@@ -143,7 +148,7 @@ def palindrome_server(
     log = timestamped(typer.echo)
     with guarded():
         stats = palindrome_tcp.run_palindrome_server(
-            _bind(bind), strict=strict, verbose=verbose, log=log
+            _bind(bind), strict=strict, explain=explain, verbose=verbose, log=log
         )
     log(stats.summary("Palindrome server", "request answered"))
 
@@ -167,8 +172,8 @@ def palindrome_client(
 
     Example: udpxfer tcp palindrome-client "Ésope reste ici et se repose" hello
     prints one answer line per string:
-    PALINDROME<tab>esoperesteicietserepose
-    NOT PALINDROME<tab>hello
+    PALINDROME
+    NOT PALINDROME
     """
     with guarded():
         if strings:

@@ -123,12 +123,12 @@ class LineFramer:
         return [self._complete(line)]
 
 
-def answer(request: Request, *, strict: bool = False) -> str:
+def answer(request: Request, *, strict: bool = False, explain: bool = False) -> str:
     """The answer line (without ``\\n``) to one request.
 
-    ``PALINDROME`` / ``NOT PALINDROME``, followed in the default mode by a tab and the
-    normalised form when it is not empty; ``ERROR <reason>`` for a line that is too long or
-    not UTF-8.
+    ``PALINDROME`` / ``NOT PALINDROME`` (with ``explain``, in the default mode, followed by a
+    tab and the normalised form when it is not empty); ``ERROR <reason>`` for a line that is
+    too long or not UTF-8.
     """
     if isinstance(request, LineTooLong):
         return f"{ERROR} line longer than {request.limit} bytes"
@@ -140,4 +140,4 @@ def answer(request: Request, *, strict: bool = False) -> str:
         return PALINDROME if is_palindrome(text, strict=True) else NOT_PALINDROME
     form = normalise(text)
     verdict = PALINDROME if form == form[::-1] else NOT_PALINDROME
-    return f"{verdict}\t{form}" if form else verdict
+    return f"{verdict}\t{form}" if form and explain else verdict

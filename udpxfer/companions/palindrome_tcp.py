@@ -34,6 +34,7 @@ def run_palindrome_server(
     bind: Address,
     *,
     strict: bool = False,
+    explain: bool = False,
     log: Log,
     verbose: bool = False,
     ready: Ready | None = None,
@@ -43,6 +44,7 @@ def run_palindrome_server(
 
     Args:
         strict: compare the lines' code points as they are instead of the normalised forms.
+        explain: follow each default-mode verdict with a tab and the normalised form.
         verbose: log every request and its answer.
 
     Raises:
@@ -59,7 +61,7 @@ def run_palindrome_server(
             stats.bytes_in += len(data)
             requests = framer.feed(data) if data else framer.finish()
             for request in requests:
-                reply = answer(request, strict=strict)
+                reply = answer(request, strict=strict, explain=explain)
                 if verbose:
                     shown = printable(request.data, 60) if isinstance(request, Line) else "(long)"
                     log(f"{number}: {shown} -> {printable(reply.encode(), 60)}")
