@@ -115,6 +115,7 @@ class SenderSession:
         self.state = SenderState.SENDING
         self.started_at = now
         self.finished_at: float | None = None
+        self.sent_all_at: float | None = None  # when the first pass was all sent
         self.outcome: TransferEnded | None = None
         self.verdict: Verdict | None = None
         self.receiver_sha256: bytes | None = None
@@ -399,6 +400,8 @@ class SenderSession:
             self._probing = False
 
     def _end_pass(self, now: float) -> None:
+        if self.sent_all_at is None:
+            self.sent_all_at = now
         if self.state is SenderState.REPAIRING:
             self._round += 1
             self._asked_this_round.clear()

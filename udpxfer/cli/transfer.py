@@ -145,7 +145,9 @@ class _SendBar:
 
 def _report_send(session: SenderSession, address: str) -> None:
     outcome = session.outcome
-    elapsed = (session.finished_at or session.started_at) - session.started_at
+    # Blast mode: the time to send everything, not the wait for the receiver's verdict.
+    end = session.sent_all_at if session.mode is Mode.BLAST else session.finished_at
+    elapsed = (end or session.finished_at or session.started_at) - session.started_at
     rate = session.size * 8 / elapsed if elapsed > 0 else 0.0
     head = f"{session.meta.name} ({format_size(session.size)}) -> {address}"
     detail = (
