@@ -220,15 +220,15 @@ class SenderSession:
                     self._highest_acked = highest
                 self._advertised = max(1, min(packet.window, self.config.max_window))
                 if self._congestion is not None:
-                    if lost > 0 and now >= self._next_cut:
-                        self._congestion.on_loss()
-                        self._next_cut = now + (self.rtt.srtt_s or 0.0)
-                    elif packet.echo_ns:
+                    if packet.echo_ns:
                         # Queueing in the receiver's own socket is flow control's business
                         # (its advertised window), not the network's: leave it out.
                         left = self._left_at.pop(packet.echo_ns, packet.echo_ns / 1e9)
                         rtt = now - left - packet.queued_ns / 1e9 - queued_s
                         self._congestion.on_ack(acked, rtt)
+                    if lost > 0 and now >= self._next_cut:
+                        self._congestion.on_loss()  # it judges with the sample just taken
+                        self._next_cut = now + (self.rtt.srtt_s or 0.0)
                     self._window = self._congestion.limit(self._advertised)
                 else:
                     self._window = self._advertised
