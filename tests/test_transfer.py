@@ -288,3 +288,15 @@ def test_a_full_disk_refuses_the_transfer_instead_of_crashing(tmp_path: Path) ->
         assert results[1].file_path.read_bytes() == tiny.read_bytes()
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_reports_are_strict_json_whatever_the_figures(tmp_path: Path) -> None:
+    from udpxfer.report import write_report
+
+    path = write_report(
+        {"loss": {"rate": float("nan"), "ci95": [0.0, float("inf")]}}, tmp_path / "r.json"
+    )
+    text = path.read_text()
+    assert "NaN" not in text
+    assert "Infinity" not in text
+    assert json.loads(text) == {"loss": {"rate": None, "ci95": [0.0, None]}}

@@ -6,6 +6,7 @@ The keys listed in DESIGN.md are a contract other tools rely on: add keys, never
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -132,11 +133,26 @@ def write_report(doc: dict[str, Any], path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        text = json.dumps(_json_safe(doc), indent=2, allow_nan=False)
+        tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
         raise TransportError(f"cannot write report {path}: {exc.strerror}") from exc
     return path
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as null (JSON has no such numbers) and numpy scalars
+    as plain Python numbers."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def default_report_path(directory: Path, file_name: str, started_unix_s: float) -> Path:
