@@ -20,21 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers import wait_for
+
 from udpxfer.companions.runtime import ServerControl
 from udpxfer.units import Address
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = Address("127.0.0.1", 0)
 WAIT_S = 15.0
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float = WAIT_S, what: str = "") -> None:
-    """Poll ``predicate`` until it is true; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.005)
 
 
 @dataclass
@@ -211,3 +204,6 @@ def background(*args: str, **kwargs: Any) -> Iterator[CliProcess]:
         yield process
     finally:
         process.close()
+
+
+__all__ = ["wait_for"]  # shared with tests/helpers.py, re-exported for the companion tests

@@ -7,6 +7,7 @@ import heapq
 import itertools
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -197,14 +198,14 @@ def receiver(
         assert not thread.is_alive()
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Wait on a condition with a bounded timeout (an Event, not a sleep, paces the polls)."""
-    tick = threading.Event()
-    for _ in range(int(timeout_s / 0.01)):
-        if predicate():
-            return
-        tick.wait(0.01)
-    raise AssertionError("condition not met in time")
+def wait_for(predicate: Callable[[], object], timeout_s: float = 20.0, what: str = "") -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    tick = threading.Event()  # never set: its bounded wait paces the polls
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        tick.wait(0.005)
 
 
 class LossyRelay:
