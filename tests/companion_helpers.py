@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import wait_for
+from helpers import wait_for as wait_for  # re-exported: one bounded wait for all tests
 
 from udpxfer.companions.runtime import ServerControl
 from udpxfer.units import Address
@@ -205,5 +205,3 @@ def background(*args: str, **kwargs: Any) -> Iterator[CliProcess]:
     finally:
         process.close()
 
-
-__all__ = ["wait_for"]  # shared with tests/helpers.py, re-exported for the companion tests
