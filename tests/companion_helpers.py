@@ -204,4 +204,3 @@ def background(*args: str, **kwargs: Any) -> Iterator[CliProcess]:
         yield process
     finally:
         process.close()
-
