@@ -111,7 +111,7 @@ def test_parse_rate_rejects(text: str) -> None:
 
 ADDRESSES = [
     ("example.org:9000", "127.0.0.1", Address("example.org", 9000)),
-    ("10.0.0.1:1", "127.0.0.1", Address("10.0.0.1", 1)),
+    ("192.0.2.1:1", "127.0.0.1", Address("192.0.2.1", 1)),  # parsed only, never contacted
     ("[::1]:9000", "127.0.0.1", Address("::1", 9000)),
     ("[2001:db8::7]:65535", "", Address("2001:db8::7", 65535)),
     ("[fe80::1%eth0]:1", "", Address("fe80::1%eth0", 1)),
