@@ -224,7 +224,6 @@ class ReceiverServer:
         self._ended: list[ReceiverSession] = []
         self._marks = (0, 0)  # endpoint (received, rejected) when the last report was written
         self._reports_written = 0
-        self._traces_written = 0
         self._next_progress = 0.0
 
     @property

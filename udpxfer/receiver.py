@@ -49,8 +49,9 @@ Payload = bytes | memoryview
 ChunkSink = Callable[["ReceiverSession", int, Payload], None]
 _RESENT = int(Flags.RESENT)
 _ACK_REQUESTED = int(Flags.ACK_REQUESTED)
-TRACE_RESENT = 1
-TRACE_DUPLICATE = 2
+# Bits of a trace record's flags (udpxfer.trace reads them back).
+TRACE_RESENT = 1  # the RESENT wire flag, kept as is
+TRACE_DUPLICATE = 2  # the chunk was already held when this datagram arrived
 # Per-datagram cost in a socket buffer beyond the payload (sk_buff and slab rounding); an
 # estimate on the safe side so that the advertised window never overfills the buffer.
 _BUFFER_OVERHEAD_BYTES = 1200
@@ -120,7 +121,6 @@ class ReceiverSession:
         self.state = ReceiverState.AWAITING_META
         self.meta: Meta | None = None
         self.started_at = now
-        self.first_data_at: float | None = None
         self.last_data_at: float | None = None  # arrival of the last new chunk
         self.last_heard = now
         self.finished_at: float | None = None
@@ -154,7 +154,6 @@ class ReceiverSession:
         self._highest_tx = -1
         self._last_sent_ns = 0
         self._end_seen_at: float | None = None
-        self._last_end_round = -1
         self._chunk_size = 0
         self._last_len = 0
         self._chunk_count = 0
@@ -427,8 +426,6 @@ class ReceiverSession:
             return False
         self.last_heard = now
         self.data_received += 1
-        if self.first_data_at is None:
-            self.first_data_at = now
         held = self.held
         duplicate = held[index]
         if self.trace is not None:
@@ -482,7 +479,6 @@ class ReceiverSession:
             return
         if self.meta.mode is Mode.BLAST:
             return  # the grace timer finishes the transfer
-        self._last_end_round = end.round
         self.rounds = max(self.rounds, end.round)
         ranges = self.gaps()
         limit = self.config.max_nack_datagrams

@@ -19,13 +19,14 @@ import numpy as np
 import numpy.typing as npt
 
 from udpxfer.errors import TransportError, UsageError
+from udpxfer.receiver import TRACE_DUPLICATE, TRACE_RESENT
 
 TRACE_FORMAT: Final = "udpxfer.trace/1"
 MODES: Final = ("blast", "reliable")
 
 # Bits of ``Trace.flags``.
-RESENT: Final = 1  # sent again in a repair round (``pass_no`` > 0)
-DUPLICATE: Final = 2  # the chunk was already held when this datagram arrived
+RESENT: Final = TRACE_RESENT  # sent again in a repair round (``pass_no`` > 0)
+DUPLICATE: Final = TRACE_DUPLICATE  # the chunk was already held when this datagram arrived
 
 _INT64_COLUMNS: Final = ("index", "tx", "sent_ns", "arrival_ns")
 _UINT8_COLUMNS: Final = ("pass_no", "flags")

@@ -299,13 +299,6 @@ def encode(packet: Packet) -> bytes:
     return _frame(ptype, 0, 0, packet.session, seq, 0, packet.sent_ns, body)
 
 
-def peek_session_untrusted(datagram: bytes | bytearray | memoryview) -> int | None:
-    """The session id of a datagram that looks like ours, without checking anything else."""
-    if len(datagram) < HEADER_BYTES or bytes(datagram[:4]) != MAGIC:
-        return None
-    return int.from_bytes(datagram[8:16], "big")
-
-
 class CorruptPacket(MalformedPacket):
     """A datagram with our magic and version whose integrity check fails."""
 
