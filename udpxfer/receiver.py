@@ -304,11 +304,6 @@ class ReceiverSession:
         return self._chunk_size
 
     @property
-    def pending_datagrams(self) -> int:
-        """Datagrams kept while waiting for META."""
-        return len(self._pending_packets)
-
-    @property
     def is_transfer(self) -> bool:
         """True once valid metadata, followed up by the sender, started a transfer."""
         return self.started
