@@ -223,3 +223,11 @@ def test_ctrl_c_on_the_sender_aborts_the_transfer_on_both_sides(tmp_path: Path) 
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["outcome"] == "aborted"
     assert doc["file"]["path"].endswith("big.bin.partial")
+
+
+def test_version(tmp_path: Path) -> None:
+    from udpxfer import __version__
+
+    result = run("--version", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"udpxfer {__version__}"

@@ -9,10 +9,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
+from udpxfer import __version__
 from udpxfer.errors import TransferError, UdpxferError
 
 EXIT_OK = 0
@@ -41,6 +42,27 @@ udp_app = typer.Typer(
 )
 app.add_typer(tcp_app, name="tcp")
 app.add_typer(udp_app, name="udp")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"udpxfer {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Move files over UDP and measure exactly what the network did to them."""
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
