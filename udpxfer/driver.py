@@ -21,10 +21,10 @@ from typing import Any, Protocol
 from udpxfer.endpoint import ReceiverEndpoint
 from udpxfer.errors import TransportError, UsageError
 from udpxfer.events import TransferEnded, TransferStarted, VerifyRequested
-from udpxfer.files import PartialFile, ensure_writable_dir, safe_name
+from udpxfer.files import PartialFile, ensure_writable_dir, safe_name, unique_path
 from udpxfer.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.report import (
-    default_report_path,
+    report_path,
     session_trace,
     udp_report,
     write_report,
@@ -402,7 +402,10 @@ class ReceiverServer:
         report_path = self._next_report_path(session)
         trace_path = None
         if trace is not None and self.trace_path is not None:
-            trace_path = trace.save(self._numbered(self.trace_path, len(self.results)))
+            target = self.trace_path
+            if self.results:  # later transfers: a fresh name beside the first trace
+                target = unique_path(target.parent, target.name)
+            trace_path = trace.save(target)
             doc["trace_path"] = str(trace_path)
         write_report(doc, report_path)
         result = TransferResult(doc, report_path, file_path, trace_path)
@@ -414,23 +417,13 @@ class ReceiverServer:
     def _next_report_path(self, session: ReceiverSession) -> Path:
         assert session.meta is not None
         self._reports_written += 1
-        target = self.report_path
-        if target is None or target.is_dir():
-            directory = target or self.reports_dir
-            return default_report_path(directory, Path(partial_name(session)).name, time.time())
-        return self._numbered(target, self._reports_written - 1)
-
-    @staticmethod
-    def _numbered(target: Path, n: int) -> Path:
-        """``target`` for the first transfer (n == 0), else the first free ``stem-N.suffix``."""
-        if n == 0:
-            return target
-        stem, suffix = target.stem, target.suffix
-        candidate = target.with_name(f"{stem}-{n}{suffix}")
-        while candidate.exists():
-            n += 1
-            candidate = target.with_name(f"{stem}-{n}{suffix}")
-        return candidate
+        return report_path(
+            self.report_path,
+            self.reports_dir,
+            partial_name(session),
+            time.time(),
+            first=self._reports_written == 1,
+        )
 
 
 def partial_name(session: ReceiverSession) -> str:

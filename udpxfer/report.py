@@ -161,6 +161,25 @@ def default_report_path(directory: Path, file_name: str, started_unix_s: float) 
     return unique_path(directory, f"{stamp}-{file_name}.json")
 
 
+def report_path(
+    target: Path | None,
+    reports_dir: Path,
+    file_name: str,
+    started_unix_s: float,
+    *,
+    first: bool,
+) -> Path:
+    """Where a receiver writes a transfer's report.
+
+    ``--report`` (``target``) as given for the receiver's first transfer, then a fresh
+    ``stem-N.json`` beside it (never overwriting an earlier transfer's report); a directory,
+    or no ``--report``, gets a timestamped name in it.
+    """
+    if target is None or target.is_dir():
+        return default_report_path(target or reports_dir, file_name, started_unix_s)
+    return target if first else unique_path(target.parent, target.name)
+
+
 def _format_ranges(ranges: list[list[int]], limit: int = 8) -> str:
     parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit]]
     if len(ranges) > limit:

@@ -41,13 +41,12 @@ from udpxfer.files import (
     PartialFile,
     ensure_writable_dir,
     safe_name,
-    unique_path,
 )
 from udpxfer.report import (
     ChunkSection,
     FileSection,
     TransferReport,
-    default_report_path,
+    report_path,
     summary_lines,
     write_report,
 )
@@ -233,14 +232,8 @@ class _Receiver:
 
     def _report_path(self, name: str, started: float) -> Path:
         """``--report`` for the first transfer, fresh names after: never overwrite a report."""
-        if self.report is None:
-            return default_report_path(self.reports_dir, name, started)
-        if self.report.is_dir():
-            return default_report_path(self.report, name, started)
-        if not self.report_used:
-            self.report_used = True
-            return self.report
-        return unique_path(self.report.parent, self.report.name)
+        first, self.report_used = not self.report_used, True
+        return report_path(self.report, self.reports_dir, name, started, first=first)
 
 
 def tcp_report(state: TransferState, duration_s: float) -> dict[str, Any]:
