@@ -4,6 +4,7 @@
     ├── UsageError           # bad input from the user: a size, an address, a missing file
     ├── ProtocolError
     │   ├── MalformedPacket      # undecodable datagram: drop and count, never ends a transfer
+    │   │   └── AuthenticationFailed  # keyed mode: forged, tampered or wrong-key datagram
     │   └── RemoteProtocolError  # decodable but illegal now: abort the session with a reason
     ├── TransferError            # gave up, hash mismatch, limits
     └── TransportError           # wraps OSError: raise ... from exc
@@ -29,6 +30,10 @@ class ProtocolError(UdpxferError):
 
 class MalformedPacket(ProtocolError):
     """A datagram that cannot be decoded: dropped and counted, never fatal."""
+
+
+class AuthenticationFailed(MalformedPacket):
+    """A datagram whose AEAD tag does not verify: forged, tampered or sealed under another key."""
 
 
 class RemoteProtocolError(ProtocolError):

@@ -8,6 +8,7 @@ from udpxfer.cli import transfer  # noqa: F401
 from udpxfer.cli import reports  # noqa: F401
 from udpxfer.cli import lab  # noqa: F401
 from udpxfer.cli import companions  # noqa: F401
+from udpxfer.cli import keys  # noqa: F401
 
 # isort: on
 from udpxfer.cli.app import app

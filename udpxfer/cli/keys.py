@@ -1,0 +1,38 @@
+"""``udpxfer keygen``: a new pre-shared key file for keyed mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from udpxfer.cli.app import app, guarded
+from udpxfer.keys import KEY_FILE_ENV, generate_key, write_key_file
+
+
+@app.command()
+def keygen(
+    path: Annotated[
+        Path,
+        typer.Argument(help="Where to write the key; must not exist yet.", show_default=False),
+    ],
+) -> None:
+    """Write a new random pre-shared key to PATH (mode 0600, never overwritten).
+
+    Both ends of a transfer need the same key: copy the file to the other
+    machine over a safe channel (scp, a USB stick; never plain mail or chat),
+    then give it to send and recv with --key-file PATH or the UDPXFER_KEY_FILE
+    environment variable. Every datagram is then authenticated, and the data
+    encrypted unless --no-encrypt.
+
+    Exit codes: 0 written, 2 PATH exists or cannot be written.
+
+    Example: udpxfer keygen lab.key
+    """
+    with guarded():
+        write_key_file(path, generate_key())
+        typer.echo(
+            f"wrote a new key to {path}: copy it to the other side over a safe channel, "
+            f"then use --key-file {path} (or {KEY_FILE_ENV}={path}) on both send and recv"
+        )
