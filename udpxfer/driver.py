@@ -18,12 +18,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from udpxfer.endpoint import ReceiverEndpoint
+from udpxfer.endpoint import Keying, ReceiverEndpoint
 from udpxfer.errors import TransportError, UsageError
 from udpxfer.events import TransferEnded, TransferStarted, VerifyRequested
-from udpxfer.files import PartialFile, ensure_writable_dir, safe_name, unique_path
+from udpxfer.files import (
+    PartialFile,
+    SourceIdentity,
+    chunks_of_blocks,
+    ensure_writable_dir,
+    safe_name,
+    unique_path,
+)
+from udpxfer.ranges import Bitmap, missing_ranges
 from udpxfer.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.report import (
+    peer_text,
     report_path,
     session_trace,
     udp_report,
@@ -32,11 +41,13 @@ from udpxfer.report import (
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.transport import UdpTransport
 from udpxfer.units import Address
+from udpxfer.wire import NONCE_BYTES, Mode
 
 Clock = Callable[[], float]
 PROGRESS_INTERVAL_S = 0.1
 _RECV_BURST = 256  # datagrams handled between two looks at timers and feedback
 _HASH_POLL_S = 0.005  # how often an idle loop looks for finished hashes
+STATE_SAVE_INTERVAL_S = 1.0  # resume sidecars are rewritten this often
 
 
 # -- sending ----------------------------------------------------------------------------
@@ -73,6 +84,8 @@ def send_file(
     on_progress: Callable[[SenderSession], None] | None = None,
     name: str | None = None,
     clock: Clock = time.monotonic,
+    key: bytes | None = None,
+    encrypt: bool = True,
 ) -> SenderSession:
     """Send one file to a receiver and return the finished session.
 
@@ -85,16 +98,26 @@ def send_file(
         raise UsageError(f"{path} is not a regular file")
     source = _MappedFile(path)
     try:
+        mtime_ns = os.stat(path).st_mtime_ns
         digest = hashlib.sha256(source.data).digest()
         transport = UdpTransport.connect(to)
         try:
+            session_id = secrets.randbits(64)
+            keying = None
+            if key is not None:
+                from udpxfer.keys import new_nonce
+                from udpxfer.sender import SenderKeying
+
+                keying = SenderKeying(key, session_id, new_nonce(), encrypt=encrypt)
             session = SenderSession(
                 source.data,
                 name=path.name if name is None else name,
                 sha256=digest,
-                session_id=secrets.randbits(64),
+                session_id=session_id,
                 now=clock(),
                 config=config,
+                mtime_ns=mtime_ns,
+                keying=keying,
             )
             try:
                 _run_sender(session, transport, clock, on_progress)
@@ -133,6 +156,8 @@ def _run_sender(
                 for datagram in incoming[0]:
                     session.receive_datagram(datagram, now, incoming[2])
                 heard = True
+            if transport.refused and not session.refused_by_network:
+                session.refused_by_network = True  # ICMP: nothing listens there (yet)
             if on_progress is not None and now >= next_progress:
                 on_progress(session)
                 next_progress = now + PROGRESS_INTERVAL_S
@@ -198,8 +223,12 @@ class ReceiverServer:
         config: ReceiverConfig | None = None,
         observer: ReceiverObserver | None = None,
         clock: Clock = time.monotonic,
+        key: bytes | None = None,
+        encrypt: bool = True,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.out_dir = ensure_writable_dir(out_dir)
+        self.log = log
         self.report_path = report_path
         self.reports_dir = reports_dir
         self.trace_path = trace_path
@@ -215,7 +244,12 @@ class ReceiverServer:
                 record_trace=base.record_trace,
             ),
             chunk_sink=self._store,
+            token_secret=secrets.token_bytes(32),
+            keying=Keying(key, encrypt) if key is not None else None,
+            nonces=lambda: secrets.token_bytes(NONCE_BYTES),
         )
+        self._logged: dict[object, float] = {}  # peer -> when its last auth failure was logged
+        self._next_state_save = 0.0
         self.results: list[TransferResult] = []
         self._files: dict[ReceiverSession, PartialFile] = {}
         self._refused: set[ReceiverSession] = set()
@@ -260,6 +294,39 @@ class ReceiverServer:
             except TransportError as exc:
                 session.close(self.clock(), str(exc))
 
+    def _supersede(self, session: ReceiverSession, identity: SourceIdentity, now: float) -> None:
+        """The same source host sends the same file again (its sender was restarted): end
+        the older transfer, so that the new one resumes from what it wrote."""
+        host = session.peer[0] if isinstance(session.peer, tuple) else session.peer
+        for other, partial in list(self._files.items()):
+            other_host = other.peer[0] if isinstance(other.peer, tuple) else other.peer
+            if other is not session and partial.identity == identity and other_host == host:
+                other.supersede(now)
+                self._handle_events(now)
+
+    def _save_states(self, now: float) -> None:
+        """Resume sidecars of the transfers in progress, at intervals."""
+        if now < self._next_state_save:
+            return
+        self._next_state_save = now + STATE_SAVE_INTERVAL_S
+        for session, partial in self._files.items():
+            if partial.identity is not None and session.is_transfer:
+                try:
+                    partial.save_state(session.held.flags())
+                except TransportError as exc:
+                    session.close(now, str(exc))
+
+    def _log_auth_failures(self, now: float) -> None:
+        failures = self.endpoint.auth_failures
+        while failures:
+            failure = failures.popleft()
+            if self.log is None or now < self._logged.get(failure.peer, -1e9) + 5.0:
+                continue
+            if len(self._logged) > 1024:
+                self._logged.clear()
+            self._logged[failure.peer] = now
+            self.log(f"{failure.reason}: datagram from {peer_text(failure.peer)} dropped")
+
     def _write_gathered(self) -> None:
         """Write the chunks gathered from the last receive, before its buffer is reused, and
         let the hash run over what is now final."""
@@ -272,18 +339,42 @@ class ReceiverServer:
             partial.final_prefix(session.contiguous * session.chunk_size)
 
     def _open(self, session: ReceiverSession, now: float) -> PartialFile | None:
-        """The session's ``.partial`` file, created on its first chunk or its start event."""
+        """The session's ``.partial`` file, created on its first chunk or its start event;
+        a ``NAME.partial`` left by an earlier transfer of the same source is resumed."""
         if session in self._files:
             return self._files[session]
-        if session.meta is None or session in self._refused:
+        meta = session.meta
+        if meta is None or session in self._refused:
             return None
+        identity = None
+        if meta.mode is Mode.RELIABLE and meta.block_chunks:
+            identity = SourceIdentity(
+                meta.name,
+                meta.size,
+                meta.sha256.hex(),
+                meta.mtime_ns,
+                meta.chunk_size,
+                meta.block_chunks,
+            )
+            self._supersede(session, identity, now)
         try:
-            partial = PartialFile(self.out_dir, session.meta.name, session.meta.size)
+            partial = PartialFile(
+                self.out_dir,
+                meta.name,
+                meta.size,
+                identity,
+                busy=frozenset(p.path for p in self._files.values()),
+            )
         except TransportError as exc:
             self._refused.add(session)
             session.close(now, str(exc))
             return None
         self._files[session] = partial
+        if partial.resumed_blocks is not None:
+            held = chunks_of_blocks(partial.resumed_blocks, meta.chunk_count, meta.block_chunks)
+            bitmap = Bitmap(meta.chunk_count)
+            bitmap.set_ranges(missing_ranges(1 - held))
+            session.resume(bitmap)
         if self.observer is not None:
             self.observer.transfer_started(session)
         return partial
@@ -306,6 +397,9 @@ class ReceiverServer:
             if self._hashing:
                 self._take_hashes()
             now = clock()
+            if endpoint.auth_failures:
+                self._log_auth_failures(now)
+            self._save_states(now)
             timer = endpoint.get_timer()
             if timer is not None and timer <= now:
                 endpoint.handle_timer(now)
@@ -386,6 +480,8 @@ class ReceiverServer:
         file_path: Path | None = None  # refused, or the file could not be created
         if partial is not None:
             try:
+                if not verified and session.is_transfer:
+                    partial.save_state(session.held.flags())
                 file_path = partial.commit() if verified else _closed(partial)
             except TransportError:
                 file_path = partial.path  # the write or rename failed: what is there stays

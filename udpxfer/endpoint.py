@@ -1,15 +1,25 @@
 """The sans-IO receiver endpoint: routes the datagrams of one socket to per-transfer sessions.
 
-Sessions are keyed by (peer address, session id). Datagrams that belong to no transfer are
-counted as rejected; sessions that are no transfer yet (a META nobody followed up, data
-before any META) are capped, the oldest making room for a newcomer.
+Sessions are keyed by (peer address, session id). What it promises a receiver left running on
+a LAN (docs/SECURITY.md):
+
+- Address validation, as QUIC's Retry (RFC 9000 section 8.1): a META without a valid token is
+  answered statelessly with a token (an HMAC of the source address and session under a secret
+  of this receiver); a reliable transfer starts only from a META that echoes it. Until an
+  address has echoed a token, everything sent to it stays within 3x the bytes received from it.
+- Limits per source address and in total: sessions that are no transfer yet, bytes kept before
+  metadata, transfers, chunk-map memory. Junk from one source only ever evicts that source's
+  own unvalidated sessions (or, with the total cap reached, those of the source holding most);
+  a validated transfer is never evicted.
+- With a key every datagram is authenticated; what fails is counted and dropped.
 """
 
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 
-from udpxfer.errors import MalformedPacket
+from udpxfer.errors import AuthenticationFailed, MalformedPacket
 from udpxfer.events import Event
 from udpxfer.receiver import (
     ChunkSink,
@@ -20,20 +30,67 @@ from udpxfer.receiver import (
     ReceiverState,
 )
 from udpxfer.wire import (
+    CRC,
+    NONCE_BYTES,
+    AbortCode,
     CorruptPacket,
     Data,
-    End,
+    Header,
+    Hello,
+    HelloFlags,
     Meta,
-    data_fields_untrusted,
-    decode_untrusted,
+    Mode,
+    PacketType,
+    Seal,
+    decode_header_untrusted,
+    encode,
+    meta_nonce_untrusted,
+    parse_header_untrusted,
 )
+
+AMPLIFICATION_FACTOR = 3  # RFC 9000 section 8: at most 3x toward an unvalidated address
+MAX_TRACKED_ADDRESSES = 16384  # budgets kept at once (oldest forgotten first)
+_DATA = int(PacketType.DATA)
+_META = int(PacketType.META)
+_ORPHANS = (int(PacketType.DATA), int(PacketType.END), int(PacketType.ABORT))
+
+
+@dataclass(frozen=True, slots=True)
+class Keying:
+    """What keyed mode needs on the receiver: the pre-shared key, and whether to encrypt."""
+
+    psk: bytes
+    encrypt: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    """A datagram from ``peer`` failed authentication (or a key mismatch): for the log."""
+
+    peer: Peer
+    reason: str
+
+
+class _Budget:
+    __slots__ = ("received", "sent", "validated")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
+        self.validated = False
 
 
 class ReceiverEndpoint:
     """All transfers arriving at one socket."""
 
     def __init__(
-        self, config: ReceiverConfig | None = None, *, chunk_sink: ChunkSink | None = None
+        self,
+        config: ReceiverConfig | None = None,
+        *,
+        chunk_sink: ChunkSink | None = None,
+        token_secret: bytes = bytes(32),
+        keying: Keying | None = None,
+        nonces: collections.abc.Callable[[], bytes] | None = None,
     ) -> None:
         """Create an endpoint.
 
@@ -42,14 +99,29 @@ class ReceiverEndpoint:
             chunk_sink: called as ``sink(session, offset, payload)`` for every new chunk,
                 with the payload a view into the caller's buffer (store it before the next
                 datagram). By default new chunks become ``ChunkReceived`` events.
+            token_secret: the secret address tokens are made with (random, from the driver).
+            keying: the pre-shared key, for keyed mode.
+            nonces: where session nonces come from (the driver's random source).
         """
+        from udpxfer.keys import TokenMinter
+
         self.config = config or ReceiverConfig()
         self.sessions: dict[tuple[Peer, int], ReceiverSession] = {}
         self.received = 0  # every datagram handed in
         self.rejected = 0  # datagrams that are part of no valid transfer
+        self.unauthenticated = 0  # datagrams that failed authentication (keyed mode)
+        self.amplification_held = 0  # datagrams not sent: the address's budget was spent
+        self.auth_failures: collections.deque[AuthFailure] = collections.deque(maxlen=64)
         self._sink = EventSink()
-        self._refusals: list[tuple[bytes, Peer]] = []
+        self._stateless: list[tuple[bytes, Peer]] = []
         self._store: ChunkSink = chunk_sink or self._sink.store_as_event
+        self._minter = TokenMinter(token_secret)
+        self._keying = keying
+        self._nonces = nonces or (lambda: bytes(NONCE_BYTES))
+        self._budgets: collections.OrderedDict[Peer, _Budget] = collections.OrderedDict()
+        self._pn = 0
+
+    # -- the sans-IO interface -----------------------------------------------------------
 
     def receive_datagram(
         self, data: bytes | bytearray | memoryview, peer: Peer, now: float, queued_s: float = 0.0
@@ -60,20 +132,27 @@ class ReceiverEndpoint:
         STATUS reports it, so the sender can tell network queueing from ours.
         """
         self.received += 1
-        view = data if isinstance(data, memoryview) else memoryview(data)
-        fields = data_fields_untrusted(view)
-        if fields is not None:  # the hot path: an intact DATA datagram
-            session = self.sessions.get((peer, fields[0]))
-            if session is not None and session.started:
-                session.datagrams += 1
-                if not session.on_data(*fields[1:], now, queued_s):
-                    self.rejected += 1
-                return
+        size = len(data)
+        self._budget(peer).received += size
         try:
-            packet = decode_untrusted(data)
-        except CorruptPacket as exc:
-            session = self.sessions.get((peer, exc.session))
-            if session is not None and session.is_transfer:
+            header = parse_header_untrusted(data)
+        except MalformedPacket:
+            self.rejected += 1
+            return
+        session = self.sessions.get((peer, header.session))
+        if header.ptype == _META:
+            self._on_meta(header, peer, session, now, size)
+            return
+        if session is None or session.state is ReceiverState.AWAITING_META:
+            self._orphan(header, peer, session, now, size)
+            return
+        try:
+            packet = decode_header_untrusted(header, session.seal)
+        except AuthenticationFailed:
+            self.unauthenticated += 1
+            return
+        except CorruptPacket:
+            if session.is_transfer:
                 session.corrupt += 1
                 session.datagrams += 1
             else:
@@ -82,32 +161,33 @@ class ReceiverEndpoint:
         except MalformedPacket:
             self.rejected += 1
             return
-        key = (peer, packet.session)
-        session = self.sessions.get(key)
-        if session is None:
-            if not isinstance(packet, Meta | Data | End):
+        if isinstance(packet, Data) and session.started:
+            session.datagrams += 1
+            if not session.on_data(
+                packet.index,
+                packet.tx,
+                packet.payload,
+                packet.pass_no,
+                packet.flags,
+                packet.sent_ns,
+                now,
+                queued_s,
+            ):
                 self.rejected += 1
-                return
-            self._make_room_for_unknown()
-            session = ReceiverSession(
-                peer, packet.session, now, self.config, self._sink, self._store
-            )
-            self.sessions[key] = session
-        elif (
-            session.state is ReceiverState.PROBATION
-            and isinstance(packet, Data | End)
-            and self.active_transfers >= self.config.max_transfers
-        ):
-            session.refuse("receiver busy", now)
-        if not session.receive_packet(packet, now):
+            return
+        if not session.receive_packet(packet, now, size):
             self.rejected += 1
 
     def datagrams_to_send(self, now: float | None = None) -> list[tuple[bytes, Peer]]:
-        """Feedback for every peer: (datagram, peer) pairs."""
-        out, self._refusals = self._refusals, []
+        """Feedback for every peer: (datagram, peer) pairs, within each address's budget."""
+        out: list[tuple[bytes, Peer]] = []
+        pending, self._stateless = self._stateless, []
+        for datagram, peer in pending:
+            self._admit(datagram, peer, out)
         for session in self.sessions.values():
             if session.has_outgoing:
-                out.extend((datagram, session.peer) for datagram in session.datagrams_to_send(now))
+                for datagram in session.datagrams_to_send(now):
+                    self._admit(datagram, session.peer, out)
         return out
 
     def get_timer(self) -> float | None:
@@ -149,18 +229,264 @@ class ReceiverEndpoint:
     @property
     def active_transfers(self) -> int:
         """Transfers that have started and not reached a verdict."""
-        return sum(
-            1
-            for s in self.sessions.values()
-            if s.state is ReceiverState.RECEIVING or s.state is ReceiverState.VERIFYING
-        )
+        return sum(1 for s in self.sessions.values() if _active(s))
 
-    def _make_room_for_unknown(self) -> None:
-        """Keep at most ``max_pending_sessions`` sessions that are not transfers (yet): drop
-        the one heard from longest ago, so junk cannot lock real senders out."""
-        waiting = [s for s in self.sessions.values() if not s.is_transfer]
-        if len(waiting) < self.config.max_pending_sessions:
+    # -- metadata, validation and limits ---------------------------------------------------
+
+    def _on_meta(
+        self, header: Header, peer: Peer, session: ReceiverSession | None, now: float, size: int
+    ) -> None:
+        meta = self._open_meta(header, peer)
+        if meta is None:
             return
-        oldest = min(waiting, key=lambda s: s.last_heard)
-        del self.sessions[(oldest.peer, oldest.session_id)]
-        self.rejected += oldest.datagrams
+        if session is not None and session.state is not ReceiverState.AWAITING_META:
+            if session.meta is not None and session.meta.nonce != meta.nonce:
+                self.rejected += 1  # another sender's META under the same session id
+                return
+            if not session.validated and self._token_valid(meta, peer, now):
+                if self._admit_transfer(session, peer, meta, now):
+                    self._budget(peer).validated = True
+                    session.open_validated(meta, now)
+                return
+            if not session.receive_packet(meta, now, size):
+                self.rejected += 1
+            return
+        if self._token_valid(meta, peer, now):
+            self._budget(peer).validated = True
+            if session is None:
+                session = self._new_session(peer, meta, now)
+            if self._admit_transfer(session, peer, meta, now):
+                session.open_validated(meta, now)
+            return
+        # Not validated: answer with a token, statelessly (within the address's budget).
+        self._hello(peer, meta, HelloFlags.RETRY, now, self._minter_token(meta, peer, now))
+        if meta.mode is Mode.BLAST or not self.config.require_token:
+            # A blast sender may have no reverse path: keep its META on probation.
+            if session is None:
+                if not self._make_room_for_unknown(peer):
+                    self.rejected += 1
+                    return
+                session = self._new_session(peer, meta, now)
+            session.open_unvalidated(meta, now)
+            session.datagrams += 1
+
+    def _open_meta(self, header: Header, peer: Peer) -> Meta | None:
+        """Check a META's tag (keyed) and decode it; None (counted) when it does not pass."""
+        keying = self._keying
+        seal: Seal = CRC
+        if keying is not None:
+            if not header.keyed:
+                self._auth_failed(
+                    peer,
+                    header,
+                    "the sender has no key; this receiver needs one",
+                    HelloFlags.NEED_KEY,
+                )
+                return None
+            try:
+                nonce = meta_nonce_untrusted(header)
+            except MalformedPacket:
+                self.rejected += 1
+                return None
+            from udpxfer.keyed import AeadSeal
+            from udpxfer.keys import Direction, PacketProtection
+
+            seal = AeadSeal(
+                PacketProtection.handshake(keying.psk, header.session, nonce),
+                Direction.TO_SENDER,
+                encrypt=False,
+            )
+        elif header.keyed:
+            self._auth_failed(
+                peer, header, "the sender uses a key; this receiver has none", HelloFlags.NO_KEY
+            )
+            return None
+        try:
+            packet = decode_header_untrusted(header, seal)
+        except AuthenticationFailed:
+            self._auth_failed(
+                peer, header, "authentication failed (wrong key?)", HelloFlags.AUTH_FAILED
+            )
+            return None
+        except MalformedPacket:
+            self.rejected += 1
+            return None
+        assert isinstance(packet, Meta)
+        return packet
+
+    def _auth_failed(self, peer: Peer, header: Header, reason: str, flag: HelloFlags) -> None:
+        self.unauthenticated += 1
+        self.auth_failures.append(AuthFailure(peer, reason))
+        notice = Hello(header.session, flag, header.sent_ns, pn=self._next_pn())
+        self._stateless.append((encode(notice), peer))
+
+    def _new_session(self, peer: Peer, meta: Meta, now: float) -> ReceiverSession:
+        seal: Seal = CRC
+        handshake: Seal = CRC
+        nonce = bytes(NONCE_BYTES)
+        if self._keying is not None:
+            from udpxfer.keyed import session_seals
+            from udpxfer.keys import Direction
+
+            nonce = self._nonces()
+            handshake, seal = session_seals(
+                self._keying.psk,
+                meta.session,
+                meta.nonce,
+                nonce,
+                Direction.TO_SENDER,
+                encrypt=self._keying.encrypt,
+            )
+        session = ReceiverSession(
+            peer,
+            meta.session,
+            now,
+            self.config,
+            self._sink,
+            self._store,
+            seal=seal,
+            handshake_seal=handshake,
+            nonce=nonce,
+        )
+        self.sessions[(peer, meta.session)] = session
+        return session
+
+    def _admit_transfer(self, session: ReceiverSession, peer: Peer, meta: Meta, now: float) -> bool:
+        """Whether limits leave room for this transfer; if not, it is refused as busy."""
+        config = self.config
+        source = _source(peer)
+        active = [s for s in self.sessions.values() if _active(s) and s is not session]
+        from_source = sum(1 for s in active if _source(s.peer) == source)
+        state = sum(s.state_bytes for s in active) + 2 * ((meta.chunk_count + 7) >> 3)
+        reason = ""
+        if len(active) >= config.max_transfers:
+            reason = f"receiver busy: {len(active)} transfers in progress"
+        elif from_source >= config.max_transfers_per_source:
+            reason = f"receiver busy: {from_source} transfers from {source} in progress"
+        elif state > config.max_state_bytes:
+            reason = "receiver busy: no memory left for another transfer's state"
+        if reason:
+            session.refuse(reason, now, AbortCode.BUSY)
+            return False
+        return True
+
+    def _token_valid(self, meta: Meta, peer: Peer, now: float) -> bool:
+        from udpxfer.keys import address_bytes
+
+        if not any(meta.token):
+            return False
+        return self._minter.valid(meta.token, address_bytes(peer), meta.session, now)  # type: ignore[arg-type]
+
+    def _minter_token(self, meta: Meta, peer: Peer, now: float) -> bytes:
+        from udpxfer.keys import address_bytes
+
+        return self._minter.mint(address_bytes(peer), meta.session, now)  # type: ignore[arg-type]
+
+    def _hello(self, peer: Peer, meta: Meta, flags: HelloFlags, now: float, token: bytes) -> None:
+        seal: Seal = CRC
+        if self._keying is not None:
+            from udpxfer.keyed import AeadSeal
+            from udpxfer.keys import Direction, PacketProtection
+
+            seal = AeadSeal(
+                PacketProtection.handshake(self._keying.psk, meta.session, meta.nonce),
+                Direction.TO_SENDER,
+                encrypt=False,
+            )
+        hello = Hello(
+            meta.session,
+            flags,
+            meta.sent_ns,
+            token=token,
+            sent_ns=int(now * 1e9),
+            pn=self._next_pn(),
+        )
+        self._stateless.append((encode(hello, seal), peer))
+
+    def _orphan(
+        self, header: Header, peer: Peer, session: ReceiverSession | None, now: float, size: int
+    ) -> None:
+        """A datagram of a session we do not know (yet): keep a little of it, keyless only."""
+        if self._keying is not None or header.ptype not in _ORPHANS:
+            if self._keying is not None and header.ptype in _ORPHANS:
+                self.unauthenticated += 1
+            else:
+                self.rejected += 1
+            return
+        try:
+            packet = decode_header_untrusted(header, CRC)
+        except MalformedPacket:
+            self.rejected += 1
+            return
+        if session is None:
+            if not self._make_room_for_unknown(peer):
+                self.rejected += 1
+                return
+            session = ReceiverSession(
+                peer, header.session, now, self.config, self._sink, self._store
+            )
+            self.sessions[(peer, header.session)] = session
+        if not session.receive_packet(packet, now, size):
+            self.rejected += 1
+
+    def _make_room_for_unknown(self, peer: Peer) -> bool:
+        """Room for one more session that is no transfer yet; False when there is none.
+
+        A source at its own cap loses its own oldest such session; with the total cap
+        reached, the source holding most of them does. Transfers are never evicted.
+        """
+        config = self.config
+        waiting = [s for s in self.sessions.values() if not s.is_transfer and not s.validated]
+        source = _source(peer)
+        own = [s for s in waiting if _source(s.peer) == source]
+        if len(own) >= config.max_pending_per_source:
+            self._evict(min(own, key=lambda s: s.last_heard))
+            return True
+        if len(waiting) >= config.max_pending_sessions:
+            counts = collections.Counter(_source(s.peer) for s in waiting)
+            heaviest, _ = counts.most_common(1)[0]
+            victims = [s for s in waiting if _source(s.peer) == heaviest]
+            self._evict(min(victims, key=lambda s: s.last_heard))
+        return True
+
+    def _evict(self, session: ReceiverSession) -> None:
+        del self.sessions[(session.peer, session.session_id)]
+        self.rejected += session.datagrams
+
+    # -- anti-amplification ----------------------------------------------------------------
+
+    def _budget(self, peer: Peer) -> _Budget:
+        budgets = self._budgets
+        budget = budgets.get(peer)
+        if budget is None:
+            budget = budgets[peer] = _Budget()
+            if len(budgets) > MAX_TRACKED_ADDRESSES:
+                budgets.popitem(last=False)
+        else:
+            budgets.move_to_end(peer)
+        return budget
+
+    def _admit(self, datagram: bytes, peer: Peer, out: list[tuple[bytes, Peer]]) -> None:
+        budget = self._budget(peer)
+        if not budget.validated and (
+            budget.sent + len(datagram) > AMPLIFICATION_FACTOR * budget.received
+        ):
+            self.amplification_held += 1
+            return
+        budget.sent += len(datagram)
+        out.append((datagram, peer))
+
+    def _next_pn(self) -> int:
+        self._pn += 1
+        return self._pn
+
+
+def _active(session: ReceiverSession) -> bool:
+    return session.state is ReceiverState.RECEIVING or session.state is ReceiverState.VERIFYING
+
+
+def _source(peer: Peer) -> object:
+    """The host part of a peer address: limits apply per host, whatever its ports."""
+    if isinstance(peer, tuple) and peer:
+        return peer[0]
+    return peer

@@ -5,12 +5,19 @@ Nothing here ever writes outside the directory it is given.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import errno
 import hashlib
+import json
 import os
 import threading
 import unicodedata
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from udpxfer.errors import TransportError, UsageError
 
@@ -166,15 +173,50 @@ class PartialFile:
     and a full disk is an error to report, not a crash as it would be through a memory map.
     """
 
-    def __init__(self, directory: Path, name: str, size: int) -> None:
-        self.final_path = unique_path(directory, safe_name(name), also_free=(PARTIAL_SUFFIX,))
+    def __init__(
+        self,
+        directory: Path,
+        name: str,
+        size: int,
+        identity: SourceIdentity | None = None,
+        busy: frozenset[Path] = frozenset(),
+    ) -> None:
+        """Create ``NAME.partial`` in ``directory``, or reopen one to resume.
+
+        With an ``identity``, a ``NAME.partial`` whose sidecar describes the same source is
+        reopened (``resumed_blocks`` says what it holds); one of another version of the file,
+        not in use (``busy``), is replaced: a transfer never splices two versions.
+        """
+        self.identity = identity
+        self.resumed_blocks: bytes | None = None
+        base = safe_name(name)
+        candidate = Path(str(directory / base) + PARTIAL_SUFFIX)
+        flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)
+        self._fd = -1
+        if identity is not None and candidate not in busy and not (directory / base).exists():
+            blocks = read_state(candidate, identity)
+            if blocks is not None:
+                try:
+                    self._fd = os.open(candidate, flags)
+                    self.resumed_blocks = blocks
+                except OSError:
+                    self._fd = -1
+            elif state_path(candidate).exists() and not candidate.is_symlink():
+                # Our own leftover of another version of the file: start over.
+                with contextlib.suppress(OSError):
+                    candidate.unlink()
+                remove_state(candidate)
+        if self._fd >= 0:
+            self.final_path = directory / base
+        else:
+            self.final_path = unique_path(directory, base, also_free=(PARTIAL_SUFFIX,))
         self.path = Path(str(self.final_path) + PARTIAL_SUFFIX)
         self.size = size
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        try:
-            self._fd = os.open(self.path, flags, 0o644)
-        except OSError as exc:
-            raise TransportError(f"cannot create {self.path}: {exc.strerror}") from exc
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError as exc:
+                raise TransportError(f"cannot create {self.path}: {exc.strerror}") from exc
         try:
             os.ftruncate(self._fd, size)
             _check_room(self._fd, size)
@@ -250,9 +292,23 @@ class PartialFile:
             self._hasher.close()
             os.close(self._fd)
 
+    def save_state(self, held: np.ndarray) -> None:
+        """Write the resume sidecar for the chunks held (all of them written already).
+
+        Raises:
+            TransportError: the file system refused.
+        """
+        if self.identity is None or self.closed:
+            return
+        self.flush()
+        write_state(
+            self.path, self.identity, blocks_on_disk(held, self.identity.block_chunks), self._fd
+        )
+
     def commit(self) -> Path:
         """Close and rename to the final name (a fresh one if that name appeared meanwhile)."""
         self.close()
+        remove_state(self.path)
         if self.final_path.exists():
             self.final_path = unique_path(self.final_path.parent, self.final_path.name)
         try:
@@ -287,3 +343,102 @@ def sha256_file(path: Path) -> bytes:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     return digest.digest()
+
+
+STATE_SUFFIX = ".state"  # the resume sidecar beside NAME.partial
+STATE_SCHEMA = "udpxfer.partial/1"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceIdentity:
+    """What makes two transfers the same file: a changed source never resumes."""
+
+    name: str
+    size: int
+    sha256: str
+    mtime_ns: int
+    chunk_size: int
+    block_chunks: int
+
+
+def state_path(partial: Path) -> Path:
+    """The sidecar of a ``.partial`` file."""
+    return Path(str(partial) + STATE_SUFFIX)
+
+
+def write_state(partial: Path, identity: SourceIdentity, blocks: bytes, fd: int) -> None:
+    """Record which blocks are on disk, atomically: data synced first, then a temporary file
+    renamed over the sidecar, so a crash leaves the old state or the new, never half of one.
+
+    Raises:
+        TransportError: the file system refused.
+    """
+    target = state_path(partial)
+    doc = {"schema": STATE_SCHEMA, **asdict(identity), "blocks": base64.b64encode(blocks).decode()}
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        os.fdatasync(fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        out = os.open(tmp, flags, 0o644)
+        try:
+            os.write(out, json.dumps(doc).encode())
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise TransportError(f"cannot write {target}: {exc.strerror}") from exc
+
+
+def read_state(partial: Path, identity: SourceIdentity) -> bytes | None:
+    """The block map of a sidecar that describes this very source, or None.
+
+    Anything unreadable, foreign or of another version of the file gives None.
+    """
+    target = state_path(partial)
+    try:
+        if target.is_symlink() or partial.is_symlink() or not partial.is_file():
+            return None
+        raw = target.read_bytes()
+        if len(raw) > 1 << 20:
+            return None
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("schema") != STATE_SCHEMA:
+            return None
+        if any(doc.get(k) != v for k, v in asdict(identity).items()):
+            return None
+        if os.stat(partial).st_size != identity.size:
+            return None
+        blocks = base64.b64decode(str(doc.get("blocks", "")), validate=True)
+    except (OSError, ValueError, json.JSONDecodeError, binascii.Error):
+        return None
+    return blocks
+
+
+def remove_state(partial: Path) -> None:
+    """Remove a sidecar (the file is final, or it started over)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_path(partial))
+
+
+def blocks_on_disk(held: np.ndarray, block_chunks: int) -> bytes:
+    """Packed bits (little-endian) of the blocks whose every chunk is held."""
+    if block_chunks <= 0 or held.size == 0:
+        return b""
+    blocks = -(-held.size // block_chunks)
+    padded = np.zeros(blocks * block_chunks, dtype=np.uint8)
+    padded[: held.size] = held
+    padded[held.size :] = 1  # the last block is shorter
+    full = padded.reshape(blocks, block_chunks).all(axis=1).astype(np.uint8)
+    return np.packbits(full, bitorder="little").tobytes()
+
+
+def chunks_of_blocks(blocks: bytes, chunk_count: int, block_chunks: int) -> np.ndarray:
+    """0/1 per chunk: held when its block is in ``blocks``."""
+    if block_chunks <= 0 or chunk_count == 0:
+        return np.zeros(chunk_count, dtype=np.uint8)
+    n_blocks = -(-chunk_count // block_chunks)
+    bits = np.unpackbits(np.frombuffer(blocks, dtype=np.uint8), bitorder="little")[:n_blocks]
+    full = np.zeros(n_blocks, dtype=np.uint8)
+    full[: bits.size] = bits
+    return np.repeat(full, block_chunks)[:chunk_count]

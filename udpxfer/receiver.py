@@ -1,17 +1,19 @@
-"""The sans-IO receiver session: one incoming transfer, from its first datagram to its verdict.
+"""The sans-IO receiver session: one incoming transfer, from its metadata to its verdict.
 
 No sockets, clocks or files in here; ``endpoint.ReceiverEndpoint`` routes datagrams to
-sessions, and the driver stores the chunks a session hands out, hashes the file when asked
-(``VerifyRequested``) and sends what ``datagrams_to_send`` returns. Every transition of the
-session's state happens in this module.
+sessions (and decides which sources may open one), and the driver stores the chunks a session
+hands out, hashes the file when asked (``VerifyRequested``) and sends what
+``datagrams_to_send`` returns. Every transition of the session's state happens in this module.
 
-Datagrams that arrive before a transfer's metadata are kept (bounded) and replayed once a
-META copy arrives, so losing the first META copies costs nothing.
+Every number a peer sends is bounded here before use: chunk indexes against the transfer,
+ranges clamped, send stamps checked against the transfer's own clock, and no loop runs over a
+peer-supplied range.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 from array import array
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -25,20 +27,26 @@ from udpxfer.events import (
     TransferStarted,
     VerifyRequested,
 )
-from udpxfer.ranges import batched, missing_ranges
+from udpxfer.ranges import Bitmap, batched, missing_ranges
 from udpxfer.wire import (
+    CRC,
     HEADER_BYTES,
     MAX_NACK_RANGES,
+    NONCE_BYTES,
     Abort,
     AbortCode,
     Data,
     Done,
     End,
     Flags,
+    Have,
+    Hello,
+    HelloFlags,
     Meta,
     Mode,
     Nack,
     Packet,
+    Seal,
     Status,
     Verdict,
     encode,
@@ -55,13 +63,16 @@ TRACE_DUPLICATE = 2  # the chunk was already held when this datagram arrived
 # Per-datagram cost in a socket buffer beyond the payload (sk_buff and slab rounding); an
 # estimate on the safe side so that the advertised window never overfills the buffer.
 _BUFFER_OVERHEAD_BYTES = 1200
+# A DATA stamp further than this from the transfer's META stamp is no clock of that sender.
+MAX_STAMP_SPREAD_NS = 7 * 86400 * 10**9
+MAX_HAVE_DATAGRAMS = 16
 
 
 class ReceiverState(Enum):
     """Where a receiver session is; every transition happens in this module."""
 
-    AWAITING_META = auto()  # datagrams of an unknown session, kept until META arrives
-    PROBATION = auto()  # META arrived; nothing is created until DATA or END follows it
+    AWAITING_META = auto()  # datagrams of an unknown session, kept (bounded) until META
+    PROBATION = auto()  # unvalidated blast META: nothing is created until DATA or END follows
     RECEIVING = auto()
     VERIFYING = auto()  # every chunk held, the driver is hashing
     FINISHED = auto()  # verdict reached; lingering to answer repeated ENDs
@@ -70,20 +81,24 @@ class ReceiverState(Enum):
 
 @dataclass(frozen=True, slots=True)
 class ReceiverConfig:
-    """Tunables of the receiver."""
+    """Tunables of the receiver (limits are documented in docs/SECURITY.md)."""
 
-    idle_timeout_s: float = 5.0  # silence after which a transfer is given up
+    idle_timeout_s: float = 20.0  # silence after which a transfer is given up
     blast_grace_s: float = 0.5  # blast: wait after END for late or reordered chunks
     linger_s: float = 1.0  # after the verdict, answer repeated ENDs for this long
     buffer_bytes: int = 4 << 20  # the socket receive buffer, for the flow-control window
     max_window: int = 16384
     max_nack_datagrams: int = 64  # NACK datagrams per round at most
-    max_pending_sessions: int = 64  # unknown sessions whose datagrams are kept
-    max_pending_datagrams: int = 4096  # per unknown session
+    max_pending_sessions: int = 256  # sessions that are no transfer yet, in total
+    max_pending_per_source: int = 8  # and per source address
+    max_pending_bytes: int = 256 << 10  # bytes kept before metadata, per unknown session
     max_file_bytes: int | None = None  # refuse larger transfers
-    max_chunks: int = 1 << 28  # two bytes of state per chunk: 512 MiB at most per transfer
+    max_chunks: int = 1 << 28  # one bit of state per chunk and map: 64 MiB per transfer at most
     max_transfers: int = 32  # transfers in progress at once
+    max_transfers_per_source: int = 8
+    max_state_bytes: int = 512 << 20  # chunk maps of all transfers together
     record_trace: bool = True
+    require_token: bool = True  # reliable transfers start only from a validated address
 
 
 class TraceRecorder:
@@ -114,12 +129,20 @@ class ReceiverSession:
         config: ReceiverConfig,
         events: EventSink,
         store: ChunkSink,
+        *,
+        seal: Seal = CRC,
+        handshake_seal: Seal | None = None,
+        nonce: bytes = bytes(NONCE_BYTES),
     ) -> None:
         self.peer = peer
         self.session_id = session_id
         self.config = config
         self.state = ReceiverState.AWAITING_META
         self.meta: Meta | None = None
+        self.validated = False  # the source echoed our address token
+        self.nonce = nonce  # our session nonce (key derivation)
+        self.seal = seal  # the session's datagrams
+        self.handshake_seal = handshake_seal or seal  # HELLO, before the sender has our nonce
         self.started_at = now
         self.last_data_at: float | None = None  # arrival of the last new chunk
         self.last_heard = now
@@ -127,14 +150,17 @@ class ReceiverSession:
         self.outcome: TransferEnded | None = None
         self.verdict: Verdict | None = None
         self.sha256_actual: bytes | None = None
-        self.held = bytearray()
-        self.first_pass = bytearray()
+        self.held = Bitmap(0)
+        self.first_pass = Bitmap(0)
         self.held_count = 0
+        self.resumed = 0  # chunks found verified on disk when the transfer started
         self.contiguous = 0  # chunks held from the start of the file without a hole
+        self.sent_upto = 0  # the first pass covered chunks [0, sent_upto) as far as we know
         self.trace = TraceRecorder() if config.record_trace else None
 
         self.datagrams = 0  # datagrams attributed to this session
-        self.started = False  # a transfer: META followed up by DATA or END
+        self.pending_bytes = 0  # bytes kept before metadata
+        self.started = False  # a transfer: validated META, or META followed up by DATA/END
         self.refusal = ""  # why the receiver refused it, if it did
         self.data_received = 0  # valid DATA datagrams, duplicates included
         self.duplicates = 0
@@ -145,34 +171,244 @@ class ReceiverSession:
         self.rounds = 0
         self.tx_sent = -1  # data datagrams the sender says it sent (from END)
         self.window = 0
+        self.bytes_in_round = 0  # bytes received since the last END was answered
 
         self._events = events
         self._store = store
         self._pending_packets: list[Packet] = []
+        self._resumed: Bitmap | None = None
         self._outgoing: list[bytes] = []
         self._status_wanted: tuple[int, float, float] | None = None  # echo, arrival, request
+        self._hello_wanted: int | None = None  # echo_ns of the META to answer
+        self._have_sent = False
+        self._pn = 0  # our control packet number
         self._highest_tx = -1
         self._last_sent_ns = 0
+        self._stamp_origin = 0
         self._end_seen_at: float | None = None
+        self._answered_round: tuple[int, int] = (-1, 0)  # (round, NACK bytes sent for it)
         self._chunk_size = 0
         self._last_len = 0
         self._chunk_count = 0
 
     # -- driven by the endpoint ---------------------------------------------------------
 
-    def receive_packet(self, packet: Packet, now: float) -> bool:
-        """Handle one decoded packet; False when it has no place in this transfer."""
+    def receive_packet(self, packet: Packet, now: float, size: int = 0) -> bool:
+        """Handle one decoded packet of ``size`` bytes; False when it has no place here."""
         if self.state is ReceiverState.CLOSED:
             return False
         self.last_heard = now
-        accepted = self._dispatch(packet, now)
+        accepted = self._dispatch(packet, now, size)
         if accepted:
             self.datagrams += 1
+            self.bytes_in_round += size
         return accepted
 
-    def _dispatch(self, packet: Packet, now: float) -> bool:
+    def open_validated(self, meta: Meta, now: float) -> None:
+        """A META whose token proved the source's address: the transfer starts now."""
+        self.validated = True
         if self.state is ReceiverState.AWAITING_META:
-            return self._await_meta(packet, now)
+            if not self._on_meta(meta, now):
+                return
+            replay, self._pending_packets = self._pending_packets, []
+            self.pending_bytes = 0
+            self._begin(now)
+            for kept in replay:
+                self._dispatch(kept, now, 0)
+        elif self.state is ReceiverState.PROBATION:
+            self._begin(now)
+        self._hello_wanted = meta.sent_ns
+
+    def open_unvalidated(self, meta: Meta, now: float) -> bool:
+        """A blast META without a token: wait on probation for the sender to follow it up."""
+        if self.state is not ReceiverState.AWAITING_META:
+            return self._on_repeated_meta(meta)
+        if not self._on_meta(meta, now):
+            return True
+        replay, self._pending_packets = self._pending_packets, []
+        self.pending_bytes = 0
+        for kept in replay:
+            self._dispatch(kept, now, 0)
+        return True
+
+    def resume(self, chunks: Bitmap) -> None:
+        """The driver found these chunks verified on disk (a resumed transfer): hold them.
+
+        Called right after ``TransferStarted``, before any chunk of this session is stored.
+        """
+        if self.state is not ReceiverState.RECEIVING or chunks.size != self._chunk_count:
+            return
+        self._resumed = Bitmap.from_bytes(chunks.size, chunks.to_bytes())
+        self.held = Bitmap.from_bytes(chunks.size, chunks.to_bytes())
+        self.held_count = self.resumed = self.held.count()
+        gaps = self.held.missing_ranges()
+        self.contiguous = gaps[0][0] if gaps else self._chunk_count
+        if self.held_count == self._chunk_count:
+            self._all_held()
+
+    def hash_computed(self, digest: bytes, now: float) -> None:
+        """The driver's SHA-256 of the stored file, after ``VerifyRequested``."""
+        if self.state is not ReceiverState.VERIFYING or self.meta is None:
+            return
+        self.sha256_actual = digest
+        if digest == self.meta.sha256:
+            self.verdict = Verdict.VERIFIED
+            self._end(now, "complete", "")
+        else:
+            self.verdict = Verdict.MISMATCH
+            self._end(now, "mismatch", "SHA-256 of the received file does not match")
+        self._send_done(self._last_sent_ns, now)
+
+    def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
+        """Feedback datagrams waiting to go to the peer.
+
+        A wanted STATUS is encoded here, at send time, so that it reports how long the
+        datagram it answers was held on our side (socket queue and processing).
+        """
+        out, self._outgoing = self._outgoing, []
+        if self._hello_wanted is not None and self.state is not ReceiverState.AWAITING_META:
+            out.insert(0, self._hello(self._hello_wanted, now or self.last_heard))
+            self._hello_wanted = None
+            if self.resumed and not self._have_sent:
+                self._have_sent = True
+                out[1:1] = self._haves(now or self.last_heard)
+        if self._status_wanted is not None:
+            echo_ns, arrived, created = self._status_wanted
+            self._status_wanted = None
+            held_s = (now if now is not None else created) - arrived
+            status = Status(
+                self.session_id,
+                echo_ns,
+                self._highest_tx,
+                self.held_count,
+                self.window,
+                _ns(created),
+                self.data_received,
+                min(max(int(held_s * 1e9), 0), 0xFFFFFFFF),
+                self._next_pn(),
+            )
+            out.append(encode(status, self.seal))
+        return out
+
+    @property
+    def has_outgoing(self) -> bool:
+        """True when feedback waits to be sent."""
+        return (
+            bool(self._outgoing)
+            or self._status_wanted is not None
+            or (self._hello_wanted is not None and self.state is not ReceiverState.AWAITING_META)
+        )
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must run next."""
+        if self.state is ReceiverState.CLOSED or self.state is ReceiverState.VERIFYING:
+            return None
+        if self.state is ReceiverState.FINISHED:
+            return self.last_heard + self.config.linger_s
+        if self.state is ReceiverState.AWAITING_META or self.state is ReceiverState.PROBATION:
+            return self.last_heard + min(self.config.idle_timeout_s, 5.0)
+        deadline = self.last_heard + self.config.idle_timeout_s
+        if self._end_seen_at is not None and self.meta is not None and self.meta.mode is Mode.BLAST:
+            deadline = min(deadline, self._end_seen_at + self.config.blast_grace_s)
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        """Idle timeout, blast-mode grace after END, end of lingering."""
+        state = self.state
+        if state is ReceiverState.FINISHED:
+            if now >= self.last_heard + self.config.linger_s:
+                self.state = ReceiverState.CLOSED
+            return
+        if state is ReceiverState.AWAITING_META or state is ReceiverState.PROBATION:
+            timer = self.get_timer()
+            if timer is not None and now >= timer:
+                self.state = ReceiverState.CLOSED  # never a transfer: nothing was created
+            return
+        if state is not ReceiverState.RECEIVING:
+            return
+        if now >= self.last_heard + self.config.idle_timeout_s:
+            self._end(now, "timeout", f"sender silent for {self.config.idle_timeout_s:g} s")
+            self._queue(Abort(self.session_id, AbortCode.TIMEOUT, "receiver timed out", _ns(now)))
+        elif (
+            self._end_seen_at is not None
+            and self.meta is not None
+            and self.meta.mode is Mode.BLAST
+            and now >= self._end_seen_at + self.config.blast_grace_s
+        ):
+            self._finish_blast(now)
+
+    def close(self, now: float, reason: str, *, tell: bool = True) -> None:
+        """The receiver is shutting down (or the file failed): end the transfer as aborted."""
+        if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:
+            self._end(now, "aborted", reason)
+            if tell:
+                self._queue(Abort(self.session_id, AbortCode.CANCELLED, reason, _ns(now)))
+        self.state = ReceiverState.CLOSED
+
+    def supersede(self, now: float) -> None:
+        """The same sender started this file again (a resume): end this session quietly."""
+        if self.state is ReceiverState.RECEIVING:
+            self._end(now, "aborted", "superseded by a new transfer of the same file")
+        self.state = ReceiverState.CLOSED
+
+    def refuse(self, reason: str, now: float, code: AbortCode = AbortCode.REFUSED) -> None:
+        """Turn the sender away before anything was created (limits, too many transfers)."""
+        self.refusal = reason
+        self.state = ReceiverState.CLOSED
+        self._queue(Abort(self.session_id, code, reason, _ns(now)))
+
+    # -- views for reports ---------------------------------------------------------------
+
+    @property
+    def chunk_size(self) -> int:
+        """Bytes per chunk of this transfer (0 before META)."""
+        return self._chunk_size
+
+    @property
+    def is_transfer(self) -> bool:
+        """True once valid metadata started a transfer."""
+        return self.started
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk is held."""
+        return self.meta is not None and self.held_count == self.meta.chunk_count
+
+    @property
+    def state_bytes(self) -> int:
+        """Memory of this session's chunk maps."""
+        return len(self.held.bits) + len(self.first_pass.bits)
+
+    @property
+    def not_sent(self) -> int:
+        """Chunks missing that the sender never sent (an interrupted transfer)."""
+        if self.meta is None or self.complete:
+            return 0
+        missing_beyond = self._chunk_count - self.sent_upto
+        if missing_beyond <= 0:
+            return 0
+        return missing_beyond - self._held_from(self.sent_upto)
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """Chunks missing now, as inclusive ranges."""
+        return self.held.missing_ranges()
+
+    def first_pass_gaps(self) -> list[tuple[int, int]]:
+        """Chunks sent on the first pass whose first transmission never arrived (chunks held
+        from an earlier, resumed transfer were not sent and are not gaps)."""
+        if self._resumed is not None:
+            flags = self.first_pass.flags() | self._resumed.flags()
+            return missing_ranges(flags[: self.sent_upto])
+        return self.first_pass.missing_ranges(self.sent_upto)
+
+    def _held_from(self, start: int) -> int:
+        return int(self.held.flags()[start:].sum())
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def _dispatch(self, packet: Packet, now: float, size: int) -> bool:
+        if self.state is ReceiverState.AWAITING_META:
+            return self._await_meta(packet, size)
         if self.state is ReceiverState.PROBATION:
             if isinstance(packet, Meta):
                 return self._on_repeated_meta(packet)
@@ -196,159 +432,31 @@ class ReceiverSession:
             case Meta():
                 return self._on_repeated_meta(packet)
             case Abort():
-                if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:
-                    self._end(now, "aborted", f"sender aborted: {packet.reason}")
+                self._on_abort(packet, now)
                 return True
         return False
 
-    def hash_computed(self, digest: bytes, now: float) -> None:
-        """The driver's SHA-256 of the stored file, after ``VerifyRequested``."""
-        if self.state is not ReceiverState.VERIFYING or self.meta is None:
-            return
-        self.sha256_actual = digest
-        if digest == self.meta.sha256:
-            self.verdict = Verdict.VERIFIED
-            self._end(now, "complete", "")
-        else:
-            self.verdict = Verdict.MISMATCH
-            self._end(now, "mismatch", "SHA-256 of the received file does not match")
-        self._send_done(self._last_sent_ns, now)
-
-    def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
-        """Feedback datagrams waiting to go to the peer.
-
-        A wanted STATUS is encoded here, at send time, so that it reports how long the
-        datagram it answers was held on our side (socket queue and processing).
-        """
-        out, self._outgoing = self._outgoing, []
-        if self._status_wanted is not None:
-            echo_ns, arrived, created = self._status_wanted
-            self._status_wanted = None
-            held_s = (now if now is not None else created) - arrived
-            status = Status(
-                self.session_id,
-                echo_ns,
-                self._highest_tx,
-                self.held_count,
-                self.window,
-                _ns(created),
-                self.data_received,
-                min(max(int(held_s * 1e9), 0), 0xFFFFFFFF),
+    def _await_meta(self, packet: Packet, size: int) -> bool:
+        if not isinstance(packet, Data | End | Abort):
+            return False
+        if self.pending_bytes + size > self.config.max_pending_bytes:
+            return False
+        if isinstance(packet, Data):
+            packet = Data(
+                packet.session,
+                packet.index,
+                packet.tx,
+                bytes(packet.payload),
+                packet.pass_no,
+                packet.flags,
+                packet.sent_ns,
             )
-            out.append(encode(status))
-        return out
+        self.pending_bytes += size
+        self._pending_packets.append(packet)
+        return True
 
-    @property
-    def has_outgoing(self) -> bool:
-        """True when feedback waits to be sent."""
-        return bool(self._outgoing) or self._status_wanted is not None
-
-    def get_timer(self) -> float | None:
-        """When ``handle_timer`` must run next."""
-        if self.state is ReceiverState.CLOSED or self.state is ReceiverState.VERIFYING:
-            return None
-        if self.state is ReceiverState.FINISHED:
-            return self.last_heard + self.config.linger_s
-        deadline = self.last_heard + self.config.idle_timeout_s
-        if self._end_seen_at is not None and self.meta is not None and self.meta.mode is Mode.BLAST:
-            deadline = min(deadline, self._end_seen_at + self.config.blast_grace_s)
-        return deadline
-
-    def handle_timer(self, now: float) -> None:
-        """Idle timeout, blast-mode grace after END, end of lingering."""
-        state = self.state
-        if state is ReceiverState.FINISHED:
-            if now >= self.last_heard + self.config.linger_s:
-                self.state = ReceiverState.CLOSED
-            return
-        if state is ReceiverState.AWAITING_META or state is ReceiverState.PROBATION:
-            timer = self.get_timer()
-            if timer is not None and now >= timer:
-                self.state = ReceiverState.CLOSED  # never a transfer: nothing was created
-            return
-        if state is not ReceiverState.RECEIVING:
-            return
-        if now >= self.last_heard + self.config.idle_timeout_s:
-            self._end(now, "timeout", f"sender silent for {self.config.idle_timeout_s:g} s")
-            self._outgoing.append(
-                encode(Abort(self.session_id, AbortCode.TIMEOUT, "receiver timed out", _ns(now)))
-            )
-        elif (
-            self._end_seen_at is not None
-            and self.meta is not None
-            and self.meta.mode is Mode.BLAST
-            and now >= self._end_seen_at + self.config.blast_grace_s
-        ):
-            self._finish_blast(now)
-
-    def close(self, now: float, reason: str) -> None:
-        """The receiver is shutting down: end the transfer as aborted and tell the sender."""
-        if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:
-            self._end(now, "aborted", reason)
-            self._outgoing.append(
-                encode(Abort(self.session_id, AbortCode.CANCELLED, reason, _ns(now)))
-            )
-        self.state = ReceiverState.CLOSED
-
-    def refuse(self, reason: str, now: float) -> None:
-        """Turn the sender away before anything was created (limits, too many transfers)."""
-        self.refusal = reason
-        self.state = ReceiverState.CLOSED
-        self._outgoing.append(encode(Abort(self.session_id, AbortCode.REFUSED, reason, _ns(now))))
-
-    # -- views for reports ---------------------------------------------------------------
-
-    @property
-    def chunk_size(self) -> int:
-        """Bytes per chunk of this transfer (0 before META)."""
-        return self._chunk_size
-
-    @property
-    def is_transfer(self) -> bool:
-        """True once valid metadata, followed up by the sender, started a transfer."""
-        return self.started
-
-    @property
-    def complete(self) -> bool:
-        """Every chunk is held."""
-        return self.meta is not None and self.held_count == self.meta.chunk_count
-
-    def gaps(self) -> list[tuple[int, int]]:
-        """Chunks missing now, as inclusive ranges."""
-        return missing_ranges(self.held)
-
-    def first_pass_gaps(self) -> list[tuple[int, int]]:
-        """Chunks whose first transmission never arrived, as inclusive ranges."""
-        return missing_ranges(self.first_pass)
-
-    # -- transitions ---------------------------------------------------------------------
-
-    def _await_meta(self, packet: Packet, now: float) -> bool:
-        if isinstance(packet, Meta):
-            self._on_meta(packet, now)
-            replay, self._pending_packets = self._pending_packets, []
-            for kept in replay:
-                self._dispatch(kept, now)  # counted when they arrived
-            return True
-        if isinstance(packet, Data | End | Abort):
-            if len(self._pending_packets) >= self.config.max_pending_datagrams:
-                return False
-            if isinstance(packet, Data):
-                packet = Data(
-                    packet.session,
-                    packet.index,
-                    packet.tx,
-                    bytes(packet.payload),
-                    packet.pass_no,
-                    packet.flags,
-                    packet.sent_ns,
-                )
-            self._pending_packets.append(packet)
-            return True
-        return False
-
-    def _on_meta(self, meta: Meta, now: float) -> None:
-        """The first META: refuse it, or wait on probation for the sender to follow it up."""
+    def _on_meta(self, meta: Meta, now: float) -> bool:
+        """The first META: refuse it, or keep it (probation until validated or followed up)."""
         limit = self.config.max_file_bytes
         refusal = ""
         if limit is not None and meta.size > limit:
@@ -360,17 +468,19 @@ class ReceiverSession:
             )
         if refusal:
             self.refuse(refusal, now)
-            return
+            return False
         self.meta = meta
+        self._stamp_origin = meta.sent_ns
         self.state = ReceiverState.PROBATION
         per_datagram = meta.chunk_size + HEADER_BYTES + _BUFFER_OVERHEAD_BYTES
         self.window = max(
             8, min(self.config.max_window, self.config.buffer_bytes // 2 // per_datagram)
         )
-        self._send_status(meta.sent_ns, now)  # opens the sender's window
+        self._send_status(meta.sent_ns, now)  # opens a blast sender's window
+        return True
 
     def _begin(self, now: float) -> None:
-        """Promote from probation: the transfer starts, the driver creates its file."""
+        """The transfer starts: the driver creates (or resumes) its file."""
         meta = self.meta
         assert meta is not None
         self.started = True
@@ -379,24 +489,35 @@ class ReceiverSession:
         self._chunk_size = meta.chunk_size
         self._chunk_count = meta.chunk_count
         self._last_len = meta.size - (meta.chunk_count - 1) * meta.chunk_size
-        self.held = bytearray(meta.chunk_count)
-        self.first_pass = bytearray(meta.chunk_count)
+        self.held = Bitmap(meta.chunk_count)
+        self.first_pass = Bitmap(meta.chunk_count)
         self._events.emit(self, TransferStarted(meta))
         if meta.chunk_count == 0:
             self._all_held()
 
     def _on_repeated_meta(self, meta: Meta) -> bool:
         current = self.meta
-        if current is None or (meta.name, meta.size, meta.chunk_size, meta.sha256, meta.mode) != (
+        if current is None or (
+            meta.name,
+            meta.size,
+            meta.chunk_size,
+            meta.sha256,
+            meta.mode,
+            meta.nonce,
+        ) != (
             current.name,
             current.size,
             current.chunk_size,
             current.sha256,
             current.mode,
+            current.nonce,
         ):
             return False
         if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.PROBATION:
-            self._send_status(meta.sent_ns, self.last_heard)
+            if self.validated:
+                self._hello_wanted = meta.sent_ns  # the HELLO may have been lost
+            else:
+                self._send_status(meta.sent_ns, self.last_heard)
         return True
 
     def on_data(
@@ -415,12 +536,15 @@ class ReceiverSession:
         Returns False when the chunk has no place in this file.
         """
         count = self._chunk_count
-        if index >= count or len(payload) != (
-            self._chunk_size if index < count - 1 else self._last_len
+        if (
+            index >= count
+            or len(payload) != (self._chunk_size if index < count - 1 else self._last_len)
+            or abs(sent_ns - self._stamp_origin) > MAX_STAMP_SPREAD_NS
         ):
             return False
         self.last_heard = now
         self.data_received += 1
+        self.bytes_in_round += len(payload)
         held = self.held
         duplicate = held[index]
         if self.trace is not None:
@@ -438,11 +562,13 @@ class ReceiverSession:
         if flags & _RESENT:
             self.retransmitted += 1
         else:
-            self.first_pass[index] = 1
+            self.first_pass.set(index)
+            if index >= self.sent_upto:
+                self.sent_upto = index + 1
         if duplicate:
             self.duplicates += 1
         elif self.state is ReceiverState.RECEIVING:
-            held[index] = 1
+            held.set(index)
             self.held_count += 1
             self.last_data_at = now
             self._store(self, index * self._chunk_size, payload)
@@ -457,9 +583,16 @@ class ReceiverSession:
             self._send_status(sent_ns, now, queued_s)
         return True
 
+    def _on_abort(self, abort: Abort, now: float) -> None:
+        if self.meta is not None:
+            self.sent_upto = max(self.sent_upto, min(abort.chunks_sent, self._chunk_count))
+        if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:
+            self._end(now, "aborted", f"sender aborted: {abort.reason}")
+
     def _on_end(self, end: End, now: float) -> None:
         self._last_sent_ns = end.sent_ns
-        self.tx_sent = max(self.tx_sent, end.tx_sent)
+        self.tx_sent = max(self.tx_sent, min(end.tx_sent, self._highest_tx + 1 + (1 << 32)))
+        self.sent_upto = max(self.sent_upto, min(end.chunks_sent, self._chunk_count))
         if self._end_seen_at is None:
             self._end_seen_at = now
         if self.state is ReceiverState.FINISHED:
@@ -474,17 +607,42 @@ class ReceiverSession:
             return
         if self.meta.mode is Mode.BLAST:
             return  # the grace timer finishes the transfer
-        self.rounds = max(self.rounds, end.round)
-        ranges = self.gaps()
+        self.rounds = max(self.rounds, min(end.round, self.rounds + 1))
+        self._send_nacks(end, now)
+
+    def _send_nacks(self, end: End, now: float) -> None:
+        """Answer an END with the missing ranges, within the round's byte budget.
+
+        What a round's NACKs may weigh is bounded by what the sender sent in it (three times
+        the bytes received since the previous answer, and at least one datagram), so an END
+        never draws more than the sender itself put on the wire.
+        """
+        round_no, spent = self._answered_round
+        if round_no != end.round:
+            round_no, spent = end.round, 0
+        budget = 3 * self.bytes_in_round - spent
+        self.bytes_in_round = 0
         limit = self.config.max_nack_datagrams
         sent = 0
-        for part in batched(ranges, MAX_NACK_RANGES):
-            if sent == limit:
+        for part in batched(self.gaps(), MAX_NACK_RANGES):
+            if sent == limit or (sent and budget <= 0):
                 break  # the rest waits for the next round
-            self._outgoing.append(
-                encode(Nack(self.session_id, end.round, end.sent_ns, tuple(part), _ns(now)))
+            datagram = encode(
+                Nack(
+                    self.session_id,
+                    end.round,
+                    end.sent_ns,
+                    tuple(part),
+                    _ns(now),
+                    pn=self._next_pn(),
+                ),
+                self.seal,
             )
+            self._outgoing.append(datagram)
+            budget -= len(datagram)
+            spent += len(datagram)
             sent += 1
+        self._answered_round = (round_no, spent)
         self.nacks_sent += sent
         self._events.emit(self, NackSent(end.round, self._chunk_count - self.held_count))
 
@@ -514,15 +672,56 @@ class ReceiverSession:
     def _send_done(self, echo_ns: int, now: float) -> None:
         if self.verdict is None:
             return
-        done = Done(
-            self.session_id,
-            self.verdict,
-            self.held_count,
-            self.sha256_actual or bytes(32),
-            echo_ns,
-            _ns(now),
+        self._queue(
+            Done(
+                self.session_id,
+                self.verdict,
+                self.held_count,
+                self.sha256_actual or bytes(32),
+                echo_ns,
+                _ns(now),
+            )
         )
-        self._outgoing.append(encode(done))
+
+    def _hello(self, echo_ns: int, now: float) -> bytes:
+        flags = HelloFlags.ACCEPTED | (HelloFlags.RESUMING if self.resumed else HelloFlags.NONE)
+        hello = Hello(
+            self.session_id,
+            flags,
+            echo_ns,
+            self.window,
+            self.resumed,
+            nonce=self.nonce,
+            sent_ns=_ns(now),
+            pn=self._next_pn(),
+        )
+        # The HELLO goes out under the handshake seal; later datagrams under the session's.
+        return encode(hello, self.handshake_seal)
+
+    def _haves(self, now: float) -> list[bytes]:
+        """HAVE datagrams listing the chunks found on disk (at most ``MAX_HAVE_DATAGRAMS``:
+        what does not fit is sent again by the sender and counted as duplicates)."""
+        if self._resumed is None:
+            return []
+        held = missing_ranges(1 - self._resumed.flags())
+        out: list[bytes] = []
+        for part in batched(held, MAX_NACK_RANGES):
+            if len(out) == MAX_HAVE_DATAGRAMS:
+                break
+            have = Have(self.session_id, tuple(part), 0, _ns(now), self._next_pn())
+            out.append(encode(have, self.seal))
+        return out
+
+    def _queue(self, packet: Abort | Done) -> None:
+        self._outgoing.append(encode(_with_pn(packet, self._next_pn()), self.seal))
+
+    def _next_pn(self) -> int:
+        self._pn += 1
+        return self._pn
+
+
+def _with_pn(packet: Abort | Done, pn: int) -> Abort | Done:
+    return dataclasses.replace(packet, pn=pn)
 
 
 def _ns(now: float) -> int:

@@ -16,37 +16,59 @@ buffer never overflows on a clean path.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum, auto
 
-from udpxfer.errors import MalformedPacket, UsageError
+from udpxfer.errors import AuthenticationFailed, MalformedPacket, UsageError
 from udpxfer.events import Event, RepairRequested, TransferEnded
 from udpxfer.pacing import DelayWindow, Pacer, RttEstimator
-from udpxfer.ranges import iter_indexes
+from udpxfer.ranges import RangeQueue, clamp_ranges
 from udpxfer.wire import (
+    CRC,
     DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
+    MAX_PN,
+    MAX_RANGES,
+    NONCE_BYTES,
     SHA256_BYTES,
+    TOKEN_BYTES,
     Abort,
     AbortCode,
     Done,
     End,
     Flags,
+    Have,
+    Hello,
+    HelloFlags,
     Meta,
     Mode,
     Nack,
+    Packet,
+    RangeKind,
+    Seal,
     Status,
     Verdict,
+    block_chunks_for,
     chunk_count_for,
-    decode_untrusted,
+    decode_header_untrusted,
     encode,
     encode_data,
+    parse_header_untrusted,
 )
+
+# What a receiver says in an unauthenticated HELLO when keys do not match.
+_KEY_PROBLEMS = {
+    HelloFlags.NEED_KEY: "the receiver needs a key (--key-file)",
+    HelloFlags.NO_KEY: "the receiver has no key: it cannot take a keyed transfer",
+    HelloFlags.AUTH_FAILED: "authentication failed (wrong key?)",
+}
 
 
 class SenderState(Enum):
     """Where a sender session is; every transition happens in this module."""
 
+    HANDSHAKE = auto()  # META sent, waiting for the receiver's HELLO (reliable or keyed)
     SENDING = auto()  # first pass
     WAITING = auto()  # END sent, waiting for NACK or DONE
     REPAIRING = auto()  # resending chunks the receiver asked for
@@ -67,7 +89,9 @@ class SenderConfig:
     # A delay-based window (pacing.DelayWindow) on top of flow control, for unpaced sending;
     # with an explicit rate the user sets the pace (its slow growth would cap long fat paths).
     congestion_control: bool = True
-    give_up_s: float = 10.0  # silence from the receiver after which a reliable send fails
+    give_up_s: float = 20.0  # silence from the receiver after which a reliable send fails
+    refused_give_up_s: float = 3.0  # the same before any answer, when ICMP says nobody listens
+    auth_give_up_s: float = 1.0  # a key mismatch notice, and no authenticated answer since
     meta_copies: int = 3  # META copies sent before the first chunk
     meta_every: int = 256  # and one more every so many chunks until the receiver reports
     end_copies: int = 3  # blast mode: END copies, spaced by end_spacing_s
@@ -99,6 +123,8 @@ class SenderSession:
         session_id: int,
         now: float,
         config: SenderConfig | None = None,
+        mtime_ns: int = 0,
+        keying: SenderKeying | None = None,
     ) -> None:
         self.config = config or SenderConfig()
         if len(sha256) != SHA256_BYTES:
@@ -109,10 +135,32 @@ class SenderSession:
         self.chunk_count = chunk_count_for(self.size, self.chunk_size)
         self.session_id = session_id
         self.mode = self.config.mode
+        self.keying = keying
         self.meta = Meta(
-            session_id, name, self.size, self.chunk_size, self.chunk_count, sha256, self.mode
+            session_id,
+            name,
+            self.size,
+            self.chunk_size,
+            self.chunk_count,
+            sha256,
+            self.mode,
+            block_chunks=block_chunks_for(self.chunk_count, self.chunk_size),
+            mtime_ns=mtime_ns,
+            nonce=keying.nonce if keying is not None else bytes(NONCE_BYTES),
         )
-        self.state = SenderState.SENDING
+        self._handshake_seal: Seal = keying.handshake_seal() if keying is not None else CRC
+        self._seal: Seal = self._handshake_seal
+        self._token = bytes(TOKEN_BYTES)
+        self._accepted = False  # the receiver's HELLO said the transfer is on
+        self._receiver_nonce: bytes | None = None
+        self._key_problem: tuple[str, float] | None = None
+        self.refused_by_network = False  # the driver saw ICMP port unreachable
+        self.resumed = 0  # chunks the receiver already held (HAVE)
+        self._first = RangeQueue(self.chunk_count)
+        if self.chunk_count:
+            self._first.add(0, self.chunk_count - 1)
+        self._handshake = self.mode is Mode.RELIABLE or keying is not None
+        self.state = SenderState.HANDSHAKE if self._handshake else SenderState.SENDING
         self.started_at = now
         self.finished_at: float | None = None
         self.sent_all_at: float | None = None  # when the first pass was all sent
@@ -120,11 +168,11 @@ class SenderSession:
         self.verdict: Verdict | None = None
         self.receiver_sha256: bytes | None = None
 
-        self._next_index = 0  # next chunk of the first pass
+        self._next_index = 0  # the first pass has covered chunks [0, _next_index)
         self._tx = 0  # next transmission number
+        self._pn = 0  # control packet number
         self._round = 0  # round of the last END sent
-        self._repair: collections.deque[int] = collections.deque()
-        self._asked_this_round: set[int] = set()
+        self._repair = RangeQueue(self.chunk_count)
         self._pending: list[bytes] = []  # control datagrams to send first
         self._events: collections.deque[Event] = collections.deque()
 
@@ -145,6 +193,7 @@ class SenderSession:
         self._probing = False
         self._last_heard = now
         self._end_at: float | None = None  # next END (re)transmission
+        self._meta_at: float | None = now if self._handshake else None  # next META retry
         self._ends_left = 0
         self._verdict_deadline: float | None = None
         self._pacer = Pacer(self.config.rate_bps, now)
@@ -155,10 +204,13 @@ class SenderSession:
         self.chunks_resent = 0
         self.repair_rounds = 0
         self.rejected = 0
+        self.unauthenticated = 0  # datagrams that failed authentication (keyed mode)
         self.acked_held = 0  # chunks the receiver last said it holds
 
-        for copy in range(self.config.meta_copies):
+        for copy in range(1 if self._handshake else self.config.meta_copies):
             self._queue_control(self._meta(copy, now))
+        if self._meta_at is not None:
+            self._meta_at = now + self._handshake_interval()
 
     # -- the sans-IO interface -------------------------------------------------------------
 
@@ -193,46 +245,21 @@ class SenderSession:
         ``queued_s`` is how long it waited in our own socket before this call (kernel
         timestamps), left out of the congestion controller's round-trip samples.
         """
-        try:
-            packet = decode_untrusted(data)
-        except MalformedPacket:
-            self.rejected += 1
+        packet = self._decode(data, now)
+        if packet is None:
             return
         if packet.session != self.session_id or self.state is SenderState.FAILED:
             self.rejected += 1
             return
         match packet:
+            case Hello():
+                self._on_hello(packet, now)
             case Status():
-                self._on_feedback(now, packet.echo_ns)
-                self.acked_held = max(self.acked_held, packet.held)
-                acked = lost = 0
-                if packet.received >= self._reported_received:
-                    # Datagrams the receiver's tx count passed minus those it received since
-                    # the previous report: a (reordering-tolerant) loss signal.
-                    lost = (packet.highest_tx - self._reported_highest) - (
-                        packet.received - self._reported_received
-                    )
-                    self._reported_received = packet.received
-                    self._reported_highest = max(self._reported_highest, packet.highest_tx)
-                if packet.highest_tx > self._highest_acked:
-                    highest = min(packet.highest_tx, self._tx - 1)
-                    acked = highest - self._highest_acked
-                    self._highest_acked = highest
-                self._advertised = max(1, min(packet.window, self.config.max_window))
-                if self._congestion is not None:
-                    if packet.echo_ns:
-                        # Queueing in the receiver's own socket is flow control's business
-                        # (its advertised window), not the network's: leave it out.
-                        left = self._left_at.pop(packet.echo_ns, packet.echo_ns / 1e9)
-                        rtt = now - left - packet.queued_ns / 1e9 - queued_s
-                        self._congestion.on_ack(acked, rtt)
-                    if lost > 0 and now >= self._next_cut:
-                        self._congestion.on_loss()  # it judges with the sample just taken
-                        self._next_cut = now + (self.rtt.srtt_s or 0.0)
-                    self._window = self._congestion.limit(self._advertised)
-                else:
-                    self._window = self._advertised
-                self._probe_at = None
+                if self.state is SenderState.HANDSHAKE:
+                    return  # a blast-probation STATUS: the HELLO decides
+                self._on_status(packet, now, queued_s)
+            case Have():
+                self._on_have(packet, now)
             case Nack():
                 self._on_feedback(now, packet.echo_ns)
                 self._on_nack(packet, now)
@@ -241,17 +268,132 @@ class SenderSession:
                 self._on_done(packet, now)
             case Abort():
                 self._last_heard = now
-                self._finish(now, "aborted", f"receiver aborted: {packet.reason}", fail=True)
+                if packet.code is AbortCode.BUSY:
+                    reason = packet.reason or "receiver busy"
+                else:
+                    reason = f"receiver aborted: {packet.reason}"
+                self._finish(
+                    now, "refused" if packet.code in _REFUSALS else "aborted", reason, fail=True
+                )
             case _:
                 self.rejected += 1
+
+    def _decode(self, data: bytes | bytearray | memoryview, now: float) -> Packet | None:
+        """Decode with the seal the packet type calls for; None (counted) when it fails."""
+        try:
+            header = parse_header_untrusted(data)
+            seal = self._handshake_seal if header.ptype == int(_HELLO) else self._seal
+            return decode_header_untrusted(header, seal)
+        except AuthenticationFailed:
+            self.unauthenticated += 1
+            self._key_notice(data, now)
+            return None
+        except MalformedPacket:
+            if self.keying is None:
+                self._key_notice(data, now)
+            self.rejected += 1
+            return None
+
+    def _key_notice(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """An unauthenticated HELLO saying the keys do not match: believed only if no
+        authenticated answer comes within ``auth_give_up_s`` (a forger cannot stop a
+        transfer that is under way)."""
+        try:
+            packet = decode_header_untrusted(parse_header_untrusted(data), CRC)
+        except MalformedPacket:
+            return
+        if not isinstance(packet, Hello) or packet.session != self.session_id or self._accepted:
+            return
+        for flag, reason in _KEY_PROBLEMS.items():
+            if packet.flags & flag and self._key_problem is None:
+                self._key_problem = (reason, now + self.config.auth_give_up_s)
+
+    def _on_hello(self, hello: Hello, now: float) -> None:
+        self._last_heard = now
+        if hello.flags & HelloFlags.RETRY and any(hello.token):
+            if hello.token != self._token:
+                self._token = hello.token
+                self._queue_control(self._meta(0, now))  # echo it at once
+            return
+        if not hello.flags & HelloFlags.ACCEPTED:
+            return
+        self._key_problem = None
+        if hello.echo_ns:
+            self.rtt.sample(now - hello.echo_ns / 1e9)
+        if self.keying is not None and hello.nonce != self._receiver_nonce:
+            self._seal = self.keying.session_seal(hello.nonce)
+        restarted = self._accepted and hello.nonce != self._receiver_nonce
+        self._receiver_nonce = hello.nonce
+        self._accepted = True
+        self._feedback = True
+        self._advertised = max(
+            1, min(hello.window or self.config.initial_window, self.config.max_window)
+        )
+        self._window = (
+            self._advertised if self._congestion is None else min(self._window, self._advertised)
+        )
+        if restarted:
+            self._highest_acked = self._tx - 1  # what the old receiver had in flight is gone
+            self._reported_received, self._reported_highest = 0, self._tx - 1
+        if self.state is SenderState.HANDSHAKE:
+            self.state = SenderState.SENDING
+            self._meta_at = None
+
+    def _on_have(self, have: Have, now: float) -> None:
+        """Chunks the receiver already holds from an earlier transfer: not sent again."""
+        if not self._accepted:
+            return
+        self._last_heard = now
+        for first, last in clamp_ranges(have.ranges, self.chunk_count, limit=MAX_RANGES):
+            before = self._first.length
+            self._first.discard(first, last)
+            self.resumed += before - self._first.length
+
+    def _on_status(self, packet: Status, now: float, queued_s: float) -> None:
+        self._on_feedback(now, packet.echo_ns)
+        self.acked_held = max(self.acked_held, min(packet.held, self.chunk_count))
+        acked = lost = 0
+        highest_tx = min(packet.highest_tx, self._tx - 1)
+        if packet.received >= self._reported_received:
+            # Datagrams the receiver's tx count passed minus those it received since
+            # the previous report: a (reordering-tolerant) loss signal.
+            lost = (highest_tx - self._reported_highest) - (
+                packet.received - self._reported_received
+            )
+            self._reported_received = packet.received
+            self._reported_highest = max(self._reported_highest, highest_tx)
+        if highest_tx > self._highest_acked:
+            acked = highest_tx - self._highest_acked
+            self._highest_acked = highest_tx
+        self._advertised = max(1, min(packet.window, self.config.max_window))
+        if self._congestion is not None:
+            if packet.echo_ns:
+                # Queueing in the receiver's own socket is flow control's business
+                # (its advertised window), not the network's: leave it out.
+                left = self._left_at.pop(packet.echo_ns, packet.echo_ns / 1e9)
+                rtt = now - left - packet.queued_ns / 1e9 - queued_s
+                self._congestion.on_ack(acked, rtt)
+            if lost > 0 and now >= self._next_cut:
+                self._congestion.on_loss()  # it judges with the sample just taken
+                self._next_cut = now + (self.rtt.srtt_s or 0.0)
+            self._window = self._congestion.limit(self._advertised)
+        else:
+            self._window = self._advertised
+        self._probe_at = None
 
     def get_timer(self) -> float | None:
         """The next time ``handle_timer`` must run, or None."""
         if self.state is SenderState.DONE or self.state is SenderState.FAILED:
             return None
-        deadlines = [t for t in (self._end_at, self._verdict_deadline) if t is not None]
-        if self.state is not SenderState.CLOSING and self.mode is Mode.RELIABLE:
-            deadlines.append(self._last_heard + self.config.give_up_s)
+        deadlines = [
+            t for t in (self._end_at, self._verdict_deadline, self._meta_at) if t is not None
+        ]
+        if self.state is not SenderState.CLOSING and (
+            self.mode is Mode.RELIABLE or self.state is SenderState.HANDSHAKE
+        ):
+            deadlines.append(self._give_up_at())
+        if self._key_problem is not None:
+            deadlines.append(self._key_problem[1])
         if self.mode is Mode.BLAST and not self._feedback and not self._open_loop:
             deadlines.append(self.started_at + self.config.open_loop_after_s)
         if self._has_data_to_send():
@@ -266,19 +408,25 @@ class SenderSession:
         """Run whatever timer is due: END retransmission, give-up, open loop, verdict wait."""
         if self.state is SenderState.DONE or self.state is SenderState.FAILED:
             return
+        if self._key_problem is not None and now >= self._key_problem[1]:
+            self._finish(now, "unauthenticated", self._key_problem[0], fail=True)
+            return
         if (
-            self.mode is Mode.RELIABLE
+            (self.mode is Mode.RELIABLE or self.state is SenderState.HANDSHAKE)
             and self.state is not SenderState.CLOSING
-            and now >= self._last_heard + self.config.give_up_s
+            and now >= self._give_up_at()
         ):
             self._queue_control(self._abort(AbortCode.TIMEOUT, "sender gave up", now))
+            silent = now - self._last_heard
             self._finish(
-                now,
-                "timeout",
-                f"no answer from the receiver for {self.config.give_up_s:g} s",
-                fail=True,
+                now, "timeout", f"no answer from the receiver for {silent:.0f} s", fail=True
             )
             return
+        if self._meta_at is not None and now >= self._meta_at:
+            # Handshake: META again (with the token, once the receiver gave one).
+            self._queue_control(self._meta(1, now))
+            self.rtt.back_off()
+            self._meta_at = now + self._handshake_interval()
         if (
             self.mode is Mode.BLAST
             and not self._feedback
@@ -290,6 +438,15 @@ class SenderSession:
         if self._verdict_deadline is not None and now >= self._verdict_deadline:
             self._finish(now, "sent", "no verdict from the receiver")
 
+    def _give_up_at(self) -> float:
+        limit = self.config.give_up_s
+        if not self._accepted and not self._feedback and self.refused_by_network:
+            limit = min(limit, self.config.refused_give_up_s)
+        return self._last_heard + limit
+
+    def _handshake_interval(self) -> float:
+        return min(self.rtt.rto_s, 1.0)
+
     def next_event(self) -> Event | None:
         """The oldest event not yet taken, or None."""
         return self._events.popleft() if self._events else None
@@ -298,8 +455,8 @@ class SenderSession:
         """Stop now and tell the receiver (two ABORT copies)."""
         if self.state is SenderState.DONE or self.state is SenderState.FAILED:
             return
-        abort = self._abort(AbortCode.CANCELLED, reason, now)
-        self._pending.extend((abort, abort))
+        self._pending.append(self._abort(AbortCode.CANCELLED, reason, now))
+        self._pending.append(self._abort(AbortCode.CANCELLED, reason, now))
         self._finish(now, "aborted", reason, fail=True)
 
     def release(self) -> None:
@@ -317,8 +474,13 @@ class SenderSession:
 
     @property
     def first_pass_sent(self) -> int:
-        """Chunks of the first pass sent so far."""
+        """The first pass has covered chunks ``[0, first_pass_sent)`` (sent or held already)."""
         return self._next_index
+
+    @property
+    def accepted(self) -> bool:
+        """True once the receiver accepted the transfer (its HELLO arrived)."""
+        return self._accepted
 
     def _has_data_to_send(self) -> bool:
         if self.state is SenderState.SENDING:
@@ -336,7 +498,8 @@ class SenderSession:
             # or the other (a loss burst can swallow every datagram that would have asked for
             # feedback). Like TCP after a retransmission timeout, count it gone, halve the
             # window and go on; NACK rounds repair what was lost. Send META too while the
-            # receiver has not answered at all: it may have lost every copy.
+            # receiver has not answered at all: it may have lost every copy; and always once
+            # it has, since a receiver that was restarted knows this transfer only by it.
             self._highest_acked = self._tx - 1
             if self._congestion is not None:
                 self._congestion.on_timeout()
@@ -358,20 +521,17 @@ class SenderSession:
         repairing = self.state is SenderState.REPAIRING
         pass_no = self._round + 1 if repairing else 0
         flags = int(Flags.RESENT) if repairing else 0
+        queue = self._repair if repairing else self._first
+        seal = self._seal
         for _ in range(config.batch):
-            if repairing:
-                if not self._repair:
-                    self._end_pass(now)
-                    return
-                index = self._repair.popleft()
-            else:
-                if self._next_index >= self.chunk_count:
-                    self._end_pass(now)
-                    return
-                index = self._next_index
+            if not queue:
+                if not repairing:
+                    self._next_index = self.chunk_count
+                self._end_pass(now)
+                return
+            index = queue.pop()
             if not pacer.ready(now) or not self._window_open(now):
-                if repairing:
-                    self._repair.appendleft(index)
+                queue.push_front(index)
                 return
             tx = self._tx
             in_flight = tx - self._highest_acked
@@ -387,6 +547,7 @@ class SenderSession:
                 pass_no=pass_no,
                 flags=flags | int(Flags.ACK_REQUESTED) if ack else flags,
                 sent_ns=sent_ns,
+                seal=seal,
             )
             out.append(datagram)
             pacer.consume(len(datagram))
@@ -395,7 +556,7 @@ class SenderSession:
                 self.chunks_resent += 1
             else:
                 self._next_index = index + 1
-            if not self._feedback and (self._probing or self._tx % config.meta_every == 0):
+            if self._probing or (not self._feedback and self._tx % config.meta_every == 0):
                 out.append(self._meta(self._tx // config.meta_every, now))
             self._probing = False
 
@@ -404,7 +565,7 @@ class SenderSession:
             self.sent_all_at = now
         if self.state is SenderState.REPAIRING:
             self._round += 1
-            self._asked_this_round.clear()
+            self._repair.reset()
         if self.mode is Mode.BLAST:
             self.state = SenderState.CLOSING
             self._ends_left = self.config.end_copies
@@ -414,8 +575,15 @@ class SenderSession:
         self._send_end(now)
 
     def _send_end(self, now: float) -> None:
-        end = End(self.session_id, self._round, self._next_index, self._tx, int(now * 1e9))
-        self._queue_control(encode(end))
+        end = End(
+            self.session_id,
+            self._round,
+            self._next_index,
+            self._tx,
+            int(now * 1e9),
+            self._next_pn(),
+        )
+        self._queue_control(encode(end, self._seal))
         if self.mode is Mode.BLAST:
             self._ends_left -= 1
             if self._ends_left > 0:
@@ -440,13 +608,13 @@ class SenderSession:
             return  # stale: a later END will be answered with a fresh NACK
         if self.state is not SenderState.WAITING and self.state is not SenderState.REPAIRING:
             return
+        if nack.kind is not RangeKind.CHUNKS:
+            return  # manifest repair: not used by this sender
         added = 0
-        asked = self._asked_this_round
-        for index in iter_indexes(nack.ranges):
-            if index < self.chunk_count and index not in asked:
-                asked.add(index)
-                self._repair.append(index)
-                added += 1
+        # Clamped to the file, merged with what is queued or was resent this round: however
+        # large or repeated the ranges, the work is bounded by the file's own chunk count.
+        for first, last in clamp_ranges(nack.ranges, self.chunk_count, limit=MAX_RANGES):
+            added += self._repair.add(first, last)
         if added:
             if self.state is SenderState.WAITING:
                 self.state = SenderState.REPAIRING
@@ -483,20 +651,54 @@ class SenderSession:
         self._pending.append(datagram)
 
     def _meta(self, copy: int, now: float) -> bytes:
-        meta = self.meta
-        return encode(
-            Meta(
-                meta.session,
-                meta.name,
-                meta.size,
-                meta.chunk_size,
-                meta.chunk_count,
-                meta.sha256,
-                meta.mode,
-                copy,
-                int(now * 1e9),
-            )
+        meta = dataclasses.replace(
+            self.meta, copy=copy, sent_ns=int(now * 1e9), token=self._token, pn=self._next_pn()
         )
+        return encode(meta, self._handshake_seal)
 
     def _abort(self, code: AbortCode, reason: str, now: float) -> bytes:
-        return encode(Abort(self.session_id, code, reason, int(now * 1e9)))
+        abort = Abort(
+            self.session_id, code, reason, int(now * 1e9), self._next_index, self._next_pn()
+        )
+        return encode(abort, self._seal)
+
+    def _next_pn(self) -> int:
+        self._pn = min(self._pn + 1, MAX_PN)
+        return self._pn
+
+
+_HELLO = 8  # PacketType.HELLO
+_REFUSALS = (AbortCode.BUSY, AbortCode.REFUSED)
+
+
+class SenderKeying:
+    """Keyed mode on the sender: the pre-shared key, our nonce, and the seals they make."""
+
+    def __init__(self, psk: bytes, session_id: int, nonce: bytes, *, encrypt: bool = True) -> None:
+        from udpxfer.keyed import AeadSeal
+        from udpxfer.keys import Direction, PacketProtection
+
+        self.psk = psk
+        self.session_id = session_id
+        self.nonce = nonce
+        self.encrypt = encrypt
+        self._handshake = AeadSeal(
+            PacketProtection.handshake(psk, session_id, nonce),
+            Direction.TO_RECEIVER,
+            encrypt=False,
+        )
+
+    def handshake_seal(self) -> Seal:
+        """The seal of META and of the receiver's HELLO."""
+        return self._handshake
+
+    def session_seal(self, receiver_nonce: bytes) -> Seal:
+        """The seal of everything after the HELLO, from both nonces."""
+        from udpxfer.keyed import AeadSeal
+        from udpxfer.keys import Direction, PacketProtection
+
+        return AeadSeal(
+            PacketProtection.session(self.psk, self.session_id, self.nonce, receiver_nonce),
+            Direction.TO_RECEIVER,
+            encrypt=self.encrypt,
+        )
