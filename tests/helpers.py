@@ -273,3 +273,18 @@ class LossyRelay:
                     if target is not None:
                         out.sendto(data, target)
                         self.forwarded += 1
+
+
+def connect(
+    sender: SenderSession, endpoint: ReceiverEndpoint, now: float = 0.0, peer: object = PEER
+) -> ReceiverSession:
+    """Run the handshake in memory (META, HELLO with a token, META echoing it, HELLO
+    accepting it) and return the receiver's session; the sender's data starts after this."""
+    for _ in range(4):
+        for datagram in sender.datagrams_to_send(now):
+            endpoint.receive_datagram(datagram, peer, now)
+        for datagram, _peer in endpoint.datagrams_to_send(now):
+            sender.receive_datagram(datagram, now)
+        if sender.accepted:
+            return endpoint.sessions[(peer, sender.session_id)]
+    raise AssertionError("the handshake did not complete")

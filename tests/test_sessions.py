@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import replace
 
 import pytest
-from helpers import PEER, Link, drop_first_copies, drop_types, run_pair
+from helpers import PEER, Link, connect, drop_first_copies, drop_types, run_pair
 
 from udpxfer.endpoint import ReceiverEndpoint
 from udpxfer.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
@@ -15,6 +16,8 @@ from udpxfer.sender import SenderConfig, SenderSession, SenderState
 from udpxfer.wire import (
     Data,
     End,
+    Hello,
+    HelloFlags,
     Meta,
     Mode,
     Nack,
@@ -188,7 +191,8 @@ def test_receiver_times_out_when_the_sender_vanishes() -> None:
         payload(CHUNK * 10), name="x", sha256=bytes(32), session_id=9, now=0.0,
         config=RELIABLE,
     )  # fmt: skip
-    for datagram in sender.datagrams_to_send(0.0)[:5]:  # META copies and two chunks only
+    connect(sender, endpoint, 0.0)
+    for datagram in sender.datagrams_to_send(0.0)[:2]:  # two chunks only
         endpoint.receive_datagram(datagram, PEER, 0.0)
     assert endpoint.get_timer() == pytest.approx(2.0)
     endpoint.handle_timer(2.0)
@@ -225,6 +229,7 @@ def test_sender_abort_reaches_the_receiver() -> None:
     sender = SenderSession(
         payload(CHUNK * 10), name="x", sha256=bytes(32), session_id=9, now=0.0, config=RELIABLE
     )
+    connect(sender, endpoint, 0.0)
     for datagram in sender.datagrams_to_send(0.0)[:4]:
         endpoint.receive_datagram(datagram, PEER, 0.0)
     sender.abort("user pressed Ctrl-C", 0.1)
@@ -243,7 +248,7 @@ def test_data_before_meta_is_kept_and_replayed() -> None:
     data = payload(CHUNK * 3)
     sender = SenderSession(
         data, name="x", sha256=hashlib.sha256(data).digest(), session_id=5, now=0.0,
-        config=RELIABLE,
+        config=BLAST,
     )  # fmt: skip
     datagrams = sender.datagrams_to_send(0.0)
     metas = [d for d in datagrams if isinstance(decode_untrusted(d), Meta)]
@@ -285,7 +290,7 @@ def test_data_that_does_not_fit_the_file_is_rejected() -> None:
         config=RELIABLE,
     )  # fmt: skip
     endpoint = ReceiverEndpoint()
-    endpoint.receive_datagram(sender.datagrams_to_send(0.0)[0], PEER, 0.0)  # META
+    connect(sender, endpoint, 0.0)
     for bad in (
         Data(5, 3, 0, b"x" * CHUNK),  # past the last chunk
         Data(5, 0, 0, b"x" * (CHUNK - 1)),  # short
@@ -348,15 +353,19 @@ def test_receiver_refuses_what_exceeds_its_limits(
     endpoint = ReceiverEndpoint(config)
     meta = Meta(9, "big", size, chunk, -(-size // chunk), bytes(32), Mode.RELIABLE)
     endpoint.receive_datagram(encode(meta), PEER, 0.0)
+    (hello,) = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send()]
+    assert isinstance(hello, Hello)
+    assert not endpoint.sessions  # a META without the token creates nothing
+    endpoint.receive_datagram(encode(replace(meta, token=hello.token)), PEER, 0.0)
     (session,) = endpoint.sessions.values()
-    assert session.held == bytearray()  # no per-chunk state allocated
+    assert session.held.size == 0  # no per-chunk state allocated
     assert "limit" in session.refusal
     replies = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send()]
     assert [type(r).__name__ for r in replies] == ["Abort"]
     assert endpoint.next_event() is None  # nothing to create or report
     endpoint.receive_datagram(encode(Data(9, 0, 0, b"x" * chunk)), PEER, 0.1)
     endpoint.handle_timer(0.2)
-    assert endpoint.rejected == 2
+    assert endpoint.rejected == 1  # the DATA that followed the refusal
 
 
 def test_receiver_refuses_transfers_beyond_its_concurrency_limit() -> None:
@@ -365,21 +374,25 @@ def test_receiver_refuses_transfers_beyond_its_concurrency_limit() -> None:
         meta = Meta(session, "f", 10, 5, 2, bytes(32), Mode.BLAST)
         endpoint.receive_datagram(encode(meta), PEER, 0.0)
         endpoint.receive_datagram(encode(Data(session, 0, 0, b"12345")), PEER, 0.0)
-    assert endpoint.active_transfers == 2
-    assert endpoint.rejected == 1  # the third session's DATA
     replies = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send()]
-    assert any(getattr(r, "reason", "") == "receiver busy" for r in replies)
+    for reply in replies:  # every blast sender echoes its token: validated, it asks for room
+        if isinstance(reply, Hello) and reply.flags & HelloFlags.RETRY:
+            meta = Meta(reply.session, "f", 10, 5, 2, bytes(32), Mode.BLAST, token=reply.token)
+            endpoint.receive_datagram(encode(meta), PEER, 0.0)
+    assert endpoint.active_transfers == 2
+    replies = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send()]
+    assert any(getattr(r, "reason", "").startswith("receiver busy") for r in replies)
 
 
 def test_a_meta_nobody_follows_up_creates_nothing() -> None:
     endpoint = ReceiverEndpoint(ReceiverConfig(idle_timeout_s=2.0))
     for session in range(10):
-        meta = Meta(session, f"forged-{session}", 1000, 100, 10, bytes(32), Mode.RELIABLE)
+        meta = Meta(session, f"forged-{session}", 1000, 100, 10, bytes(32), Mode.BLAST)
         endpoint.receive_datagram(encode(meta), PEER, 0.0)
     assert endpoint.next_event() is None  # no file, no report: not a transfer yet
     assert endpoint.active_transfers == 0
-    statuses = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send(0.0)]
-    assert len(statuses) == 10  # each META is answered, so a real sender's window opens
+    answers = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send(0.0)]
+    assert sum(isinstance(a, Hello) for a in answers) == 10  # each META gets its token
     endpoint.receive_datagram(encode(Data(3, 0, 0, b"y" * 100)), PEER, 0.5)  # session 3 goes on
     item = endpoint.next_event()
     assert item is not None
@@ -400,14 +413,13 @@ def test_junk_sessions_cannot_lock_out_a_real_sender() -> None:
         data, name="real", sha256=hashlib.sha256(data).digest(), session_id=1 << 40,
         now=0.01, config=RELIABLE,
     )  # fmt: skip
-    for datagram in real.datagrams_to_send(0.01):
-        endpoint.receive_datagram(datagram, PEER, 0.01)
+    connect(real, endpoint, 0.01)
     started = []
     while (item := endpoint.next_event()) is not None:
         if isinstance(item[1], TransferStarted):
             started.append(item[0].session_id)
     assert started == [1 << 40]
-    assert len(endpoint.sessions) <= 8
+    assert len(endpoint.sessions) <= 9  # eight kept on probation, and the real one
 
 
 def test_a_receiver_busy_verifying_still_answers_the_sender() -> None:
@@ -417,6 +429,7 @@ def test_a_receiver_busy_verifying_still_answers_the_sender() -> None:
         config=RELIABLE,
     )  # fmt: skip
     endpoint = ReceiverEndpoint()
+    connect(sender, endpoint, 1.0)
     for datagram in sender.datagrams_to_send(1.0):
         endpoint.receive_datagram(datagram, PEER, 1.0)
     kinds = []

@@ -28,6 +28,7 @@ from udpxfer.wire import (
     CRC,
     DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
+    MAX_NAME_BYTES,
     MAX_PN,
     MAX_RANGES,
     NONCE_BYTES,
@@ -136,6 +137,8 @@ class SenderSession:
         self.session_id = session_id
         self.mode = self.config.mode
         self.keying = keying
+        # No file system takes a name this long; the receiver cuts it to a safe one anyway.
+        name = name.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", errors="ignore")
         self.meta = Meta(
             session_id,
             name,
