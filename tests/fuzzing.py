@@ -1,0 +1,542 @@
+"""Seeded mutation fuzzing of udpxfer datagrams, shared by tests/test_fuzz.py and fuzz/run.py.
+
+A corpus is captured from real in-memory transfers (a ``SenderSession`` and a
+``ReceiverEndpoint`` driven against each other on a fake clock, every datagram recorded both
+ways); ``Mutator`` turns it into hostile inputs (bit flips, truncations, splices, check-valid
+forgeries with fields at their bounds, hostile names and ranges); ``Harness`` feeds each input
+to ``decode_untrusted``, to a ``ReceiverEndpoint`` and to a ``SenderSession`` and records every
+exception that escapes where none may.
+
+The mutations know the wire layout from docs/PROTOCOL.md (struct formats written out here, not
+imported from udpxfer.wire), so a forgery is built independently of the encoder it attacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import os
+import random
+import struct
+import traceback
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from udpxfer.endpoint import ReceiverEndpoint
+from udpxfer.errors import MalformedPacket
+from udpxfer.events import TransferStarted, VerifyRequested
+from udpxfer.files import safe_name
+from udpxfer.keyed import AeadSeal
+from udpxfer.keys import Direction, PacketProtection
+from udpxfer.receiver import Peer, ReceiverConfig, ReceiverSession, ReceiverState
+from udpxfer.sender import SenderConfig, SenderSession
+from udpxfer.wire import (
+    Abort,
+    AbortCode,
+    Have,
+    Manifest,
+    Mode,
+    Nack,
+    RangeKind,
+    decode_untrusted,
+    encode,
+)
+
+SESSION_ID = 0x1234_5678_9ABC_DEF0
+# Documentation addresses (RFC 5737), used only as opaque keys of the sans-IO endpoint.
+SENDER_PEER: Peer = ("192.0.2.1", 4000)
+OTHER_HOST = "198.51.100.7"
+OUT_DIR = "/srv/udpxfer-out"  # where a driver would write; names must stay inside it
+START_S = 1.0  # a real clock is never at zero (a zero echo means "none" on the wire)
+LINK_DELAY_S = 0.001
+
+# The layout of docs/PROTOCOL.md, written out independently of udpxfer.wire.
+HEADER = struct.Struct("!4sBBBBQQQQ")
+HEADER_BYTES = HEADER.size
+CRC = struct.Struct("!I")
+HEADER_FIELDS = [(5, 1), (6, 1), (7, 1), (8, 8), (16, 8), (24, 8), (32, 8)]  # (offset, size)
+BODY_FORMATS = {
+    1: "QIQI32sQB16s16sH",  # META, then the name
+    3: "QQ",  # END
+    4: "QqQIQI",  # STATUS
+    5: "QBH",  # NACK, then ranges
+    6: "QBQ32s",  # DONE
+    7: "BQH",  # ABORT, then the reason
+    8: "QBIQ16s16s",  # HELLO
+    10: "QBH",  # HAVE, then ranges
+}
+META_NAME_AT = struct.calcsize("!" + BODY_FORMATS[1])
+RANGES_AT = struct.calcsize("!" + BODY_FORMATS[5])
+KEYED_FLAG = 0x04
+# Values a forged field takes (cut to the field's width): the bounds a decoder must survive.
+EXTREMES = (
+    0,
+    1,
+    (1 << 31) - 1,
+    1 << 31,
+    (1 << 32) - 1,
+    (1 << 62) - 1,
+    1 << 62,
+    (1 << 63) - 1,
+    1 << 63,
+    (1 << 64) - 1,
+)
+HOSTILE_NAMES = (
+    "../../../etc/passwd",
+    "..",
+    ".",
+    "",
+    "/absolute/path",
+    "a\0b",
+    "\0",
+    "dir\\..\\..\\evil",
+    "file.bin.partial",
+    "\u202eexe.txt",
+    "../" * 341,  # 1023 bytes: just inside the decoder's name limit
+    "x" * 1024,
+    "x" * 4096,  # far past the limit: the decoder must refuse it
+    "é" * 600,  # 1200 bytes of two-byte characters
+)
+
+
+def recrc(datagram: bytes | bytearray) -> bytes:
+    """``datagram`` with its last 4 bytes replaced by the CRC-32 of everything before them."""
+    prefix = bytes(datagram[:-4])
+    return prefix + CRC.pack(zlib.crc32(prefix))
+
+
+def frame(
+    ptype: int,
+    session: int,
+    body: bytes,
+    *,
+    flags: int = 0,
+    pass_no: int = 0,
+    seq: int = 0,
+    pn: int = 0,
+    sent_ns: int = 0,
+    version: int = 2,
+) -> bytes:
+    """A keyless datagram built by hand from the documented layout, with a correct check."""
+    prefix = HEADER.pack(b"UDPX", version, ptype, flags, pass_no, session, seq, pn, sent_ns)
+    prefix += body
+    return prefix + CRC.pack(zlib.crc32(prefix))
+
+
+def _int_fields(fmt: str) -> list[tuple[int, int]]:
+    """(offset, size) of the integer fields of a struct format (no padding with ``!``)."""
+    out = []
+    for i, code in enumerate(fmt):
+        if code in "BHIQq":
+            out.append((struct.calcsize("!" + fmt[:i]), struct.calcsize("!" + code)))
+    return out
+
+
+BODY_FIELDS = {ptype: _int_fields(fmt) for ptype, fmt in BODY_FORMATS.items()}
+
+
+# -- the corpus: every datagram of real transfers ---------------------------------------------
+
+
+class ChunkStore:
+    """A chunk sink that keeps payloads by (peer, session, offset) and checks the bounds.
+
+    Every offset a session hands out must lie inside that session's file: a chunk outside it
+    would be a write outside the file (or the output directory) in the real driver.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: dict[tuple[Peer, int, int], bytes] = {}
+        self.stored_bytes = 0
+
+    def __call__(self, session: ReceiverSession, offset: int, payload: bytes | memoryview) -> None:
+        meta = session.meta
+        assert meta is not None, "a chunk stored before the transfer's metadata"
+        assert offset >= 0, f"chunk at {offset}"
+        assert offset + len(payload) <= meta.size, (
+            f"chunk at {offset}+{len(payload)} outside a file of {meta.size} bytes"
+        )
+        assert offset % meta.chunk_size == 0, f"chunk at {offset} is not on a chunk boundary"
+        self.chunks[(session.peer, session.session_id, offset)] = bytes(payload)
+        self.stored_bytes += len(payload)
+
+    def file(self, session: ReceiverSession) -> bytes:
+        """The file as stored for ``session`` (holes as zeros, as in a sparse file)."""
+        meta = session.meta
+        assert meta is not None
+        out = bytearray(meta.size)
+        for offset in range(0, meta.size, meta.chunk_size):
+            chunk = self.chunks.get((session.peer, session.session_id, offset))
+            if chunk is not None:
+                out[offset : offset + len(chunk)] = chunk
+        return bytes(out)
+
+
+def pump_events(endpoint: ReceiverEndpoint, store: ChunkStore, now: float) -> int:
+    """Do what a driver does with the endpoint's events; returns how many there were.
+
+    Hashes what was stored when a session asks, and checks that every transfer's name
+    becomes a plain file inside the output directory.
+    """
+    count = 0
+    while (item := endpoint.next_event()) is not None:
+        count += 1
+        session, event = item
+        if isinstance(event, TransferStarted):
+            path = os.path.normpath(os.path.join(OUT_DIR, safe_name(event.meta.name)))
+            assert os.path.dirname(path) == OUT_DIR, f"{event.meta.name!r} escapes: {path}"
+            assert "\0" not in path
+        elif isinstance(event, VerifyRequested):
+            session.hash_computed(hashlib.sha256(store.file(session)).digest(), now)
+    return count
+
+
+@dataclass
+class Recorded:
+    """Datagrams seen on the wire, both ways."""
+
+    forward: list[bytes] = field(default_factory=list)  # sender -> receiver
+    reverse: list[bytes] = field(default_factory=list)  # receiver -> sender
+
+
+def transfer(
+    endpoint: ReceiverEndpoint,
+    store: ChunkStore,
+    data: bytes,
+    *,
+    now: float = START_S,
+    peer: Peer = SENDER_PEER,
+    session_id: int = SESSION_ID,
+    config: SenderConfig | None = None,
+    loss: float = 0.0,
+    seed: int = 0,
+    record: Recorded | None = None,
+    sender: SenderSession | None = None,
+    max_steps: int = 200_000,
+) -> tuple[SenderSession, ReceiverSession | None, float]:
+    """Send ``data`` from ``peer`` through ``endpoint`` on a fake clock; both ways lossy.
+
+    ``sender`` continues a session already under way instead of starting one. Returns the
+    sender, the receiver's session (None if it never opened one) and the time at the end.
+    What the endpoint sends to other peers is dropped.
+    """
+    rng = random.Random(seed)
+    if sender is None:
+        sender = new_sender(data, session_id, now, config)
+    key = (peer, sender.session_id)
+    in_flight: list[tuple[float, int, bool, bytes]] = []
+    order = itertools.count()
+    session: ReceiverSession | None = None
+    for _ in range(max_steps):
+        outgoing = sender.datagrams_to_send(now)
+        for datagram in outgoing:
+            if record is not None:
+                record.forward.append(datagram)
+            if rng.random() >= loss:
+                heapq.heappush(in_flight, (now + LINK_DELAY_S, next(order), True, datagram))
+        pump_events(endpoint, store, now)
+        for datagram, to in endpoint.datagrams_to_send(now):
+            if to != peer:
+                continue
+            if record is not None:
+                record.reverse.append(datagram)
+            if rng.random() >= loss:
+                heapq.heappush(in_flight, (now + LINK_DELAY_S, next(order), False, datagram))
+        session = endpoint.sessions.get(key, session)
+        settled = session is None or session.state in (
+            ReceiverState.FINISHED,
+            ReceiverState.CLOSED,
+        )
+        if sender.finished and settled and not in_flight:
+            return sender, session, now
+        if outgoing:
+            continue  # an unpaced sender is infinitely fast on the fake clock
+        timers = [t for t in (sender.get_timer(), endpoint.get_timer()) if t is not None]
+        if in_flight:
+            timers.append(in_flight[0][0])
+        if not timers:
+            return sender, session, now
+        now = max(now, min(timers))
+        while in_flight and in_flight[0][0] <= now:
+            _, _, forward, datagram = heapq.heappop(in_flight)
+            if forward:
+                endpoint.receive_datagram(datagram, peer, now)
+            else:
+                sender.receive_datagram(datagram, now)
+        timer = sender.get_timer()
+        if timer is not None and timer <= now:
+            sender.handle_timer(now)
+        timer = endpoint.get_timer()
+        if timer is not None and timer <= now:
+            endpoint.handle_timer(now)
+    raise AssertionError("in-memory transfer did not settle")
+
+
+def new_sender(
+    data: bytes, session_id: int, now: float, config: SenderConfig | None = None
+) -> SenderSession:
+    """A sender session for ``data`` (named ``corpus.bin``)."""
+    return SenderSession(
+        data,
+        name="corpus.bin",
+        sha256=hashlib.sha256(data).digest(),
+        session_id=session_id,
+        now=now,
+        config=config,
+    )
+
+
+def corpus_file(size: int = 40_000, seed: int = 7) -> bytes:
+    """The file the corpus transfers carry (random, so chunks differ)."""
+    return random.Random(seed).randbytes(size)
+
+
+def capture_corpus() -> list[bytes]:
+    """Every datagram of a lossy reliable transfer and a lossy blast, both ways, plus one
+    encoded HAVE, MANIFEST, block NACK and ABORT (which these transfers do not produce)."""
+    data = corpus_file()
+    recorded = Recorded()
+    for mode, seed in ((Mode.RELIABLE, 1), (Mode.BLAST, 2)):
+        config = SenderConfig(chunk_size=1000, mode=mode)
+        endpoint = ReceiverEndpoint(ReceiverConfig())
+        transfer(endpoint, ChunkStore(), data, config=config, loss=0.1, seed=seed, record=recorded)
+    extra = [
+        encode(Have(SESSION_ID, ((0, 3), (7, 9)), 5, 6, 7)),
+        encode(Manifest(SESSION_ID, 0, (hashlib.sha256(data).digest(),) * 3, 8, 9)),
+        encode(Nack(SESSION_ID, 0, 11, ((0, 0),), 12, RangeKind.BLOCKS, 13)),
+        encode(Abort(SESSION_ID, AbortCode.CANCELLED, "stopped", 14, 3, 15)),
+    ]
+    return recorded.forward + recorded.reverse + extra
+
+
+# -- mutations --------------------------------------------------------------------------------
+
+
+class Mutator:
+    """Hostile datagrams drawn from ``corpus`` by a seeded ``random.Random``."""
+
+    def __init__(self, corpus: list[bytes], seed: int) -> None:
+        if not corpus:
+            raise ValueError("an empty corpus")
+        self.corpus = corpus
+        self.rng = random.Random(seed)
+        self._kinds: list[tuple[str, Callable[[bytes], bytes]]] = [
+            ("bitflip", self.bitflip),
+            ("bitflip-valid", lambda d: self.valid(self.bitflip(d))),
+            ("truncate", self.truncate),
+            ("truncate-valid", lambda d: self.valid(self.truncate(d))),
+            ("splice", self.splice),
+            ("splice-valid", lambda d: self.valid(self.splice(d))),
+            ("field", self.forge_field),
+            ("field", self.forge_field),
+            ("field", self.forge_field),
+            ("name", self.forge_name),
+            ("ranges", self.forge_ranges),
+            ("header", self.forge_header),
+            ("garbage", self.garbage),
+            ("replay", lambda d: d),
+        ]
+        self.kinds = sorted({name for name, _ in self._kinds})
+        self._metas = [d for d in corpus if len(d) > HEADER_BYTES + META_NAME_AT and d[5] == 1]
+
+    def next(self) -> tuple[str, bytes]:
+        """One mutated datagram and the name of the mutation that made it."""
+        name, mutate = self.rng.choice(self._kinds)
+        return name, mutate(self.rng.choice(self.corpus))
+
+    # Each mutation takes one corpus datagram and returns a new one.
+
+    def valid(self, datagram: bytes) -> bytes:
+        """Make the check right again (what a forger with no key does)."""
+        return recrc(datagram) if len(datagram) >= 4 else datagram
+
+    def bitflip(self, datagram: bytes) -> bytes:
+        out = bytearray(datagram)
+        for _ in range(self.rng.randint(1, 4)):
+            bit = self.rng.randrange(len(out) * 8)
+            out[bit >> 3] ^= 1 << (bit & 7)
+        return bytes(out)
+
+    def truncate(self, datagram: bytes) -> bytes:
+        return datagram[: self.rng.randrange(len(datagram))]
+
+    def splice(self, datagram: bytes) -> bytes:
+        other = self.rng.choice(self.corpus)
+        return (
+            datagram[: self.rng.randrange(len(datagram) + 1)]
+            + other[self.rng.randrange(len(other) + 1) :]
+        )
+
+    def _extreme(self, size: int) -> int:
+        return self.rng.choice(EXTREMES) & ((1 << (8 * size)) - 1)
+
+    def forge_field(self, datagram: bytes) -> bytes:
+        """Set one to three header or body integer fields to a bound, with a valid check."""
+        out = bytearray(datagram)
+        fields = list(HEADER_FIELDS[3:])  # session, seq, pn, sent_ns: any value decodes
+        if len(out) > 5:
+            fields += [(HEADER_BYTES + at, size) for at, size in BODY_FIELDS.get(out[5], [])]
+        for _ in range(self.rng.randint(1, 3)):
+            at, size = self.rng.choice(fields)
+            if at + size <= len(out) - 4:
+                out[at : at + size] = self._extreme(size).to_bytes(size, "big")
+        return self.valid(out)
+
+    def forge_name(self, datagram: bytes) -> bytes:
+        """A META carrying a hostile name (``../``, NUL, 4 KB...), with a valid check."""
+        meta = self.rng.choice(self._metas) if self._metas else datagram
+        name = self.rng.choice(HOSTILE_NAMES).encode("utf-8")
+        fixed = meta[: HEADER_BYTES + META_NAME_AT - 2]
+        length = len(name) if self.rng.random() < 0.9 else self._extreme(2)
+        return recrc(fixed + struct.pack("!H", length & 0xFFFF) + name + bytes(4))
+
+    def forge_ranges(self, datagram: bytes) -> bytes:
+        """A NACK or HAVE with ranges at the bounds: everything, reversed, too many."""
+        rng = self.rng
+        ptype = rng.choice((5, 10))
+        base = bytearray(datagram if len(datagram) >= HEADER_BYTES else bytes(HEADER_BYTES))
+        base[5] = ptype
+        base[6] = base[7] = 0
+        count = rng.choice((0, 1, 2, 86, 87, 88, 1000))
+        distinct = []
+        for _ in range(min(count, 4)):
+            choice = rng.random()
+            if choice < 0.4:
+                distinct.append((0, (1 << 64) - 1))
+            elif choice < 0.6:
+                distinct.append((self._extreme(8), self._extreme(8)))
+            else:
+                first = rng.randrange(64)
+                distinct.append((first, first + rng.randrange(64)))
+        ranges = (distinct * count)[:count]
+        kind = rng.choice((0, 0, 0, 1, 2))
+        body = struct.pack("!QBH", self._extreme(8), kind, count & 0xFFFF)
+        body += b"".join(struct.pack("!QQ", first, last) for first, last in ranges)
+        return recrc(bytes(base[:HEADER_BYTES]) + body + bytes(4))
+
+    def forge_header(self, datagram: bytes) -> bytes:
+        """A well-framed datagram with random type, flags and pass and a random body."""
+        rng = self.rng
+        body = rng.randbytes(rng.choice((0, 1, 8, 16, 40, 100, 1000)))
+        if rng.random() < 0.5 and len(datagram) > HEADER_BYTES + 4:
+            body = datagram[HEADER_BYTES:-4]
+        return frame(
+            rng.randrange(12),
+            SESSION_ID if rng.random() < 0.8 else rng.getrandbits(64),
+            body,
+            flags=rng.choice((0, 1, 2, 3, 4, 8, 12, 16, 0x80, rng.randrange(256))),
+            pass_no=rng.choice((0, 0, 1, 255)),
+            seq=self._extreme(8) if rng.random() < 0.5 else rng.randrange(64),
+            pn=self._extreme(8),
+            sent_ns=self._extreme(8),
+            version=2 if rng.random() < 0.95 else rng.randrange(256),
+        )
+
+    def garbage(self, datagram: bytes) -> bytes:
+        rng = self.rng
+        if rng.random() < 0.5:
+            return rng.randbytes(rng.randrange(200))
+        return b"UDPX\x02" + rng.randbytes(rng.randrange(HEADER_BYTES + 200))
+
+
+# -- the harness ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Escape:
+    """An exception that got out where it must not."""
+
+    where: str
+    kind: str
+    datagram: bytes
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.where} raised on a {self.kind} input {self.datagram.hex()}:\n{self.error}"
+
+
+class Harness:
+    """Feeds datagrams to the decoder, a receiver endpoint and a sender session."""
+
+    def __init__(self, now: float = START_S) -> None:
+        self.now = now
+        self.store = ChunkStore()
+        self.endpoint = ReceiverEndpoint(ReceiverConfig(), chunk_sink=self.store)
+        # An AEAD seal with some key: keyed inputs must also raise only MalformedPacket.
+        protection = PacketProtection.handshake(bytes(32), SESSION_ID, bytes(16))
+        self.keyed_seal = AeadSeal(protection, Direction.TO_SENDER, encrypt=True)
+        self.sender = self._new_sender()
+        self.senders = 1
+        self.escapes: list[Escape] = []
+        self.inputs = 0
+        self.decoded = 0
+        self.max_sender_batch = 0
+        self._ports = itertools.cycle(range(5000, 5064))
+
+    def _new_sender(self) -> SenderSession:
+        return new_sender(corpus_file(), SESSION_ID, self.now, SenderConfig(chunk_size=1000))
+
+    def _guard(self, where: str, kind: str, datagram: bytes, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except Exception:
+            self.escapes.append(Escape(where, kind, datagram, traceback.format_exc()))
+
+    def feed(self, kind: str, datagram: bytes) -> None:
+        """One input through all three; the clock moves on by half a millisecond."""
+        self.inputs += 1
+        self.now += 0.0005
+        try:
+            decode_untrusted(datagram)
+            self.decoded += 1
+        except MalformedPacket:
+            pass
+        except Exception:
+            self.escapes.append(Escape("decode_untrusted", kind, datagram, traceback.format_exc()))
+        if len(datagram) > 6 and datagram[6] & KEYED_FLAG:
+            try:
+                decode_untrusted(datagram, self.keyed_seal)
+            except MalformedPacket:
+                pass
+            except Exception:
+                self.escapes.append(
+                    Escape("decode_untrusted(keyed)", kind, datagram, traceback.format_exc())
+                )
+        # Most inputs come from the real sender's address (so they reach its sessions), the
+        # rest from another host on changing ports.
+        peer = SENDER_PEER if self.inputs % 4 else (OTHER_HOST, next(self._ports))
+        self._guard("ReceiverEndpoint", kind, datagram, lambda: self._endpoint(datagram, peer))
+        self._guard("SenderSession", kind, datagram, lambda: self._sender(datagram))
+
+    def _endpoint(self, datagram: bytes, peer: Peer) -> None:
+        endpoint, now = self.endpoint, self.now
+        endpoint.receive_datagram(datagram, peer, now)
+        pump_events(endpoint, self.store, now)
+        if self.inputs % 8 == 0:  # a driver flushes once per batch of datagrams read
+            endpoint.datagrams_to_send(now)
+        if self.inputs % 64 == 0:
+            timer = endpoint.get_timer()
+            if timer is not None and timer <= now:
+                endpoint.handle_timer(now)
+                pump_events(endpoint, self.store, now)
+
+    def _sender(self, datagram: bytes) -> None:
+        if self.sender.finished:
+            self.sender = self._new_sender()
+            self.senders += 1
+        sender, now = self.sender, self.now
+        sender.receive_datagram(datagram, now)
+        out = sender.datagrams_to_send(now)
+        self.max_sender_batch = max(self.max_sender_batch, len(out))
+        if self.inputs % 64 == 0:
+            timer = sender.get_timer()
+            if timer is not None and timer <= now:
+                sender.handle_timer(now)
+
+    def run(self, mutator: Mutator, count: int) -> None:
+        """Feed ``count`` inputs from ``mutator``."""
+        for _ in range(count):
+            kind, datagram = mutator.next()
+            self.feed(kind, datagram)

@@ -1,0 +1,462 @@
+"""Hostile input, sans-IO: a seeded mutation fuzz and one regression test per attack of issue 7.
+
+The fuzz feeds 100,000 mutated datagrams (tests/fuzzing.py: bit flips, truncations, splices,
+check-valid forgeries with fields at their bounds, hostile names and ranges) drawn from the
+datagrams of real in-memory transfers to the decoder, a receiver endpoint and a sender session.
+fuzz/run.py runs the same mutations for longer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import tracemalloc
+
+import pytest
+from fuzzing import (
+    OTHER_HOST,
+    SENDER_PEER,
+    SESSION_ID,
+    ChunkStore,
+    Harness,
+    Mutator,
+    capture_corpus,
+    frame,
+    pump_events,
+    transfer,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from udpxfer.endpoint import AMPLIFICATION_FACTOR, ReceiverEndpoint
+from udpxfer.errors import MalformedPacket
+from udpxfer.receiver import MAX_STAMP_SPREAD_NS, Peer, ReceiverConfig, ReceiverSession
+from udpxfer.report import session_trace, udp_report
+from udpxfer.sender import SenderConfig, SenderSession, SenderState
+from udpxfer.wire import (
+    MAX_PN,
+    MAX_RANGES,
+    MAX_STAMP_NS,
+    Data,
+    End,
+    Hello,
+    HelloFlags,
+    Meta,
+    Mode,
+    Nack,
+    PacketType,
+    chunk_count_for,
+    decode_untrusted,
+    encode,
+    encode_data,
+)
+
+FUZZ_SEEDS = (1, 2, 3, 4)
+FUZZ_INPUTS_PER_SEED = 25_000  # 100,000 in all
+MEMORY_WARMUP = 2_000
+MEMORY_INPUTS = 2_000
+MEMORY_BOUND_BYTES = 8 << 20  # what the fuzzed endpoint and sender may allocate, at peak
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[bytes]:
+    datagrams = capture_corpus()
+    # The corpus holds every packet type a real transfer exchanges, both ways.
+    assert {d[5] for d in datagrams} == {int(t) for t in PacketType}
+    return datagrams
+
+
+def data_file(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def assert_verified(
+    result: tuple[SenderSession, ReceiverSession | None, float], store: ChunkStore, data: bytes
+) -> ReceiverSession:
+    """The transfer ``result`` (from ``transfer``) ended verified, its file byte-exact."""
+    sender, session, _ = result
+    assert sender.outcome is not None
+    assert sender.outcome.outcome == "complete", sender.outcome.reason
+    assert session is not None
+    assert store.file(session) == data
+    return session
+
+
+def assert_transfer_completes(endpoint: ReceiverEndpoint, store: ChunkStore, now: float) -> None:
+    """A fresh real transfer through ``endpoint`` arrives verified and byte-exact."""
+    data = data_file(30_000, seed=99)
+    result = transfer(
+        endpoint,
+        store,
+        data,
+        now=now,
+        peer=(SENDER_PEER[0], 4999),
+        session_id=0x0BAD_CAFE_0000_0001,
+        config=SenderConfig(chunk_size=1000),
+    )
+    assert_verified(result, store, data)
+
+
+# -- the fuzz ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("seed", FUZZ_SEEDS)
+def test_fuzzed_datagrams_never_escape(corpus: list[bytes], seed: int) -> None:
+    harness = Harness()
+    mutator = Mutator(corpus, seed)
+    harness.run(mutator, FUZZ_INPUTS_PER_SEED)
+    assert not harness.escapes, "\n\n".join(str(e) for e in harness.escapes[:3])
+    assert harness.inputs == FUZZ_INPUTS_PER_SEED
+    # The fuzz reached past the decoder: many inputs decoded, senders were driven to an end.
+    assert harness.decoded > FUZZ_INPUTS_PER_SEED // 10
+    assert harness.senders > 1
+    # A sender never answers one datagram with more than a batch of data and its control.
+    assert harness.max_sender_batch <= 2 * SenderConfig().batch
+    # State stays within the endpoint's limits.
+    config = harness.endpoint.config
+    waiting = [s for s in harness.endpoint.sessions.values() if not s.is_transfer]
+    assert len(waiting) <= config.max_pending_sessions
+    assert all(s.pending_bytes <= config.max_pending_bytes for s in waiting)
+    assert harness.endpoint.active_transfers <= config.max_transfers
+    assert_transfer_completes(harness.endpoint, harness.store, harness.now)
+
+
+def test_fuzzed_state_stays_bounded_in_memory(corpus: list[bytes]) -> None:
+    """After a warm-up fills the endpoint's tables, more hostile input allocates little."""
+    harness = Harness()
+    mutator = Mutator(corpus, 5)
+    harness.run(mutator, MEMORY_WARMUP)
+    tracemalloc.start()
+    try:
+        harness.run(mutator, MEMORY_INPUTS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not harness.escapes, str(harness.escapes[0])
+    assert peak < MEMORY_BOUND_BYTES, f"peak of {peak} bytes"
+    assert_transfer_completes(harness.endpoint, harness.store, harness.now)
+
+
+def test_the_mutator_is_seeded_and_uses_every_mutation(corpus: list[bytes]) -> None:
+    a, b = Mutator(corpus, 9), Mutator(corpus, 9)
+    drawn = [a.next() for _ in range(3000)]
+    assert drawn == [b.next() for _ in range(3000)]
+    assert drawn != [Mutator(corpus, 10).next() for _ in range(3000)]
+    assert {kind for kind, _ in drawn} == set(a.kinds)
+
+
+# -- attacks from issue 7, one regression test each -------------------------------------------
+
+
+def handshake(
+    endpoint: ReceiverEndpoint, data: bytes, chunk_size: int, now: float, peer: Peer = SENDER_PEER
+) -> tuple[SenderSession, ReceiverSession]:
+    """META -> HELLO(RETRY) -> META with token -> HELLO(ACCEPTED): a transfer with no DATA yet."""
+    sender = SenderSession(
+        data,
+        name="file.bin",
+        sha256=hashlib.sha256(data).digest(),
+        session_id=SESSION_ID,
+        now=now,
+        config=SenderConfig(chunk_size=chunk_size),
+    )
+    for _ in range(2):
+        for datagram in sender.datagrams_to_send(now):
+            assert decode_untrusted(datagram).__class__ is Meta
+            endpoint.receive_datagram(datagram, peer, now)
+        for datagram, to in endpoint.datagrams_to_send(now):
+            if to == peer:
+                sender.receive_datagram(datagram, now)
+    assert sender.accepted
+    session = endpoint.sessions[(peer, SESSION_ID)]
+    assert session.is_transfer
+    return sender, session
+
+
+@pytest.mark.parametrize(
+    ("pn", "sent_ns"),
+    [
+        (MAX_PN + 1, 5),
+        ((1 << 63), 5),
+        ((1 << 64) - 1, 5),
+        (3, MAX_STAMP_NS + 1),
+        (3, (1 << 64) - 1),
+    ],
+)
+def test_data_with_out_of_range_counter_or_stamp_is_refused(pn: int, sent_ns: int) -> None:
+    forged = frame(int(PacketType.DATA), SESSION_ID, bytes(1000), seq=0, pn=pn, sent_ns=sent_ns)
+    with pytest.raises(MalformedPacket, match="out of range"):
+        decode_untrusted(forged)
+    store = ChunkStore()
+    endpoint = ReceiverEndpoint(chunk_sink=store)
+    data = data_file(20_000)
+    now = 1.0
+    sender, session = handshake(endpoint, data, 1000, now)
+    rejected = endpoint.rejected
+    for _ in range(3):
+        endpoint.receive_datagram(forged, SENDER_PEER, now)
+    assert endpoint.rejected == rejected + 3
+    assert session.held_count == 0
+    result = transfer(endpoint, store, data, sender=sender, now=now)
+    assert assert_verified(result, store, data) is session
+
+
+def test_data_at_the_largest_counter_and_stamp_is_survived() -> None:
+    """The largest values the decoder lets through reach the trace and the report intact."""
+    store = ChunkStore()
+    endpoint = ReceiverEndpoint(chunk_sink=store)
+    data = data_file(3000)
+    now = 1.0
+    _, session = handshake(endpoint, data, 1000, now)
+    edge = encode_data(SESSION_ID, 1, MAX_PN, data[1000:2000], sent_ns=MAX_STAMP_NS)
+    endpoint.receive_datagram(edge, SENDER_PEER, now)
+    udp_report(
+        session, None, datagrams_received=1, datagrams_rejected=0, trace=session_trace(session)
+    )
+    assert session.held_count == 0  # a stamp ages away from the transfer's clock: refused
+
+
+def stamp_report(stamps: list[int]) -> dict[str, object]:
+    """Three DATA (chunks 0, 1, 2) with these send stamps, then the transfer's report."""
+    store = ChunkStore()
+    endpoint = ReceiverEndpoint(chunk_sink=store)
+    data = data_file(3000)
+    now = 1.0
+    _, session = handshake(endpoint, data, 1000, now)
+    for index, stamp in enumerate(stamps):
+        datagram = encode_data(
+            SESSION_ID, index, index, data[index * 1000 : index * 1000 + 1000], sent_ns=stamp
+        )
+        endpoint.receive_datagram(datagram, SENDER_PEER, now + 0.001 * index)
+        pump_events(endpoint, store, now)
+    return udp_report(
+        session, None, datagrams_received=3, datagrams_rejected=0, trace=session_trace(session)
+    )
+
+
+def test_far_apart_send_stamps_do_not_break_the_report() -> None:
+    origin = int(1e9)  # the META's stamp: the sender's clock at 1 s
+    spread = MAX_STAMP_SPREAD_NS
+    report = stamp_report([origin, origin + spread, max(0, origin - spread)])
+    assert report["chunks"]["received"] == 3  # type: ignore[index]
+    report = stamp_report([0, 1 << 62, MAX_STAMP_NS])
+    assert report["chunks"]["received"] < 3  # type: ignore[index]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, MAX_STAMP_NS), min_size=3, max_size=3))
+def test_any_send_stamps_leave_the_report_buildable(stamps: list[int]) -> None:
+    report = stamp_report(stamps)
+    assert report["file"]["name"] == "file.bin"  # type: ignore[index]
+
+
+def sender_waiting(chunk_count: int, now: float) -> SenderSession:
+    """A reliable sender that has sent every chunk once and its END for round 0."""
+    data = data_file(chunk_count * 100)
+    sender = SenderSession(
+        data,
+        name="file.bin",
+        sha256=hashlib.sha256(data).digest(),
+        session_id=SESSION_ID,
+        now=now,
+        config=SenderConfig(chunk_size=100, congestion_control=False, initial_window=16384),
+    )
+    sender.datagrams_to_send(now)  # META
+    hello = Hello(SESSION_ID, HelloFlags.ACCEPTED, window=16384, nonce=bytes(16), pn=1)
+    sender.receive_datagram(encode(hello), now)
+    for _ in range(chunk_count):
+        if sender.state is SenderState.WAITING:
+            break
+        sender.datagrams_to_send(now)
+    assert sender.state is SenderState.WAITING
+    return sender
+
+
+def count_resends(sender: SenderSession, now: float, calls: int) -> tuple[int, int]:
+    """Call ``datagrams_to_send`` up to ``calls`` times; (DATA datagrams, calls made)."""
+    data = 0
+    for call in range(1, calls + 1):
+        out = sender.datagrams_to_send(now)
+        data += sum(1 for d in out if d[5] == PacketType.DATA)
+        if sender.state is SenderState.WAITING and not out:
+            return data, call
+    return data, calls
+
+
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        ((0, (1 << 64) - 1),),
+        ((0, (1 << 64) - 1),) * MAX_RANGES,
+        tuple((i, (1 << 64) - 1 - i) for i in range(MAX_RANGES)),
+        (((1 << 64) - 2, (1 << 64) - 1), (5, 1 << 63)),
+    ],
+)
+def test_a_nack_for_everything_costs_at_most_the_file(ranges: tuple[tuple[int, int], ...]) -> None:
+    now = 1.0
+    chunk_count = 300
+    sender = sender_waiting(chunk_count, now)
+    nack = encode(Nack(SESSION_ID, 0, 0, ranges, pn=2))
+    for _ in range(20):  # repeated: never more than the file per round
+        sender.receive_datagram(nack, now)
+    assert sender.state is SenderState.REPAIRING
+    data, calls = count_resends(sender, now, chunk_count + 10)
+    assert calls < chunk_count + 10, "the sender never finished its repair round"
+    assert data <= chunk_count
+    assert sender.state is SenderState.WAITING  # round 1's END is out
+    in_file = min(chunk_count, max(last for _, last in ranges) + 1) - min(f for f, _ in ranges)
+    assert data == max(0, min(chunk_count, in_file))
+
+
+def forged_meta(
+    session: int, mode: Mode, token: bytes = bytes(16), chunk_size: int = 1, size: int = 100_000
+) -> bytes:
+    meta = Meta(
+        session,
+        "junk.bin",
+        size,
+        chunk_size,
+        chunk_count_for(size, chunk_size),
+        bytes(32),
+        mode,
+        token=token,
+        sent_ns=10**9,
+        pn=1,
+    )
+    return encode(meta)
+
+
+@pytest.mark.parametrize(
+    ("mode", "require_token"),
+    [(Mode.RELIABLE, True), (Mode.BLAST, True), (Mode.RELIABLE, False), (Mode.BLAST, False)],
+    ids=["reliable", "blast", "reliable-tokenless-receiver", "blast-tokenless-receiver"],
+)
+def test_an_unvalidated_address_draws_at_most_three_times_its_bytes(
+    mode: Mode, require_token: bool
+) -> None:
+    """A spoofed source: META, DATA with fragmented gaps, then many ENDs; what goes back to
+    that address never passes 3x what came from it (RFC 9000 section 8)."""
+    endpoint = ReceiverEndpoint(ReceiverConfig(require_token=require_token))
+    victim = ("203.0.113.50", 7000)
+    now = 1.0
+    received = sent = 0
+    drawn_by_ends = 0
+
+    def send(datagram: bytes) -> None:
+        nonlocal received
+        received += len(datagram)
+        endpoint.receive_datagram(datagram, victim, now)
+
+    def flush() -> int:
+        nonlocal sent
+        pump_events(endpoint, ChunkStore(), now)
+        endpoint.handle_timer(now)
+        out = sum(len(d) for d, to in endpoint.datagrams_to_send(now) if to == victim)
+        sent += out
+        assert sent <= AMPLIFICATION_FACTOR * received, (sent, received)
+        return out
+
+    send(forged_meta(SESSION_ID, mode))
+    flush()
+    for index in range(0, 4000, 2):  # every other chunk: 2000 gaps
+        send(encode_data(SESSION_ID, index, index // 2, b"x", sent_ns=10**9))
+        if index % 200 == 0:
+            flush()
+    flush()
+    for round_no in range(100):
+        send(encode(End(SESSION_ID, round_no, 2000, 2000, 10**9, pn=2 + round_no)))
+        drawn_by_ends += flush()
+        now += 0.01
+    assert sent <= AMPLIFICATION_FACTOR * received
+    if mode is Mode.RELIABLE and not require_token:
+        assert drawn_by_ends > 0  # the ENDs were answered with NACKs, within the budget
+
+
+def token_for(endpoint: ReceiverEndpoint, peer: Peer, session: int, now: float) -> bytes:
+    """Send a tokenless reliable META from ``peer`` and read the token the HELLO carries."""
+    endpoint.receive_datagram(forged_meta(session, Mode.RELIABLE), peer, now)
+    for datagram, to in endpoint.datagrams_to_send(now):
+        packet = decode_untrusted(datagram)
+        if to == peer and isinstance(packet, Hello) and packet.flags & HelloFlags.RETRY:
+            return packet.token
+    raise AssertionError("no HELLO(RETRY) came back")
+
+
+PROBATION_BYPASSES_LIMITS = (
+    "core bug: a tokenless blast META followed by one DATA starts a transfer in "
+    "ReceiverSession._dispatch (PROBATION -> _begin) without ReceiverEndpoint._admit_transfer, "
+    "so transfer and state limits do not apply to it"
+)
+
+
+@pytest.mark.parametrize(
+    "validated",
+    [
+        pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=PROBATION_BYPASSES_LIMITS)),
+        True,
+    ],
+)
+def test_junk_metas_from_one_source_do_not_lock_out_another(validated: bool) -> None:
+    """40 METAs from one host (echoing their tokens: that host receives at its address) take
+    at most that host's share; a real sender from another host is still accepted."""
+    store = ChunkStore()
+    endpoint = ReceiverEndpoint(chunk_sink=store)
+    now = 1.0
+    for i in range(40):
+        peer = (OTHER_HOST, 6000 + i)
+        session = 0x7777_0000_0000_0000 + i
+        if validated:
+            token = token_for(endpoint, peer, session, now)
+            endpoint.receive_datagram(forged_meta(session, Mode.RELIABLE, token), peer, now)
+        else:
+            endpoint.receive_datagram(forged_meta(session, Mode.BLAST), peer, now)
+            endpoint.receive_datagram(encode_data(session, 0, 0, b"x", sent_ns=10**9), peer, now)
+        endpoint.datagrams_to_send(now)
+        pump_events(endpoint, store, now)
+    junk = [s for s in endpoint.sessions.values() if s.peer[0] == OTHER_HOST and s.is_transfer]
+    assert len(junk) <= endpoint.config.max_transfers_per_source
+    data = data_file(50_000, seed=3)
+    result = transfer(endpoint, store, data, now=now, config=SenderConfig(chunk_size=1000))
+    assert_verified(result, store, data)
+
+
+@pytest.mark.xfail(strict=True, reason=PROBATION_BYPASSES_LIMITS)
+def test_unvalidated_blast_transfers_stay_within_the_state_budget() -> None:
+    """Tokenless blast METAs announcing 2^20 one-byte chunks, each followed by one DATA: the
+    chunk maps they make stay within ``max_state_bytes``."""
+    config = ReceiverConfig(max_state_bytes=1 << 20)
+    endpoint = ReceiverEndpoint(config, chunk_sink=ChunkStore())
+    now = 1.0
+    for i in range(12):
+        peer = (OTHER_HOST, 6000 + i)
+        session = 0x7777_0000_0000_0000 + i
+        endpoint.receive_datagram(forged_meta(session, Mode.BLAST, size=1 << 20), peer, now)
+        endpoint.receive_datagram(encode_data(session, 0, 0, b"x", sent_ns=10**9), peer, now)
+        endpoint.datagrams_to_send(now)
+    assert sum(s.state_bytes for s in endpoint.sessions.values()) <= config.max_state_bytes
+
+
+def test_junk_between_meta_and_data_does_not_evict_a_transfer() -> None:
+    """64+ junk datagrams from the sender's own host right after its handshake."""
+    store = ChunkStore()
+    endpoint = ReceiverEndpoint(chunk_sink=store)
+    data = data_file(20_000)
+    now = 1.0
+    sender, session = handshake(endpoint, data, 1000, now)
+    rng = random.Random(0)
+    for i in range(200):
+        junk_peer = (SENDER_PEER[0], 30000 + i % 50)
+        sid = rng.getrandbits(64)
+        endpoint.receive_datagram(forged_meta(sid, Mode.BLAST), junk_peer, now)
+        endpoint.receive_datagram(encode_data(sid, 0, 0, b"x"), junk_peer, now)
+        endpoint.receive_datagram(rng.randbytes(60), junk_peer, now)
+    assert endpoint.sessions[(SENDER_PEER, SESSION_ID)] is session
+    result = transfer(endpoint, store, data, sender=sender, now=now)
+    assert assert_verified(result, store, data) is session
+
+
+def test_data_of_the_transfer_decodes_as_captured(corpus: list[bytes]) -> None:
+    """The corpus is real traffic: every datagram in it decodes."""
+    packets = [decode_untrusted(d) for d in corpus]
+    assert sum(isinstance(p, Data) for p in packets) >= 40
