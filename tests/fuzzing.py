@@ -288,6 +288,30 @@ def new_sender(
     )
 
 
+def real_transfer_problem(endpoint: ReceiverEndpoint, store: ChunkStore, now: float) -> str:
+    """Send a fresh file from the sender's host (a new port) through ``endpoint``.
+
+    Returns "" when it arrived verified and byte-exact, else what went wrong.
+    """
+    data = corpus_file(30_000, seed=99)
+    sender, session, _ = transfer(
+        endpoint,
+        store,
+        data,
+        now=now,
+        peer=(SENDER_PEER[0], 4999),
+        session_id=0x0BAD_CAFE_0000_0001,
+        config=SenderConfig(chunk_size=1000),
+    )
+    if sender.outcome is None or sender.outcome.outcome != "complete":
+        return f"the sender ended with {sender.outcome}"
+    if session is None:
+        return "the receiver never opened the transfer"
+    if store.file(session) != data:
+        return "the stored file differs from the one sent"
+    return ""
+
+
 def corpus_file(size: int = 40_000, seed: int = 7) -> bytes:
     """The file the corpus transfers carry (random, so chunks differ)."""
     return random.Random(seed).randbytes(size)
