@@ -8,7 +8,7 @@ forgeries with fields at their bounds, hostile names and ranges) and fed to
 after checking that a real transfer through the fuzzed endpoint still arrives byte-exact.
 Usage:
 
-    python fuzz/run.py [--count 1000000] [--seed 0] [--segment 100000] [--show 5]
+    python fuzz/run.py [--count 1000000] [--seed 0] [--segment 100000] [--show 5] [--keyed]
 
 Prints progress with inputs/s, each distinct escape once (with the input as hex), and a
 summary. Exit status: 0 when nothing escaped, 1 when something did, 130 on Ctrl-C.
@@ -30,7 +30,6 @@ from fuzzing import (
     Harness,
     Mutator,
     capture_corpus,
-    real_transfer_problem,
 )
 
 PROGRESS_EVERY_S = 5.0
@@ -64,6 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--show", type=int, default=5, help="distinct escapes printed in full (0: none)"
+    )
+    parser.add_argument(
+        "--keyed",
+        action="store_true",
+        help="keyed mode: corpus, endpoint and sender use a pre-shared key",
     )
     return parser.parse_args(argv)
 
@@ -129,11 +133,14 @@ class Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    corpus = capture_corpus()
-    print(f"corpus: {len(corpus)} datagrams from real transfers; seed {args.seed}", flush=True)
+    corpus = capture_corpus(keyed=args.keyed)
+    mode = "keyed" if args.keyed else "keyless"
+    print(
+        f"corpus: {len(corpus)} datagrams from real {mode} transfers; seed {args.seed}", flush=True
+    )
     mutator = Mutator(corpus, args.seed)
     run = Run(args.count, args.show)
-    harness = Harness()
+    harness = Harness(keyed=args.keyed)
     try:
         while run.done < args.count:
             for _ in range(min(args.segment, args.count - run.done)):
@@ -144,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                 if run.done % 1024 == 0:
                     run.progress()
             run.absorb(harness)
-            problem = real_transfer_problem(harness.endpoint, harness.store, harness.now)
+            problem = harness.real_transfer_problem()
             if problem:
                 run.transfer_failures.append(f"after input {run.done:,}: {problem}")
-            harness = Harness()
+            harness = Harness(keyed=args.keyed)
     except KeyboardInterrupt:
         run.absorb(harness)
         run.progress(final=True)

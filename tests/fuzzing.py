@@ -24,14 +24,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from udpxfer.endpoint import ReceiverEndpoint
+from udpxfer.endpoint import Keying, ReceiverEndpoint
 from udpxfer.errors import MalformedPacket
 from udpxfer.events import TransferStarted, VerifyRequested
 from udpxfer.files import safe_name
 from udpxfer.keyed import AeadSeal
 from udpxfer.keys import Direction, PacketProtection
 from udpxfer.receiver import Peer, ReceiverConfig, ReceiverSession, ReceiverState
-from udpxfer.sender import SenderConfig, SenderSession
+from udpxfer.sender import SenderConfig, SenderKeying, SenderSession
 from udpxfer.wire import (
     Abort,
     AbortCode,
@@ -51,6 +51,9 @@ OTHER_HOST = "198.51.100.7"
 OUT_DIR = "/srv/udpxfer-out"  # where a driver would write; names must stay inside it
 START_S = 1.0  # a real clock is never at zero (a zero echo means "none" on the wire)
 LINK_DELAY_S = 0.001
+PSK = bytes(range(32))  # the pre-shared key of keyed corpus transfers and harnesses
+SENDER_NONCE = bytes(range(16, 32))
+RECEIVER_NONCE = bytes(range(32, 48))
 
 # The layout of docs/PROTOCOL.md, written out independently of udpxfer.wire.
 HEADER = struct.Struct("!4sBBBBQQQQ")
@@ -214,17 +217,19 @@ def transfer(
     seed: int = 0,
     record: Recorded | None = None,
     sender: SenderSession | None = None,
+    keyed: bool = False,
     max_steps: int = 200_000,
 ) -> tuple[SenderSession, ReceiverSession | None, float]:
     """Send ``data`` from ``peer`` through ``endpoint`` on a fake clock; both ways lossy.
 
-    ``sender`` continues a session already under way instead of starting one. Returns the
+    ``sender`` continues a session already under way instead of starting one; ``keyed``
+    starts one with ``PSK`` (the endpoint needs the same key). Returns the
     sender, the receiver's session (None if it never opened one) and the time at the end.
     What the endpoint sends to other peers is dropped.
     """
     rng = random.Random(seed)
     if sender is None:
-        sender = new_sender(data, session_id, now, config)
+        sender = new_sender(data, session_id, now, config, keyed=keyed)
     key = (peer, sender.session_id)
     in_flight: list[tuple[float, int, bool, bytes]] = []
     order = itertools.count()
@@ -275,9 +280,14 @@ def transfer(
 
 
 def new_sender(
-    data: bytes, session_id: int, now: float, config: SenderConfig | None = None
+    data: bytes,
+    session_id: int,
+    now: float,
+    config: SenderConfig | None = None,
+    *,
+    keyed: bool = False,
 ) -> SenderSession:
-    """A sender session for ``data`` (named ``corpus.bin``)."""
+    """A sender session for ``data`` (named ``corpus.bin``), keyed with ``PSK`` or not."""
     return SenderSession(
         data,
         name="corpus.bin",
@@ -285,10 +295,26 @@ def new_sender(
         session_id=session_id,
         now=now,
         config=config,
+        keying=SenderKeying(PSK, session_id, SENDER_NONCE) if keyed else None,
     )
 
 
-def real_transfer_problem(endpoint: ReceiverEndpoint, store: ChunkStore, now: float) -> str:
+def new_endpoint(
+    store: ChunkStore, config: ReceiverConfig | None = None, *, keyed: bool = False
+) -> ReceiverEndpoint:
+    """A receiver endpoint storing into ``store``, keyed with ``PSK`` or not."""
+    return ReceiverEndpoint(
+        config,
+        chunk_sink=store,
+        token_secret=bytes(range(32)),
+        keying=Keying(PSK) if keyed else None,
+        nonces=lambda: RECEIVER_NONCE,
+    )
+
+
+def real_transfer_problem(
+    endpoint: ReceiverEndpoint, store: ChunkStore, now: float, *, keyed: bool = False
+) -> str:
     """Send a fresh file from the sender's host (a new port) through ``endpoint``.
 
     Returns "" when it arrived verified and byte-exact, else what went wrong.
@@ -302,6 +328,7 @@ def real_transfer_problem(endpoint: ReceiverEndpoint, store: ChunkStore, now: fl
         peer=(SENDER_PEER[0], 4999),
         session_id=0x0BAD_CAFE_0000_0001,
         config=SenderConfig(chunk_size=1000),
+        keyed=keyed,
     )
     if sender.outcome is None or sender.outcome.outcome != "complete":
         return f"the sender ended with {sender.outcome}"
@@ -317,15 +344,19 @@ def corpus_file(size: int = 40_000, seed: int = 7) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def capture_corpus() -> list[bytes]:
-    """Every datagram of a lossy reliable transfer and a lossy blast, both ways, plus one
-    encoded HAVE, MANIFEST, block NACK and ABORT (which these transfers do not produce)."""
+def capture_corpus(*, keyed: bool = False) -> list[bytes]:
+    """Every datagram of a lossy reliable transfer and a lossy blast, both ways (keyed with
+    ``PSK`` or not), plus one keyless HAVE, MANIFEST, block NACK and ABORT (which these
+    transfers do not produce)."""
     data = corpus_file()
     recorded = Recorded()
     for mode, seed in ((Mode.RELIABLE, 1), (Mode.BLAST, 2)):
         config = SenderConfig(chunk_size=1000, mode=mode)
-        endpoint = ReceiverEndpoint(ReceiverConfig())
-        transfer(endpoint, ChunkStore(), data, config=config, loss=0.1, seed=seed, record=recorded)
+        store = ChunkStore()
+        endpoint = new_endpoint(store, keyed=keyed)
+        transfer(
+            endpoint, store, data, config=config, loss=0.1, seed=seed, record=recorded, keyed=keyed
+        )
     extra = [
         encode(Have(SESSION_ID, ((0, 3), (7, 9)), 5, 6, 7)),
         encode(Manifest(SESSION_ID, 0, (hashlib.sha256(data).digest(),) * 3, 8, 9)),
@@ -484,10 +515,11 @@ class Escape:
 class Harness:
     """Feeds datagrams to the decoder, a receiver endpoint and a sender session."""
 
-    def __init__(self, now: float = START_S) -> None:
+    def __init__(self, now: float = START_S, *, keyed: bool = False) -> None:
         self.now = now
+        self.keyed = keyed
         self.store = ChunkStore()
-        self.endpoint = ReceiverEndpoint(ReceiverConfig(), chunk_sink=self.store)
+        self.endpoint = new_endpoint(self.store, keyed=keyed)
         # An AEAD seal with some key: keyed inputs must also raise only MalformedPacket.
         protection = PacketProtection.handshake(bytes(32), SESSION_ID, bytes(16))
         self.keyed_seal = AeadSeal(protection, Direction.TO_SENDER, encrypt=True)
@@ -500,7 +532,8 @@ class Harness:
         self._ports = itertools.cycle(range(5000, 5064))
 
     def _new_sender(self) -> SenderSession:
-        return new_sender(corpus_file(), SESSION_ID, self.now, SenderConfig(chunk_size=1000))
+        config = SenderConfig(chunk_size=1000)
+        return new_sender(corpus_file(), SESSION_ID, self.now, config, keyed=self.keyed)
 
     def _guard(self, where: str, kind: str, datagram: bytes, call: Callable[[], object]) -> None:
         try:
@@ -558,6 +591,10 @@ class Harness:
             timer = sender.get_timer()
             if timer is not None and timer <= now:
                 sender.handle_timer(now)
+
+    def real_transfer_problem(self) -> str:
+        """Why a real transfer through the fuzzed endpoint fails ("" when it arrives intact)."""
+        return real_transfer_problem(self.endpoint, self.store, self.now, keyed=self.keyed)
 
     def run(self, mutator: Mutator, count: int) -> None:
         """Feed ``count`` inputs from ``mutator``."""
