@@ -305,11 +305,16 @@ class SenderSession:
             packet = decode_header_untrusted(parse_header_untrusted(data), CRC)
         except MalformedPacket:
             return
-        if not isinstance(packet, Hello) or packet.session != self.session_id or self._accepted:
+        if isinstance(packet, Hello) and packet.session == self.session_id:
+            self._note_key_problem(packet, now)
+
+    def _note_key_problem(self, hello: Hello, now: float) -> None:
+        if self._accepted or self._key_problem is not None:
             return
         for flag, reason in _KEY_PROBLEMS.items():
-            if packet.flags & flag and self._key_problem is None:
+            if hello.flags & flag:
                 self._key_problem = (reason, now + self.config.auth_give_up_s)
+                return
 
     def _on_hello(self, hello: Hello, now: float) -> None:
         self._last_heard = now
@@ -319,6 +324,7 @@ class SenderSession:
                 self._queue_control(self._meta(0, now))  # echo it at once
             return
         if not hello.flags & HelloFlags.ACCEPTED:
+            self._note_key_problem(hello, now)
             return
         self._key_problem = None
         if hello.echo_ns:

@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from udpxfer.cli.app import app, guarded
-from udpxfer.keys import KEY_FILE_ENV, generate_key, write_key_file
+from udpxfer.keys import (
+    KEY_FILE_ENV,
+    generate_key,
+    key_file_warning,
+    load_key_file,
+    write_key_file,
+)
 
 
 @app.command()
@@ -36,3 +42,39 @@ def keygen(
             f"wrote a new key to {path}: copy it to the other side over a safe channel, "
             f"then use --key-file {path} (or {KEY_FILE_ENV}={path}) on both send and recv"
         )
+
+
+KeyFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--key-file",
+        envvar=KEY_FILE_ENV,
+        metavar="PATH",
+        help="Pre-shared key file (from `udpxfer keygen`), the same on both ends: every "
+        "datagram is authenticated, and its data encrypted unless --no-encrypt. "
+        f"Also ${KEY_FILE_ENV}.",
+        show_default=False,
+    ),
+]
+NoEncryptOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-encrypt",
+        help="With --key-file: authenticate every datagram but leave the data in clear.",
+    ),
+]
+
+
+def load_key(path: Path | None) -> bytes | None:
+    """The key of ``--key-file`` (None without one); warns when others can read the file.
+
+    Raises:
+        UsageError: the file is missing, unreadable or not a key.
+    """
+    if path is None:
+        return None
+    key = load_key_file(path)
+    warning = key_file_warning(path)
+    if warning is not None:
+        typer.echo(f"udpxfer: warning: {warning}", err=True)
+    return key

@@ -16,6 +16,7 @@ import typer
 from tqdm import tqdm
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
+from udpxfer.cli.keys import KeyFileOption, NoEncryptOption, load_key
 from udpxfer.driver import ReceiverServer, TransferResult, send_file
 from udpxfer.errors import TransferError
 from udpxfer.files import ensure_writable_dir
@@ -24,7 +25,7 @@ from udpxfer.report import peer_text, summary_lines
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import format_rate, format_size, parse_address, parse_rate, parse_size
-from udpxfer.wire import DEFAULT_CHUNK_BYTES, Mode
+from udpxfer.wire import DEFAULT_CHUNK_BYTES, DEFAULT_KEYED_CHUNK_BYTES, Mode
 
 DEFAULT_PORT = 9000
 
@@ -52,13 +53,15 @@ def send(
         ),
     ] = str(DEFAULT_PORT),
     chunk_size: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--chunk-size",
-            help="Payload bytes per datagram (64K-style suffixes accepted). The default fits "
-            "a 1500-byte Ethernet MTU under IPv6 with udpxfer's 44-byte header.",
+            help=f"Payload bytes per datagram (8K-style suffixes accepted). Default "
+            f"{DEFAULT_CHUNK_BYTES} ({DEFAULT_KEYED_CHUNK_BYTES} with --key-file): a datagram "
+            "then fits a 1500-byte Ethernet MTU under IPv6 with udpxfer's header and check.",
+            show_default=False,
         ),
-    ] = str(DEFAULT_CHUNK_BYTES),
+    ] = None,
     rate: Annotated[
         str,
         typer.Option(
@@ -82,14 +85,19 @@ def send(
         typer.Option(
             "--timeout", help="Reliable mode: give up after this many seconds of silence."
         ),
-    ] = 10.0,
+    ] = 20.0,
     name: Annotated[
         str | None,
         typer.Option("--name", help="Name to announce instead of the file's own name."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    key_file: KeyFileOption = None,
+    no_encrypt: NoEncryptOption = False,
 ) -> None:
     """Send one FILE to a `udpxfer recv` over UDP.
+
+    Running the same send again after an interruption resumes a reliable
+    transfer: only what the receiver does not hold yet travels.
 
     Exit codes: 0 when the receiver verified the SHA-256 (reliable)
     or once everything was sent (blast); 1 if the transfer failed;
@@ -98,8 +106,10 @@ def send(
     Example: udpxfer send big.iso --to 192.0.2.7:9000 --rate 500M
     """
     with guarded():
+        key = load_key(key_file)
+        default_chunk = DEFAULT_CHUNK_BYTES if key is None else DEFAULT_KEYED_CHUNK_BYTES
         config = SenderConfig(
-            chunk_size=parse_size(chunk_size),
+            chunk_size=parse_size(chunk_size) if chunk_size is not None else default_chunk,
             mode=Mode.BLAST if mode is ModeChoice.blast else Mode.RELIABLE,
             rate_bps=parse_rate(rate),
             give_up_s=timeout,
@@ -109,7 +119,15 @@ def send(
             fail(f"{file}: no such file")
         bar = _SendBar(file, address_text=str(address), enabled=show_progress(quiet))
         try:
-            session = send_file(file, address, config, on_progress=bar.update, name=name)
+            session = send_file(
+                file,
+                address,
+                config,
+                on_progress=bar.update,
+                name=name,
+                key=key,
+                encrypt=not no_encrypt,
+            )
         finally:
             bar.close()
         _report_send(session, str(address))
@@ -165,7 +183,8 @@ def _report_send(session: SenderSession, address: str) -> None:
         typer.echo(f"sent {head}: {detail}; {verdicts.get(outcome.outcome, outcome.outcome)}")
         raise typer.Exit(EXIT_OK)
     if outcome.outcome == "complete":
-        typer.echo(f"sent {head}: verified by the receiver; {detail}")
+        resumed = f"; {session.resumed} chunks were already there" if session.resumed else ""
+        typer.echo(f"sent {head}: verified by the receiver; {detail}{resumed}")
         raise typer.Exit(EXIT_OK)
     raise TransferError(f"{head}: {outcome.reason or outcome.outcome}")
 
@@ -248,7 +267,7 @@ def recv(
     idle_timeout: Annotated[
         float,
         typer.Option("--idle-timeout", help="Give a transfer up after this many silent seconds."),
-    ] = 5.0,
+    ] = 20.0,
     grace: Annotated[
         float,
         typer.Option(
@@ -262,6 +281,8 @@ def recv(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars or start messages.")
     ] = False,
+    key_file: KeyFileOption = None,
+    no_encrypt: NoEncryptOption = False,
 ) -> None:
     """Receive files over UDP into --out, writing a JSON report per transfer.
 
@@ -274,6 +295,7 @@ def recv(
     Example: udpxfer recv --bind 9000 --out incoming --once
     """
     with guarded():
+        key = load_key(key_file)
         if idle_timeout <= 0 or grace < 0:
             fail("--idle-timeout must be positive and --grace not negative")
         config = ReceiverConfig(
@@ -289,7 +311,16 @@ def recv(
             once=once,
             config=config,
             observer=_RecvObserver(bars=show_progress(quiet), quiet=quiet),
+            key=key,
+            encrypt=not no_encrypt,
+            log=lambda line: typer.echo(f"udpxfer: {line}", err=True),
         )
+        if key is None and not quiet:
+            typer.echo(
+                "note: no --key-file: anyone on the path can inject data into a transfer or "
+                "forge its verdict (see docs/SECURITY.md)",
+                err=True,
+            )
         host, port = server.address
         buffers = server.transport.buffers
         if buffers.capped and not quiet:
