@@ -618,8 +618,12 @@ def analyse(trace: Trace) -> dict[str, Any]:
         ``timing`` extend the core sections of the same name.
     """
     lost = lost_chunks(trace)
-    n_lost = int(np.count_nonzero(lost))
     send_ns = trace_send_times(trace)
+    if 0 <= trace.chunks_sent < lost.size:
+        # An interrupted transfer: chunks the sender never sent are not lost.
+        lost = lost[: trace.chunks_sent]
+        send_ns = send_ns[: trace.chunks_sent + 1] if send_ns is not None else None
+    n_lost = int(np.count_nonzero(lost))
     _, loss_lengths = runs(lost)
     _, gap_lengths = runs(~lost)
     ci = wilson_interval(n_lost, lost.size)

@@ -256,7 +256,7 @@ class ReceiverServer:
         self._hashed: queue.Queue[tuple[ReceiverSession, bytes | TransportError]] = queue.Queue()
         self._hashing = 0  # verifications under way in worker threads
         self._ended: list[ReceiverSession] = []
-        self._marks = (0, 0)  # endpoint (received, rejected) when the last report was written
+        self._marks = (0, 0, 0)  # endpoint (received, rejected, unauthenticated) at the last report
         self._reports_written = 0
         self._next_progress = 0.0
 
@@ -493,8 +493,9 @@ class ReceiverServer:
             datagrams_received=received - self._marks[0],
             datagrams_rejected=max(0, rejected - self._marks[1]),
             trace=trace,
+            datagrams_unauthenticated=self.endpoint.unauthenticated - self._marks[2],
         )
-        self._marks = (received, rejected)
+        self._marks = (received, rejected, self.endpoint.unauthenticated)
         report_path = self._next_report_path(session)
         trace_path = None
         if trace is not None and self.trace_path is not None:

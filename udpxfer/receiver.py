@@ -401,6 +401,12 @@ class ReceiverSession:
             return missing_ranges(flags[: self.sent_upto])
         return self.first_pass.missing_ranges(self.sent_upto)
 
+    def resumed_below(self, limit: int) -> int:
+        """Chunks among the first ``limit`` that were already on disk (a resumed transfer)."""
+        if self._resumed is None:
+            return 0
+        return int(self._resumed.flags()[:limit].sum())
+
     def _held_from(self, start: int) -> int:
         return int(self.held.flags()[start:].sum())
 

@@ -72,11 +72,12 @@ class TransferReport:
     session_id: str | None = None
     outcome: str = "complete"
     started_unix_s: float = field(default_factory=time.time)
+    first_pass_sent: int | None = None  # chunks the first pass sent (None: all of them)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document, core keys first, then any analysis sections in ``extra``."""
-        total = self.chunks.total
+        total = self.chunks.total if self.first_pass_sent is None else self.first_pass_sent
         first_pass_missing = sum(last - first + 1 for first, last in self.first_pass_gaps)
         received_bytes = self.file.size if self.file.complete else self._received_bytes()
         duration = max(self.duration_s, 0.0)
@@ -209,6 +210,11 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             f"loss      {doc['loss']['rate'] * 100:.3f}% on the first pass "
             f"({_format_ranges(doc['first_pass_gaps'])})"
         )
+    not_sent = chunks.get("not_sent", 0)
+    if not_sent:
+        lines.append(
+            f"sent      interrupted: {not_sent} chunks were never sent (not counted as lost)"
+        )
     loss = doc.get("loss", {})
     bursts, gilbert, ci = loss.get("bursts"), loss.get("gilbert"), loss.get("ci95")
     if isinstance(bursts, dict) and bursts.get("count"):
@@ -314,6 +320,7 @@ def session_trace(session: ReceiverSession) -> Trace | None:
         mode=meta.mode.label,
         started_ns=int(session.started_at * 1e9),
         tx_sent=session.tx_sent,
+        chunks_sent=session.sent_upto if session.not_sent else -1,
     )
 
 
@@ -324,6 +331,7 @@ def udp_report(
     datagrams_received: int,
     datagrams_rejected: int,
     trace: Trace | None = None,
+    datagrams_unauthenticated: int = 0,
 ) -> dict[str, Any]:
     """The JSON report of one UDP transfer, with the loss analysis when a trace is given."""
     meta = session.meta
@@ -333,6 +341,14 @@ def udp_report(
     verified = outcome == "complete"
     gaps = session.gaps()
     first_pass = session.first_pass_gaps()
+    not_sent = session.not_sent
+    if meta.mode is Mode.BLAST:
+        first_pass = [(a, min(b, session.sent_upto - 1)) for a, b in gaps if a < session.sent_upto]
+    # Loss is counted over what the first pass sent: not over chunks never sent (an
+    # interrupted transfer) nor over chunks already on disk (a resumed one).
+    sent_first = None
+    if not_sent or session.resumed:
+        sent_first = session.sent_upto - session.resumed_below(session.sent_upto)
     # Goodput counts until verification for a verified file, else until the last new chunk
     # (not the blast grace period or an idle timeout that followed it).
     end = session.finished_at if session.finished_at is not None else session.last_heard
@@ -363,7 +379,8 @@ def udp_report(
             retransmitted=session.retransmitted,
         ),
         gaps=as_lists(gaps),
-        first_pass_gaps=as_lists(first_pass) if meta.mode is Mode.RELIABLE else as_lists(gaps),
+        first_pass_gaps=as_lists(first_pass),
+        first_pass_sent=sent_first,
         duration_s=max(0.0, end - session.started_at),
         datagrams_received=datagrams_received,
         datagrams_rejected=datagrams_rejected,
@@ -371,9 +388,11 @@ def udp_report(
         session_id=f"{session.session_id:016x}",
         outcome=outcome,
         extra={
+            "chunks": {"not_sent": not_sent, "resumed": session.resumed},
             "datagrams": {
                 "session": session.datagrams,
                 "sender_data_sent": session.tx_sent,
+                "unauthenticated": datagrams_unauthenticated,
             },
             "repair": {
                 "rounds": session.rounds,

@@ -30,7 +30,15 @@ DUPLICATE: Final = TRACE_DUPLICATE  # the chunk was already held when this datag
 
 _INT64_COLUMNS: Final = ("index", "tx", "sent_ns", "arrival_ns")
 _UINT8_COLUMNS: Final = ("pass_no", "flags")
-_SCALARS: Final = ("chunk_count", "chunk_size", "file_size", "tx_sent", "started_ns")
+_SCALARS: Final = (
+    "chunk_count",
+    "chunk_size",
+    "file_size",
+    "tx_sent",
+    "started_ns",
+    "chunks_sent",
+)
+_OPTIONAL_SCALARS: Final = ("chunks_sent",)  # absent from traces of earlier versions
 
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
@@ -84,13 +92,17 @@ def _read_fields(handle: BinaryIO) -> dict[str, Any]:
         members = set(archive.files)
         if "format" not in members or str(archive["format"]) != TRACE_FORMAT:
             raise ValueError(f"not a {TRACE_FORMAT} archive")
-        missing = {"mode", *_INT64_COLUMNS, *_UINT8_COLUMNS, *_SCALARS} - members
+        missing = (
+            {"mode", *_INT64_COLUMNS, *_UINT8_COLUMNS, *_SCALARS} - members - set(_OPTIONAL_SCALARS)
+        )
         if missing:
             raise ValueError(f"missing {', '.join(sorted(missing))}")
         fields: dict[str, Any] = {
             name: archive[name] for name in (*_INT64_COLUMNS, *_UINT8_COLUMNS)
         }
         for name in _SCALARS:
+            if name not in members:
+                continue
             value = archive[name]
             if value.shape != () or value.dtype.kind not in "iu":
                 raise ValueError(f"{name} is not an integer scalar")
@@ -128,6 +140,7 @@ class Trace:
     mode: str
     started_ns: int
     tx_sent: int = -1
+    chunks_sent: int = -1  # the first pass reached chunks [0, chunks_sent); -1: all of them
 
     def __post_init__(self) -> None:
         for name in _INT64_COLUMNS:
@@ -166,6 +179,7 @@ class Trace:
         mode: str,
         started_ns: int,
         tx_sent: int = -1,
+        chunks_sent: int = -1,
     ) -> Trace:
         """Build a trace over ``array.array`` columns, sharing their memory where types match.
 
@@ -186,6 +200,7 @@ class Trace:
             mode=mode,
             started_ns=started_ns,
             tx_sent=tx_sent,
+            chunks_sent=chunks_sent,
         )
 
     @classmethod
