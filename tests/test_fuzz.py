@@ -20,8 +20,10 @@ from fuzzing import (
     ChunkStore,
     Harness,
     Mutator,
+    Recorded,
     capture_corpus,
     frame,
+    new_endpoint,
     new_sender,
     pump_events,
     transfer,
@@ -52,6 +54,7 @@ from udpxfer.wire import (
     decode_untrusted,
     encode,
     encode_data,
+    parse_header_untrusted,
 )
 
 FUZZ_CASES = [(1, False), (2, False), (3, False), (4, True)]  # (seed, keyed)
@@ -488,6 +491,59 @@ def test_junk_between_meta_and_data_does_not_evict_a_transfer() -> None:
             case.endpoint.receive_datagram(junk, junk_peer, NOW)
     assert case.endpoint.sessions[(SENDER_PEER, SESSION_ID)] is case.session
     case.finish()
+
+
+SHARED_HANDSHAKE_NUMBERS = (
+    "core bug: the endpoint's stateless HELLOs (ReceiverEndpoint._next_pn) and the session's "
+    "HELLO(ACCEPTED) (ReceiverSession._next_pn) are sealed under the same handshake key, "
+    "direction and packet-number space with two independent counters"
+)
+
+
+def keyed_hellos(
+    endpoint: ReceiverEndpoint, store: ChunkStore, session_id: int
+) -> tuple[SenderSession, list[int]]:
+    """A keyed transfer through ``endpoint`` (storing into ``store``); the sender and the
+    packet numbers of the HELLOs it got."""
+    recorded = Recorded()
+    data = data_file(5000)
+    config = SenderConfig(chunk_size=1000)
+    sender, _, _ = transfer(
+        endpoint, store, data, session_id=session_id, config=config,
+        keyed=True, record=recorded,
+    )  # fmt: skip
+    hellos = [d for d in recorded.reverse if d[5] == PacketType.HELLO]
+    return sender, [parse_header_untrusted(d).pn for d in hellos]
+
+
+@pytest.mark.xfail(strict=True, reason=SHARED_HANDSHAKE_NUMBERS + ": an AES-GCM nonce reused")
+def test_keyed_hellos_never_share_a_packet_number() -> None:
+    """Every HELLO of one keyed session is sealed under the same handshake key: a packet
+    number used twice is a repeated AES-GCM nonce (it gives away the GHASH key)."""
+    store = ChunkStore()
+    sender, pns = keyed_hellos(new_endpoint(store, keyed=True), store, SESSION_ID)
+    assert sender.outcome is not None
+    assert sender.outcome.outcome == "complete"
+    assert len(pns) >= 2
+    assert len(set(pns)) == len(pns), f"HELLO packet numbers {pns}"
+
+
+@pytest.mark.xfail(strict=True, reason=SHARED_HANDSHAKE_NUMBERS + ": later ACCEPTED look stale")
+def test_replayed_keyed_metas_do_not_block_later_handshakes() -> None:
+    """An on-path attacker without the key replays one captured keyed META 4,200 times (each
+    answered with a stateless HELLO to the attacker): later keyed senders still get in."""
+    store = ChunkStore()
+    endpoint = new_endpoint(store, keyed=True)
+    recorded = Recorded()
+    transfer(endpoint, store, data_file(5000), keyed=True, record=recorded)
+    meta = next(d for d in recorded.forward if d[5] == PacketType.META)
+    attacker = ("203.0.113.66", 9999)
+    for _ in range(4200):
+        endpoint.receive_datagram(meta, attacker, NOW)
+        endpoint.datagrams_to_send(NOW)
+    sender, _ = keyed_hellos(endpoint, store, 77)
+    assert sender.outcome is not None
+    assert sender.outcome.outcome == "complete", sender.outcome.reason
 
 
 def test_data_of_the_transfer_decodes_as_captured(corpus: list[bytes]) -> None:
