@@ -173,7 +173,12 @@ def run_pair(
 
 @contextmanager
 def receiver(
-    tmp_path: Path, host: str = "127.0.0.1", *, trace_path: Path | None = None, **config: Any
+    tmp_path: Path,
+    host: str = "127.0.0.1",
+    *,
+    trace_path: Path | None = None,
+    key: bytes | None = None,
+    **config: Any,
 ) -> Iterator[tuple[ReceiverServer, list[TransferResult]]]:
     """A ReceiverServer on an ephemeral loopback port, served in a thread.
 
@@ -186,6 +191,7 @@ def receiver(
         reports_dir=tmp_path / "reports",
         trace_path=trace_path,
         config=ReceiverConfig(**config),
+        key=key,
     )
     stop = threading.Event()
     thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)

@@ -35,6 +35,7 @@ from udpxfer.wire import (
     AbortCode,
     CorruptPacket,
     Data,
+    End,
     Header,
     Hello,
     HelloFlags,
@@ -161,7 +162,11 @@ class ReceiverEndpoint:
         except MalformedPacket:
             self.rejected += 1
             return
-        if isinstance(packet, Data) and session.started:
+        if (
+            isinstance(packet, Data)
+            and session.started
+            and session.state is not ReceiverState.PROBATION
+        ):
             session.datagrams += 1
             if not session.on_data(
                 packet.index,
@@ -174,6 +179,13 @@ class ReceiverEndpoint:
                 queued_s,
             ):
                 self.rejected += 1
+            return
+        if (
+            session.state is ReceiverState.PROBATION
+            and isinstance(packet, Data | End)
+            and not self._admit_unvalidated(session, now)
+        ):
+            self.rejected += 1
             return
         if not session.receive_packet(packet, now, size):
             self.rejected += 1
@@ -355,7 +367,9 @@ class ReceiverEndpoint:
         """Whether limits leave room for this transfer; if not, it is refused as busy."""
         config = self.config
         source = _source(peer)
-        active = [s for s in self.sessions.values() if _active(s) and s is not session]
+        active = [
+            s for s in self.sessions.values() if _active(s) and s.validated and s is not session
+        ]
         from_source = sum(1 for s in active if _source(s.peer) == source)
         state = sum(s.state_bytes for s in active) + 2 * ((meta.chunk_count + 7) >> 3)
         reason = ""
@@ -365,6 +379,29 @@ class ReceiverEndpoint:
             reason = f"receiver busy: {from_source} transfers from {source} in progress"
         elif state > config.max_state_bytes:
             reason = "receiver busy: no memory left for another transfer's state"
+        if reason:
+            session.refuse(reason, now, AbortCode.BUSY)
+            return False
+        return True
+
+    def _admit_unvalidated(self, session: ReceiverSession, now: float) -> bool:
+        """Room for a blast transfer from an address that never echoed a token: a few, in
+        their own pool, so that they can never crowd out validated transfers."""
+        config = self.config
+        source = _source(session.peer)
+        others = [
+            s for s in self.sessions.values() if _active(s) and not s.validated and s is not session
+        ]
+        meta = session.meta
+        state = sum(s.state_bytes for s in self.sessions.values() if _active(s))
+        state += 2 * (((meta.chunk_count if meta else 0) + 7) >> 3)
+        reason = ""
+        if len(others) >= config.max_unvalidated_transfers:
+            reason = "receiver busy: too many transfers from unvalidated addresses"
+        elif sum(1 for s in others if _source(s.peer) == source) >= 2:
+            reason = f"receiver busy: transfers from {source} in progress"
+        elif state > config.max_state_bytes // 4:
+            reason = "receiver busy: no memory left for an unvalidated transfer"
         if reason:
             session.refuse(reason, now, AbortCode.BUSY)
             return False

@@ -96,6 +96,7 @@ class ReceiverConfig:
     max_chunks: int = 1 << 28  # one bit of state per chunk and map: 64 MiB per transfer at most
     max_transfers: int = 32  # transfers in progress at once
     max_transfers_per_source: int = 8
+    max_unvalidated_transfers: int = 8  # blast transfers from addresses that echoed no token
     max_state_bytes: int = 512 << 20  # chunk maps of all transfers together
     record_trace: bool = True
     require_token: bool = True  # reliable transfers start only from a validated address

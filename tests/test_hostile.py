@@ -1,0 +1,231 @@
+"""Attacks from the outside, end to end on loopback: forged, out-of-range and replayed
+datagrams, forged verdicts, amplification, slot exhaustion, wrong keys.
+
+An on-path attacker is played by a relay between sender and receiver that injects datagrams
+of its choosing; every test is bounded in time.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+from helpers import LossyRelay, receiver, wait_for
+
+from udpxfer.driver import send_file
+from udpxfer.keys import generate_key
+from udpxfer.sender import SenderConfig
+from udpxfer.units import Address
+from udpxfer.wire import (
+    HEADER,
+    MAGIC,
+    VERSION,
+    Abort,
+    AbortCode,
+    Done,
+    End,
+    Flags,
+    Meta,
+    Mode,
+    Nack,
+    PacketType,
+    Verdict,
+    decode_untrusted,
+    encode,
+    encode_data,
+    parse_header_untrusted,
+)
+
+CHUNK = 1000
+U64 = (1 << 64) - 1
+
+
+def make_file(tmp_path: Path, size: int, seed: int = 0) -> Path:
+    path = tmp_path / "source.bin"
+    path.write_bytes(random.Random(seed).randbytes(size))
+    return path
+
+
+def raw_datagram(ptype: int, session: int, seq: int, pn: int, sent_ns: int, body: bytes) -> bytes:
+    """A datagram with any header values (bounds ignored) and a valid CRC trailer."""
+    head = HEADER.pack(MAGIC, VERSION, ptype, 0, 0, session & U64, seq & U64, pn & U64,
+                       sent_ns & U64)  # fmt: skip
+    prefix = head + body
+    return prefix + struct.pack("!I", zlib.crc32(prefix))
+
+
+def session_of(datagram: bytes) -> tuple[int, int]:
+    """(type, session id) of one of our datagrams, read from its clear header."""
+    header = parse_header_untrusted(datagram)
+    return header.ptype, header.session
+
+
+def test_out_of_range_forgeries_leave_a_live_receiver_running(tmp_path: Path) -> None:
+    source = make_file(tmp_path, CHUNK * 400 + 7)
+    forged: list[bytes] = []
+
+    def inject(datagram: bytes, forward: bool) -> bool:
+        ptype, session = session_of(datagram)
+        if forward and ptype == PacketType.DATA and not forged:
+            for value in (0, 1 << 31, (1 << 62) - 1, (1 << 63) - 1, U64):
+                forged.extend(
+                    [
+                        raw_datagram(PacketType.DATA, session, value or U64, value, value, b"x" * CHUNK),
+                        raw_datagram(PacketType.DATA, session, 5, 9, value, b"z" * 3),
+                        raw_datagram(PacketType.END, session, value, 1, value, bytes(16)),
+                        raw_datagram(PacketType.END, session, 0, 2, 0, struct.pack("!QQ", value, value)),
+                        raw_datagram(PacketType.ABORT, session, 0, 3, 0, b"\x09" + bytes(10)),
+                    ]
+                )  # fmt: skip
+            for datagram_out in forged:
+                relay.back.sendto(datagram_out, relay.server)
+        return False
+
+    with receiver(tmp_path) as (server, results):
+        with LossyRelay(server.address, inject) as relay:
+            session = send_file(source, Address(*relay.address), SenderConfig(chunk_size=CHUNK))
+        wait_for(lambda: len(results) == 1)
+        assert session.outcome is not None
+        assert session.outcome.outcome == "complete"
+        assert results[0].file_path.read_bytes() == source.read_bytes()
+        assert results[0].report["datagrams"]["rejected"] >= 10  # counted, not acted on
+        # And the next transfer still works.
+        again = send_file(source, Address(*server.address), SenderConfig(chunk_size=CHUNK))
+        wait_for(lambda: len(results) == 2)
+    assert again.outcome is not None and again.outcome.outcome == "complete"
+    assert results[1].file_path.read_bytes() == source.read_bytes()
+
+
+def test_a_forged_nack_for_every_index_costs_one_resend_of_the_file_at_most(
+    tmp_path: Path,
+) -> None:
+    source = make_file(tmp_path, CHUNK * 300)
+    injected = 0
+
+    def inject(datagram: bytes, forward: bool) -> bool:
+        nonlocal injected
+        packet = decode_untrusted(datagram)
+        if forward and isinstance(packet, End) and injected < 50:
+            nack = encode(Nack(packet.session, packet.round, 0, ((0, U64),) * 80, pn=10**6))
+            for _ in range(10):  # repeated: merged, never walked twice
+                relay.front.sendto(nack, relay.client)
+                injected += 1
+        return False
+
+    with receiver(tmp_path) as (server, results):
+        with LossyRelay(server.address, inject) as relay:
+            config = SenderConfig(chunk_size=CHUNK, give_up_s=10)
+            session = send_file(source, Address(*relay.address), config)
+        wait_for(lambda: len(results) == 1)
+    assert injected
+    assert session.outcome is not None
+    assert session.outcome.outcome == "complete"
+    assert session.finished_at is not None and session.finished_at - session.started_at < 10
+    assert session.chunks_resent <= 300 * (session.repair_rounds or 1)
+    assert results[0].file_path.read_bytes() == source.read_bytes()
+
+
+def test_an_unvalidated_address_never_gets_more_than_three_times_what_it_sent(
+    tmp_path: Path,
+) -> None:
+    with receiver(tmp_path) as (server, results):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.3)
+            sent = received = 0
+            rng = random.Random(3)
+            for session in range(300):
+                mode = Mode.BLAST if session % 2 else Mode.RELIABLE
+                name = "x" * rng.randrange(0, 3)
+                datagrams = [
+                    encode(Meta(session, name, 10**9, 1, 10**9, bytes(32), mode)),
+                    encode_data(session, rng.randrange(10**9), session, b"d"),
+                    encode(End(session, 0, 10**9, 10**9)),
+                    encode(End(session, 1, 10**9, 10**9, pn=2)),
+                ]
+                for datagram in datagrams:
+                    sock.sendto(datagram, server.address)
+                    sent += len(datagram)
+            try:
+                while True:
+                    received += len(sock.recv(65535))
+            except TimeoutError:
+                pass
+        wait_for(lambda: server.endpoint.received == 1200)
+    assert received <= 3 * sent
+    assert not results  # none of it became a transfer
+
+
+def test_keyed_transfer_survives_a_forger_on_the_path(tmp_path: Path) -> None:
+    key = generate_key()
+    source = make_file(tmp_path, CHUNK * 500 + 1)
+    forged = {"data": 0, "verdicts": 0}
+
+    def inject(datagram: bytes, forward: bool) -> bool:
+        ptype, session = session_of(datagram)
+        if forward and ptype == PacketType.DATA and forged["data"] < 60:
+            for variant in range(3):
+                payload = bytes([variant]) * CHUNK
+                fake = encode_data(session, forged["data"] % 50, 10**7 + forged["data"], payload)
+                if variant == 1:  # claims a tag: random bytes instead of one
+                    head = bytearray(fake[:40])
+                    head[6] |= int(Flags.KEYED | Flags.ENCRYPTED)
+                    fake = bytes(head) + payload + random.randbytes(16)
+                relay.back.sendto(fake, relay.server)
+                forged["data"] += 1
+        if not forward and forged["verdicts"] < 40:
+            for fake in (
+                encode(Done(session, Verdict.VERIFIED, 10**6, bytes(32))),
+                encode(Abort(session, AbortCode.CANCELLED, "forged")),
+            ):
+                relay.front.sendto(fake, relay.client)
+                forged["verdicts"] += 1
+        return False
+
+    with receiver(tmp_path, key=key) as (server, results):
+        with LossyRelay(server.address, inject) as relay:
+            session = send_file(
+                source, Address(*relay.address), SenderConfig(chunk_size=CHUNK), key=key
+            )
+        wait_for(lambda: len(results) == 1)
+    assert forged["data"] and forged["verdicts"]
+    assert session.outcome is not None
+    assert session.outcome.outcome == "complete", session.outcome
+    assert results[0].file_path.read_bytes() == source.read_bytes()
+    report = results[0].report
+    assert report["file"]["verified"]
+    assert report["datagrams"]["unauthenticated"] >= forged["data"] // 2
+    assert session.unauthenticated + session.rejected >= forged["verdicts"] // 2
+
+
+def test_a_wrong_key_fails_fast_on_the_sender(tmp_path: Path) -> None:
+    source = make_file(tmp_path, CHUNK * 20)
+    with receiver(tmp_path, key=generate_key()) as (server, results):
+        session = send_file(
+            source, Address(*server.address), SenderConfig(chunk_size=CHUNK), key=generate_key()
+        )
+        assert server.endpoint.unauthenticated >= 1
+    assert session.outcome is not None
+    assert session.outcome.outcome == "unauthenticated"
+    assert "wrong key" in session.outcome.reason
+    assert session.finished_at is not None and session.finished_at - session.started_at < 5
+    assert not results
+
+
+def test_junk_from_another_host_does_not_lock_a_sender_out(tmp_path: Path) -> None:
+    source = make_file(tmp_path, CHUNK * 200)
+    with receiver(tmp_path, max_pending_sessions=64) as (server, results):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
+            junk.bind(("127.0.0.2", 0))
+            for session in range(3000):  # slot-filling METAs: probation, then evicted
+                mode = Mode.BLAST if session % 3 else Mode.RELIABLE
+                junk.sendto(encode(Meta(session, "j", 10, 5, 2, bytes(32), mode)), server.address)
+                junk.sendto(encode_data(session, 0, 0, b"12345"), server.address)
+            session = send_file(source, Address(*server.address), SenderConfig(chunk_size=CHUNK))
+            wait_for(lambda: any(r.report["file"]["verified"] for r in results), what=f"{session.outcome} {[r.report['outcome'] for r in results]}")
+    assert session.outcome is not None
+    assert session.outcome.outcome == "complete"
+    real = [r for r in results if r.report["file"]["name"] == "source.bin"]
+    assert real and real[0].file_path.read_bytes() == source.read_bytes()
