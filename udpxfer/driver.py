@@ -247,6 +247,7 @@ class ReceiverServer:
             token_secret=secrets.token_bytes(32),
             keying=Keying(key, encrypt) if key is not None else None,
             nonces=lambda: secrets.token_bytes(NONCE_BYTES),
+            hello_pn_start=secrets.randbits(60),
         )
         self._logged: dict[object, float] = {}  # peer -> when its last auth failure was logged
         self._next_state_save = 0.0

@@ -31,6 +31,7 @@ from udpxfer.receiver import (
 )
 from udpxfer.wire import (
     CRC,
+    MAX_PN,
     NONCE_BYTES,
     AbortCode,
     CorruptPacket,
@@ -92,6 +93,7 @@ class ReceiverEndpoint:
         token_secret: bytes = bytes(32),
         keying: Keying | None = None,
         nonces: collections.abc.Callable[[], bytes] | None = None,
+        hello_pn_start: int = 1,
     ) -> None:
         """Create an endpoint.
 
@@ -103,6 +105,11 @@ class ReceiverEndpoint:
             token_secret: the secret address tokens are made with (random, from the driver).
             keying: the pre-shared key, for keyed mode.
             nonces: where session nonces come from (the driver's random source).
+            hello_pn_start: the first packet number of HELLOs. Every HELLO to a sender is
+                sealed under its handshake key, whether this endpoint sends it statelessly or a
+                session does, so all of them take numbers from one counter; a random start
+                (from the driver) keeps a restarted receiver from repeating a number, which
+                under AES-GCM would repeat a nonce.
         """
         from udpxfer.keys import TokenMinter
 
@@ -120,7 +127,7 @@ class ReceiverEndpoint:
         self._keying = keying
         self._nonces = nonces or (lambda: bytes(NONCE_BYTES))
         self._budgets: collections.OrderedDict[Peer, _Budget] = collections.OrderedDict()
-        self._pn = 0
+        self._pn = max(1, min(hello_pn_start, MAX_PN >> 1))
 
     # -- the sans-IO interface -----------------------------------------------------------
 
@@ -141,6 +148,10 @@ class ReceiverEndpoint:
             self.rejected += 1
             return
         session = self.sessions.get((peer, header.session))
+        if session is not None and session.state is ReceiverState.CLOSED and header.ptype == _META:
+            # Over (refused, or finished and lingering no more): a new META starts afresh.
+            self._forget(session)
+            session = None
         if header.ptype == _META:
             self._on_meta(header, peer, session, now, size)
             return
@@ -359,6 +370,7 @@ class ReceiverEndpoint:
             seal=seal,
             handshake_seal=handshake,
             nonce=nonce,
+            hello_pn=self._next_pn,
         )
         self.sessions[(peer, meta.session)] = session
         return session
@@ -490,6 +502,11 @@ class ReceiverEndpoint:
         del self.sessions[(session.peer, session.session_id)]
         self.rejected += session.datagrams
 
+    def _forget(self, session: ReceiverSession) -> None:
+        del self.sessions[(session.peer, session.session_id)]
+        if not session.is_transfer:
+            self.rejected += session.datagrams
+
     # -- anti-amplification ----------------------------------------------------------------
 
     def _budget(self, peer: Peer) -> _Budget:
@@ -514,7 +531,7 @@ class ReceiverEndpoint:
         out.append((datagram, peer))
 
     def _next_pn(self) -> int:
-        self._pn += 1
+        self._pn = self._pn + 1 if self._pn < MAX_PN else 1
         return self._pn
 
 

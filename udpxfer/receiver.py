@@ -134,6 +134,7 @@ class ReceiverSession:
         seal: Seal = CRC,
         handshake_seal: Seal | None = None,
         nonce: bytes = bytes(NONCE_BYTES),
+        hello_pn: Callable[[], int] | None = None,
     ) -> None:
         self.peer = peer
         self.session_id = session_id
@@ -182,7 +183,8 @@ class ReceiverSession:
         self._status_wanted: tuple[int, float, float] | None = None  # echo, arrival, request
         self._hello_wanted: int | None = None  # echo_ns of the META to answer
         self._have_sent = False
-        self._pn = 0  # our control packet number
+        self._pn = 0  # our control packet number (session keys)
+        self._hello_pn = hello_pn or self._next_pn  # HELLOs: the endpoint's handshake counter
         self._highest_tx = -1
         self._last_sent_ns = 0
         self._stamp_origin = 0
@@ -700,7 +702,7 @@ class ReceiverSession:
             self.resumed,
             nonce=self.nonce,
             sent_ns=_ns(now),
-            pn=self._next_pn(),
+            pn=self._hello_pn(),
         )
         # The HELLO goes out under the handshake seal; later datagrams under the session's.
         return encode(hello, self.handshake_seal)
