@@ -400,23 +400,12 @@ def token_for(endpoint: ReceiverEndpoint, peer: Peer, session: int, now: float) 
     raise AssertionError("no HELLO(RETRY) came back")
 
 
-PROBATION_BYPASSES_LIMITS = (
-    "core bug: a tokenless blast META followed by one DATA starts a transfer in "
-    "ReceiverSession._dispatch (PROBATION -> _begin) without ReceiverEndpoint._admit_transfer, "
-    "so transfer and state limits do not apply to it"
-)
-
-
-@pytest.mark.parametrize(
-    "validated",
-    [
-        pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=PROBATION_BYPASSES_LIMITS)),
-        True,
-    ],
-)
+@pytest.mark.parametrize("validated", [False, True], ids=["tokenless-blast", "tokens-echoed"])
 def test_junk_metas_from_one_source_do_not_lock_out_another(validated: bool) -> None:
-    """40 METAs from one host (echoing their tokens: that host receives at its address) take
-    at most that host's share; a real sender from another host is still accepted."""
+    """40 METAs from one host take at most that host's share, and a real sender from another
+    host is still accepted: tokenless blast METAs each followed by one DATA (a transfer that
+    starts from probation must pass the same limits), or reliable METAs echoing their tokens
+    (that host receives at its addresses)."""
     store = ChunkStore()
     endpoint = ReceiverEndpoint(chunk_sink=store)
     now = 1.0
@@ -438,7 +427,6 @@ def test_junk_metas_from_one_source_do_not_lock_out_another(validated: bool) -> 
     assert_verified(result, store, data)
 
 
-@pytest.mark.xfail(strict=True, reason=PROBATION_BYPASSES_LIMITS)
 def test_unvalidated_blast_transfers_stay_within_the_state_budget() -> None:
     """Tokenless blast METAs announcing 2^20 one-byte chunks, each followed by one DATA: the
     chunk maps they make stay within ``max_state_bytes``."""
@@ -454,11 +442,6 @@ def test_unvalidated_blast_transfers_stay_within_the_state_budget() -> None:
     assert sum(s.state_bytes for s in endpoint.sessions.values()) <= config.max_state_bytes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: ReceiverEndpoint._on_meta admits a tokened META into a session that was "
-    "refused (CLOSED, not yet forgotten), and open_validated answers HELLO(ACCEPTED) from it",
-)
 def test_a_refused_sender_is_never_accepted_by_its_closed_session() -> None:
     """A sender refused as busy repeats its META (its ABORT was lost) once there is room: it
     is either refused again or really accepted, never told ACCEPTED by a closed session."""
@@ -493,13 +476,6 @@ def test_junk_between_meta_and_data_does_not_evict_a_transfer() -> None:
     case.finish()
 
 
-SHARED_HANDSHAKE_NUMBERS = (
-    "core bug: the endpoint's stateless HELLOs (ReceiverEndpoint._next_pn) and the session's "
-    "HELLO(ACCEPTED) (ReceiverSession._next_pn) are sealed under the same handshake key, "
-    "direction and packet-number space with two independent counters"
-)
-
-
 def keyed_hellos(
     endpoint: ReceiverEndpoint, store: ChunkStore, session_id: int
 ) -> tuple[SenderSession, list[int]]:
@@ -516,10 +492,10 @@ def keyed_hellos(
     return sender, [parse_header_untrusted(d).pn for d in hellos]
 
 
-@pytest.mark.xfail(strict=True, reason=SHARED_HANDSHAKE_NUMBERS + ": an AES-GCM nonce reused")
 def test_keyed_hellos_never_share_a_packet_number() -> None:
-    """Every HELLO of one keyed session is sealed under the same handshake key: a packet
-    number used twice is a repeated AES-GCM nonce (it gives away the GHASH key)."""
+    """Every HELLO of one keyed session is sealed under the same handshake key, the stateless
+    RETRY as well as the session's ACCEPTED: a packet number used twice is a repeated AES-GCM
+    nonce (it gives away the GHASH key)."""
     store = ChunkStore()
     sender, pns = keyed_hellos(new_endpoint(store, keyed=True), store, SESSION_ID)
     assert sender.outcome is not None
@@ -528,10 +504,11 @@ def test_keyed_hellos_never_share_a_packet_number() -> None:
     assert len(set(pns)) == len(pns), f"HELLO packet numbers {pns}"
 
 
-@pytest.mark.xfail(strict=True, reason=SHARED_HANDSHAKE_NUMBERS + ": later ACCEPTED look stale")
 def test_replayed_keyed_metas_do_not_block_later_handshakes() -> None:
     """An on-path attacker without the key replays one captured keyed META 4,200 times (each
-    answered with a stateless HELLO to the attacker): later keyed senders still get in."""
+    answered with a stateless HELLO to the attacker): later keyed senders still get in (their
+    ACCEPTED must not look older than the RETRY they got, 4,096 numbers being the replay
+    window)."""
     store = ChunkStore()
     endpoint = new_endpoint(store, keyed=True)
     recorded = Recorded()
