@@ -59,7 +59,8 @@ RECEIVER_NONCE = bytes(range(32, 48))
 HEADER = struct.Struct("!4sBBBBQQQQ")
 HEADER_BYTES = HEADER.size
 CRC = struct.Struct("!I")
-HEADER_FIELDS = [(5, 1), (6, 1), (7, 1), (8, 8), (16, 8), (24, 8), (32, 8)]  # (offset, size)
+# (offset, size) of session, seq, pn and sent_ns: forged to any value, the header still parses
+HEADER_U64_FIELDS = [(8, 8), (16, 8), (24, 8), (32, 8)]
 BODY_FORMATS = {
     1: "QIQI32sQB16s16sH",  # META, then the name
     3: "QQ",  # END
@@ -71,7 +72,6 @@ BODY_FORMATS = {
     10: "QBH",  # HAVE, then ranges
 }
 META_NAME_AT = struct.calcsize("!" + BODY_FORMATS[1])
-RANGES_AT = struct.calcsize("!" + BODY_FORMATS[5])
 KEYED_FLAG = 0x04
 # Values a forged field takes (cut to the field's width): the bounds a decoder must survive.
 EXTREMES = (
@@ -430,7 +430,7 @@ class Mutator:
     def forge_field(self, datagram: bytes) -> bytes:
         """Set one to three header or body integer fields to a bound, with a valid check."""
         out = bytearray(datagram)
-        fields = list(HEADER_FIELDS[3:])  # session, seq, pn, sent_ns: any value decodes
+        fields = list(HEADER_U64_FIELDS)
         if len(out) > 5:
             fields += [(HEADER_BYTES + at, size) for at, size in BODY_FIELDS.get(out[5], [])]
         for _ in range(self.rng.randint(1, 3)):

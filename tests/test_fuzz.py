@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 from fuzzing import (
+    KEYED_FLAG,
     OTHER_HOST,
     SENDER_PEER,
     SESSION_ID,
@@ -75,7 +76,7 @@ def corpus() -> list[bytes]:
 @pytest.fixture(scope="module")
 def keyed_corpus() -> list[bytes]:
     datagrams = capture_corpus(keyed=True)
-    assert sum(1 for d in datagrams if d[6] & 0x04) > 100  # captured from a keyed transfer
+    assert sum(1 for d in datagrams if d[6] & KEYED_FLAG) > 100  # from keyed transfers
     return datagrams
 
 
