@@ -229,3 +229,29 @@ def test_junk_from_another_host_does_not_lock_a_sender_out(tmp_path: Path) -> No
     assert session.outcome.outcome == "complete"
     real = [r for r in results if r.report["file"]["name"] == "source.bin"]
     assert real and real[0].file_path.read_bytes() == source.read_bytes()
+
+
+def test_forged_content_with_a_valid_check_is_found_and_fetched_again(tmp_path: Path) -> None:
+    """Keyless, an on-path forger can make a DATA datagram whose CRC holds; the block hashes
+    of the manifest find the bad block and the receiver fetches it again."""
+    source = make_file(tmp_path, CHUNK * 3000)
+    forged: list[int] = []
+
+    def inject(datagram: bytes, forward: bool) -> bool:
+        ptype, session = session_of(datagram)
+        if forward and ptype == PacketType.DATA and not forged:
+            for index in range(2000, 2010):  # ahead of the sender: they arrive first
+                fake = encode_data(session, index, 10**6 + index, b"F" * CHUNK)
+                relay.back.sendto(fake, relay.server)
+                forged.append(index)
+        return False
+
+    with receiver(tmp_path) as (server, results):
+        with LossyRelay(server.address, inject) as relay:
+            session = send_file(source, Address(*relay.address), SenderConfig(chunk_size=CHUNK))
+        wait_for(lambda: len(results) == 1)
+    assert forged
+    assert session.outcome is not None
+    assert session.outcome.outcome == "complete", session.outcome
+    assert results[0].file_path.read_bytes() == source.read_bytes()
+    assert results[0].report["repair"]["bad_blocks"] >= 1

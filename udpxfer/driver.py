@@ -41,13 +41,14 @@ from udpxfer.report import (
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.transport import UdpTransport
 from udpxfer.units import Address
-from udpxfer.wire import NONCE_BYTES, Mode
+from udpxfer.wire import NONCE_BYTES, Mode, block_chunks_for, chunk_count_for
 
 Clock = Callable[[], float]
 PROGRESS_INTERVAL_S = 0.1
 _RECV_BURST = 256  # datagrams handled between two looks at timers and feedback
 _HASH_POLL_S = 0.005  # how often an idle loop looks for finished hashes
 STATE_SAVE_INTERVAL_S = 1.0  # resume sidecars are rewritten this often
+MAX_BLOCK_REPAIRS = 8  # times a transfer may fetch bad blocks again before it is a mismatch
 
 
 # -- sending ----------------------------------------------------------------------------
@@ -76,6 +77,35 @@ class _MappedFile:
             self._map.close()
 
 
+def file_digests(data: bytes | memoryview, chunk_size: int) -> tuple[bytes, tuple[bytes, ...]]:
+    """SHA-256 of the whole file and of each manifest block, in one pass over the data.
+
+    hashlib releases the GIL on large buffers, so the block hashes run in a worker thread
+    beside the whole-file hash.
+    """
+    size = len(data)
+    count = chunk_count_for(size, chunk_size)
+    block_bytes = block_chunks_for(count, chunk_size) * chunk_size
+    whole = hashlib.sha256()
+    blocks: list[bytes] = []
+    view = memoryview(data)
+
+    def hash_blocks() -> None:
+        blocks.extend(
+            hashlib.sha256(view[start : start + block_bytes]).digest()
+            for start in range(0, size, block_bytes)
+        )
+
+    worker = threading.Thread(target=hash_blocks, name="udpxfer-manifest")
+    if block_bytes:
+        worker.start()
+    whole.update(view)
+    if block_bytes:
+        worker.join()
+    view.release()
+    return whole.digest(), tuple(blocks)
+
+
 def send_file(
     path: Path,
     to: Address,
@@ -99,7 +129,8 @@ def send_file(
     source = _MappedFile(path)
     try:
         mtime_ns = os.stat(path).st_mtime_ns
-        digest = hashlib.sha256(source.data).digest()
+        chunk_size = (config or SenderConfig()).chunk_size
+        digest, manifest = file_digests(source.data, chunk_size)
         transport = UdpTransport.connect(to)
         try:
             session_id = secrets.randbits(64)
@@ -118,6 +149,7 @@ def send_file(
                 config=config,
                 mtime_ns=mtime_ns,
                 keying=keying,
+                manifest=manifest,
             )
             try:
                 _run_sender(session, transport, clock, on_progress)
@@ -254,7 +286,9 @@ class ReceiverServer:
         self.results: list[TransferResult] = []
         self._files: dict[ReceiverSession, PartialFile] = {}
         self._refused: set[ReceiverSession] = set()
-        self._hashed: queue.Queue[tuple[ReceiverSession, bytes | TransportError]] = queue.Queue()
+        self._hashed: queue.Queue[tuple[ReceiverSession, bytes | list[int] | TransportError]] = (
+            queue.Queue()
+        )
         self._hashing = 0  # verifications under way in worker threads
         self._ended: list[ReceiverSession] = []
         self._marks = (0, 0, 0)  # endpoint (received, rejected, unauthenticated) at the last report
@@ -450,9 +484,20 @@ class ReceiverServer:
             session.close(now, str(exc))
             return
 
+        meta = session.meta
+        manifest = list(session.manifest) if session.manifest_complete else []
+        if session.block_repairs >= MAX_BLOCK_REPAIRS:
+            manifest = []  # a forger that keeps at it gets a mismatch in the end
+        block_bytes = meta.block_chunks * meta.chunk_size if meta is not None else 0
+
         def work() -> None:
             try:
-                self._hashed.put((session, partial.sha256()))
+                digest = partial.sha256()
+                bad: list[int] = []
+                if meta is not None and digest != meta.sha256 and manifest:
+                    # Wrong by content (forged, or corrupt past the CRC): find the blocks.
+                    bad = partial.bad_blocks(manifest, block_bytes)
+                self._hashed.put((session, bad or digest))
             except TransportError as exc:
                 self._hashed.put((session, exc))
 
@@ -470,6 +515,11 @@ class ReceiverServer:
             now = self.clock()
             if isinstance(result, TransportError):
                 session.close(now, str(result))
+            elif isinstance(result, list):
+                partial = self._files.get(session)
+                if partial is not None:
+                    partial.restart_hash()
+                session.blocks_bad(result, now)
             else:
                 session.hash_computed(result, now)
             self._handle_events(now)

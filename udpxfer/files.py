@@ -281,6 +281,28 @@ class PartialFile:
         except OSError as exc:
             raise TransportError(f"cannot read {self.path}: {exc.strerror}") from exc
 
+    def bad_blocks(self, manifest: list[bytes | None], block_bytes: int) -> list[int]:
+        """Indexes of the blocks whose SHA-256 differs from the manifest's.
+
+        Raises:
+            TransportError: the file cannot be read.
+        """
+        bad = []
+        try:
+            for block, expected in enumerate(manifest):
+                start = block * block_bytes
+                data = os.pread(self._fd, min(block_bytes, self.size - start), start)
+                if hashlib.sha256(data).digest() != expected:
+                    bad.append(block)
+        except OSError as exc:
+            raise TransportError(f"cannot read {self.path}: {exc.strerror}") from exc
+        return bad
+
+    def restart_hash(self) -> None:
+        """Hash again from the start (blocks are being written again)."""
+        self._hasher.close()
+        self._hasher = PrefixHasher(self._fd)
+
     def close(self) -> None:
         """Write what is gathered and close the file, leaving it as ``NAME.partial``."""
         if self.closed:

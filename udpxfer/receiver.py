@@ -19,6 +19,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum, auto
 
+import numpy as np
+
 from udpxfer.events import (
     ChunkReceived,
     Event,
@@ -42,10 +44,12 @@ from udpxfer.wire import (
     Have,
     Hello,
     HelloFlags,
+    Manifest,
     Meta,
     Mode,
     Nack,
     Packet,
+    RangeKind,
     Seal,
     Status,
     Verdict,
@@ -179,6 +183,9 @@ class ReceiverSession:
         self._store = store
         self._pending_packets: list[Packet] = []
         self._resumed: Bitmap | None = None
+        self.manifest: list[bytes | None] = []  # SHA-256 per block, as MANIFEST brings them
+        self.block_repairs = 0  # times blocks failed their hash and were fetched again
+        self.bad_blocks = 0
         self._outgoing: list[bytes] = []
         self._status_wanted: tuple[int, float, float] | None = None  # echo, arrival, request
         self._hello_wanted: int | None = None  # echo_ns of the META to answer
@@ -443,6 +450,8 @@ class ReceiverSession:
             case Abort():
                 self._on_abort(packet, now)
                 return True
+            case Manifest():
+                return self._on_manifest(packet)
         return False
 
     def _await_meta(self, packet: Packet, size: int) -> bool:
@@ -500,6 +509,8 @@ class ReceiverSession:
         self._last_len = meta.size - (meta.chunk_count - 1) * meta.chunk_size
         self.held = Bitmap(meta.chunk_count)
         self.first_pass = Bitmap(meta.chunk_count)
+        if meta.block_chunks and meta.mode is Mode.RELIABLE:
+            self.manifest = [None] * -(-meta.chunk_count // meta.block_chunks)
         self._events.emit(self, TransferStarted(meta))
         if meta.chunk_count == 0:
             self._all_held()
@@ -592,6 +603,41 @@ class ReceiverSession:
             self._send_status(sent_ns, now, queued_s)
         return True
 
+    def _on_manifest(self, manifest: Manifest) -> bool:
+        """Block hashes; bounded by the datagram (at most ``MANIFEST_HASHES``) and the file."""
+        blocks = self.manifest
+        if manifest.first >= len(blocks):
+            return False
+        for offset, digest in enumerate(manifest.hashes[: len(blocks) - manifest.first]):
+            if blocks[manifest.first + offset] is None:
+                blocks[manifest.first + offset] = digest
+        return True
+
+    @property
+    def manifest_complete(self) -> bool:
+        """Every block's hash has arrived (a transfer without blocks has none to wait for)."""
+        return bool(self.manifest) and all(d is not None for d in self.manifest)
+
+    def blocks_bad(self, blocks: list[int], now: float) -> None:
+        """The driver found these blocks wrong by content (forged, or corrupt past the CRC):
+        drop their chunks and ask for them again, instead of failing the whole file."""
+        meta = self.meta
+        if meta is None or self.state is not ReceiverState.VERIFYING or not blocks:
+            return
+        per = meta.block_chunks
+        for block in blocks[: len(self.manifest)]:
+            first, last = block * per, min((block + 1) * per, self._chunk_count) - 1
+            for index in range(first, last + 1):  # bounded: the file's own chunks, once
+                if self.held[index]:
+                    self.held.clear(index)
+                    self.held_count -= 1
+            self.contiguous = min(self.contiguous, first)
+        self.bad_blocks += len(blocks)
+        self.block_repairs += 1
+        self.state = ReceiverState.RECEIVING
+        # Ask at once: the sender is waiting for the verdict of its last round.
+        self._send_nacks(End(self.session_id, self.rounds, 0, 0, self._last_sent_ns), now)
+
     def _on_abort(self, abort: Abort, now: float) -> None:
         if self.meta is not None:
             self.sent_upto = max(self.sent_upto, min(abort.chunks_sent, self._chunk_count))
@@ -650,6 +696,20 @@ class ReceiverSession:
             self._outgoing.append(datagram)
             budget -= len(datagram)
             spent += len(datagram)
+            sent += 1
+        missing = [i for i, d in enumerate(self.manifest) if d is None]
+        if missing and budget > 0:
+            ranges = missing_ranges(np.array([d is not None for d in self.manifest], np.uint8))
+            nack = Nack(
+                self.session_id,
+                end.round,
+                end.sent_ns,
+                tuple(ranges[:MAX_NACK_RANGES]),
+                _ns(now),
+                RangeKind.BLOCKS,
+                self._next_pn(),
+            )
+            self._outgoing.append(encode(nack, self.seal))
             sent += 1
         self._answered_round = (round_no, spent)
         self.nacks_sent += sent

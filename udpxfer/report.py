@@ -397,6 +397,7 @@ def udp_report(
             "repair": {
                 "rounds": session.rounds,
                 "nacks_sent": session.nacks_sent,
+                "bad_blocks": session.bad_blocks,
             },
             "reason": session.outcome.reason if session.outcome else "",
         },

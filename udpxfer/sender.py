@@ -27,6 +27,7 @@ from udpxfer.ranges import RangeQueue, clamp_ranges
 from udpxfer.wire import (
     CRC,
     DEFAULT_CHUNK_BYTES,
+    MANIFEST_HASHES,
     MAX_CHUNK_BYTES,
     MAX_NAME_BYTES,
     MAX_PN,
@@ -42,6 +43,7 @@ from udpxfer.wire import (
     Have,
     Hello,
     HelloFlags,
+    Manifest,
     Meta,
     Mode,
     Nack,
@@ -126,6 +128,7 @@ class SenderSession:
         config: SenderConfig | None = None,
         mtime_ns: int = 0,
         keying: SenderKeying | None = None,
+        manifest: tuple[bytes, ...] = (),
     ) -> None:
         self.config = config or SenderConfig()
         if len(sha256) != SHA256_BYTES:
@@ -137,6 +140,10 @@ class SenderSession:
         self.session_id = session_id
         self.mode = self.config.mode
         self.keying = keying
+        block_chunks = block_chunks_for(self.chunk_count, self.chunk_size) if manifest else 0
+        if manifest and len(manifest) != -(-self.chunk_count // block_chunks):
+            raise UsageError("the manifest must hold one SHA-256 per block")
+        self._manifest = manifest if self.mode is Mode.RELIABLE else ()
         # No file system takes a name this long; the receiver cuts it to a safe one anyway.
         name = name.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", errors="ignore")
         self.meta = Meta(
@@ -147,7 +154,7 @@ class SenderSession:
             self.chunk_count,
             sha256,
             self.mode,
-            block_chunks=block_chunks_for(self.chunk_count, self.chunk_size),
+            block_chunks=block_chunks if self._manifest else 0,
             mtime_ns=mtime_ns,
             nonce=keying.nonce if keying is not None else bytes(NONCE_BYTES),
         )
@@ -347,6 +354,7 @@ class SenderSession:
         if self.state is SenderState.HANDSHAKE:
             self.state = SenderState.SENDING
             self._meta_at = None
+            self._send_manifest(0, len(self._manifest) - 1, now)
 
     def _on_have(self, have: Have, now: float) -> None:
         """Chunks the receiver already holds from an earlier transfer: not sent again."""
@@ -617,8 +625,10 @@ class SenderSession:
             return  # stale: a later END will be answered with a fresh NACK
         if self.state is not SenderState.WAITING and self.state is not SenderState.REPAIRING:
             return
-        if nack.kind is not RangeKind.CHUNKS:
-            return  # manifest repair: not used by this sender
+        if nack.kind is RangeKind.BLOCKS:
+            for first, last in clamp_ranges(nack.ranges, len(self._manifest), limit=MAX_RANGES):
+                self._send_manifest(first, last, now)
+            return
         added = 0
         # Clamped to the file, merged with what is queued or was resent this round: however
         # large or repeated the ranges, the work is bounded by the file's own chunk count.
@@ -630,6 +640,13 @@ class SenderSession:
                 self.repair_rounds += 1
                 self._end_at = None
             self._events.append(RepairRequested(nack.round, added))
+
+    def _send_manifest(self, first: int, last: int, now: float) -> None:
+        """MANIFEST datagrams for blocks ``first..last`` (each block hash once per request)."""
+        for start in range(first, last + 1, MANIFEST_HASHES):
+            hashes = self._manifest[start : min(start + MANIFEST_HASHES, last + 1)]
+            manifest = Manifest(self.session_id, start, hashes, int(now * 1e9), self._next_pn())
+            self._queue_control(encode(manifest, self._seal))
 
     def _on_done(self, done: Done, now: float) -> None:
         self.verdict = done.verdict
