@@ -346,12 +346,11 @@ class ReceiverEndpoint:
     def _new_session(self, peer: Peer, meta: Meta, now: float) -> ReceiverSession:
         seal: Seal = CRC
         handshake: Seal = CRC
-        nonce = bytes(NONCE_BYTES)
+        nonce = self._nonces()  # keyless too: a sender tells a restarted receiver by it
         if self._keying is not None:
             from udpxfer.keyed import session_seals
             from udpxfer.keys import Direction
 
-            nonce = self._nonces()
             handshake, seal = session_seals(
                 self._keying.psk,
                 meta.session,

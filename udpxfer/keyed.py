@@ -18,13 +18,20 @@ class AeadSeal(Seal):
 
     trailer_bytes = TAG_BYTES
 
-    def __init__(self, protection: PacketProtection, outgoing: Direction, *, encrypt: bool) -> None:
+    def __init__(
+        self,
+        protection: PacketProtection,
+        outgoing: Direction,
+        *,
+        encrypt: bool,
+        replay: bool = True,
+    ) -> None:
         self._protection = protection
         self._out = outgoing
         self._in = Direction(1 - outgoing)
         self._encrypt = encrypt
         self.flags = int(Flags.KEYED | (Flags.ENCRYPTED if encrypt else Flags.NONE))
-        self._replay = ReplayWindow()
+        self._replay = ReplayWindow() if replay else None
 
     def seal(
         self, space: int, pn: int, header: bytes, body: bytes | memoryview
@@ -41,7 +48,8 @@ class AeadSeal(Seal):
         if not header.keyed:
             raise AuthenticationFailed("datagram without an authentication tag")
         space = header.space
-        if space and self._replay.seen_or_stale(header.pn):
+        replay = self._replay if space else None
+        if replay is not None and replay.seen_or_stale(header.pn):
             raise AuthenticationFailed("replayed datagram")
         plain = self._protection.open_untrusted(
             self._in,
@@ -51,8 +59,8 @@ class AeadSeal(Seal):
             header.raw[HEADER_BYTES:],
             encrypt=bool(header.flags & Flags.ENCRYPTED),
         )
-        if space:
-            self._replay.mark(header.pn)
+        if replay is not None:
+            replay.mark(header.pn)
         return plain if isinstance(plain, memoryview) else memoryview(plain)
 
 

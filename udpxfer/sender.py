@@ -163,6 +163,7 @@ class SenderSession:
         self._token = bytes(TOKEN_BYTES)
         self._accepted = False  # the receiver's HELLO said the transfer is on
         self._receiver_nonce: bytes | None = None
+        self._old_nonces: set[bytes] = set()  # receivers we talked to before a restart
         self._key_problem: tuple[str, float] | None = None
         self.refused_by_network = False  # the driver saw ICMP port unreachable
         self.resumed = 0  # chunks the receiver already held (HAVE)
@@ -336,9 +337,13 @@ class SenderSession:
         self._key_problem = None
         if hello.echo_ns:
             self.rtt.sample(now - hello.echo_ns / 1e9)
+        if hello.nonce != self._receiver_nonce and hello.nonce in self._old_nonces:
+            return  # a replay of an earlier receiver's answer
+        restarted = self._accepted and hello.nonce != self._receiver_nonce
+        if restarted and self._receiver_nonce is not None:
+            self._old_nonces.add(self._receiver_nonce)
         if self.keying is not None and hello.nonce != self._receiver_nonce:
             self._seal = self.keying.session_seal(hello.nonce)
-        restarted = self._accepted and hello.nonce != self._receiver_nonce
         self._receiver_nonce = hello.nonce
         self._accepted = True
         self._feedback = True
@@ -708,10 +713,13 @@ class SenderKeying:
         self.session_id = session_id
         self.nonce = nonce
         self.encrypt = encrypt
+        # No replay window here: a receiver restarted while we send numbers its HELLOs from
+        # a new random start. A replayed HELLO changes nothing (see SenderSession._on_hello).
         self._handshake = AeadSeal(
             PacketProtection.handshake(psk, session_id, nonce),
             Direction.TO_RECEIVER,
             encrypt=False,
+            replay=False,
         )
 
     def handshake_seal(self) -> Seal:
