@@ -522,7 +522,10 @@ class SenderSession:
             # window and go on; NACK rounds repair what was lost. Send META too while the
             # receiver has not answered at all: it may have lost every copy; and always once
             # it has, since a receiver that was restarted knows this transfer only by it.
-            self._highest_acked = self._tx - 1
+            # Two datagrams, both asking for an answer: enough to hear from a live receiver,
+            # and all that goes into a dead or restarting one each timeout (as TCP's RTO sets
+            # cwnd to one segment, RFC 5681 section 3.1).
+            self._highest_acked = max(self._highest_acked, self._tx - self._window + 1)
             if self._congestion is not None:
                 self._congestion.on_timeout()
                 self._window = self._congestion.limit(self._advertised)
