@@ -16,22 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from udpxfer.endpoint import ReceiverEndpoint
 from udpxfer.errors import TransportError, UsageError
 from udpxfer.events import TransferEnded, TransferStarted, VerifyRequested
 from udpxfer.files import PartialFile, ensure_writable_dir, safe_name, unique_path
-from udpxfer.receiver import ReceiverConfig, ReceiverSession
-from udpxfer.report import (
-    report_path,
-    session_trace,
-    udp_report,
-    write_report,
-)
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.transport import UdpTransport
 from udpxfer.units import Address
+
+if TYPE_CHECKING:
+    from udpxfer.receiver import ReceiverConfig, ReceiverSession
 
 Clock = Callable[[], float]
 PROGRESS_INTERVAL_S = 0.1
@@ -206,6 +201,12 @@ class ReceiverServer:
         self.once = once
         self.observer = observer
         self.clock = clock
+        # The receiving side (and its reports: numpy, the analysis) loads here, not with a
+        # sender, which starts faster without it; and before the first transfer, not at its end.
+        import udpxfer.report  # noqa: F401
+        from udpxfer.endpoint import ReceiverEndpoint
+        from udpxfer.receiver import ReceiverConfig
+
         self.transport = UdpTransport.bind(bind)
         base = config or ReceiverConfig()
         self.endpoint = ReceiverEndpoint(
@@ -381,6 +382,8 @@ class ReceiverServer:
             self._flush()
 
     def _finish(self, session: ReceiverSession) -> None:
+        from udpxfer.report import session_trace, udp_report, write_report
+
         partial = self._files.pop(session, None)
         verified = session.outcome is not None and session.outcome.outcome == "complete"
         file_path: Path | None = None  # refused, or the file could not be created
@@ -415,6 +418,8 @@ class ReceiverServer:
             self.observer.transfer_ended(session, result)
 
     def _next_report_path(self, session: ReceiverSession) -> Path:
+        from udpxfer.report import report_path
+
         assert session.meta is not None
         self._reports_written += 1
         return report_path(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 def missing_ranges(held: bytes | bytearray | npt.NDArray[np.uint8]) -> list[tuple[int, int]]:
@@ -13,6 +15,8 @@ def missing_ranges(held: bytes | bytearray | npt.NDArray[np.uint8]) -> list[tupl
 
     Vectorised: the edges of runs of zeros come from one ``np.diff``.
     """
+    import numpy as np  # here, so that a sender (which never calls this) starts without it
+
     flags = np.frombuffer(held, dtype=np.uint8) if not isinstance(held, np.ndarray) else held
     if flags.size == 0:
         return []

@@ -10,21 +10,26 @@ from contextlib import suppress
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from tqdm import tqdm
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
 from udpxfer.driver import ReceiverServer, TransferResult, send_file
 from udpxfer.errors import TransferError
 from udpxfer.files import ensure_writable_dir
-from udpxfer.receiver import ReceiverConfig, ReceiverSession
-from udpxfer.report import peer_text, summary_lines
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import format_rate, format_size, parse_address, parse_rate, parse_size
 from udpxfer.wire import DEFAULT_CHUNK_BYTES, Mode
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from udpxfer.receiver import ReceiverSession
+
+# Only what "send" needs is imported up front; tqdm, the receiver and its reports (numpy, the
+# analysis) load where they are used, so that a sender's first datagram leaves sooner.
 
 DEFAULT_PORT = 9000
 
@@ -121,6 +126,8 @@ class _SendBar:
     def __init__(self, file: Path, *, address_text: str, enabled: bool) -> None:
         self._bar: tqdm[Any] | None = None
         if enabled:
+            from tqdm import tqdm
+
             self._bar = tqdm(
                 total=file.stat().st_size,
                 unit="B",
@@ -179,6 +186,8 @@ class _RecvObserver:
         self._bars: dict[ReceiverSession, tqdm[Any]] = {}
 
     def transfer_started(self, session: ReceiverSession) -> None:
+        from udpxfer.report import peer_text  # loaded with the receiver, not with send
+
         meta = session.meta
         if meta is None:
             return
@@ -188,6 +197,8 @@ class _RecvObserver:
                 f"{meta.mode.label}) from {peer_text(session.peer)}"
             )
         if self._bars_enabled:
+            from tqdm import tqdm
+
             self._bars[session] = tqdm(
                 total=meta.size,
                 unit="B",
@@ -204,6 +215,8 @@ class _RecvObserver:
             bar.refresh()
 
     def transfer_ended(self, session: ReceiverSession, result: TransferResult) -> None:
+        from udpxfer.report import summary_lines
+
         bar = self._bars.pop(session, None)
         if bar is not None:
             bar.close()
@@ -273,6 +286,8 @@ def recv(
 
     Example: udpxfer recv --bind 9000 --out incoming --once
     """
+    from udpxfer.receiver import ReceiverConfig
+
     with guarded():
         if idle_timeout <= 0 or grace < 0:
             fail("--idle-timeout must be positive and --grace not negative")
