@@ -84,6 +84,7 @@ class Run:
     send: Side
     recv: Side
     internal_bps: float | None = None  # bytes/s, first to last datagram, where the tool says
+    delivered: int | None = None  # bytes that arrived, for the tools that lose some (else all)
     notes: list[str] = field(default_factory=list)
     ok: bool = True
 
@@ -321,6 +322,7 @@ def raw_udp(src: Path, work: Path, datagram: int, *, offload: bool) -> Run:
     if match := re.search(r"received (\d+) in ([\d.]+)", tail):
         received, elapsed = int(match[1]), float(match[2])
         run.internal_bps = received / elapsed if elapsed > 0 else None
+        run.delivered = received
         if received < size:
             run.notes.append(f"lost {100 * (1 - received / size):.1f}%, idle wait 0.5 s")
     run.notes.append("no file written")
@@ -343,6 +345,7 @@ def iperf3(src: Path, work: Path, block: int) -> Run:
         result = json.loads(client.popen.stdout.read().decode())
         summary = result["end"]["sum"]
         run.notes.append(f"lost {summary['lost_percent']:.1f}%")
+        run.delivered = round(size * (1 - summary["lost_percent"] / 100))
         received = result["end"].get("sum_received", {}).get("bits_per_second")
         if received:
             run.internal_bps = received / 8
@@ -537,10 +540,15 @@ def udp_send(port: int, path: Path, datagram: int, *, gso: bool) -> None:
 # --- the table ----------------------------------------------------------------------------------
 
 
-def median_run(runs: list[Run]) -> tuple[Run, float]:
-    """The run with the median wall clock (so its notes fit its figures), and that median."""
-    ordered = sorted(runs, key=lambda r: r.wall_s)
-    return ordered[(len(ordered) - 1) // 2], statistics.median(r.wall_s for r in runs)
+def rate(run: Run, size: int) -> float:
+    """Bytes per second of wall clock, counting only the bytes that arrived."""
+    return (size if run.delivered is None else run.delivered) / run.wall_s
+
+
+def median_run(runs: list[Run], size: int) -> tuple[Run, float]:
+    """The run with the median rate (so its notes fit its figures), and that median."""
+    ordered = sorted(runs, key=lambda r: rate(r, size))
+    return ordered[(len(ordered) - 1) // 2], statistics.median(rate(r, size) for r in runs)
 
 
 def own_peak_rss_mb() -> float:
@@ -561,16 +569,14 @@ def table(
     results: dict[str, list[Run]], labels: dict[str, str], size: int, floor_mb: float
 ) -> list[str]:
     gb = size / 1e9
-    _, base_wall = median_run(results["tcp-sendfile"])
-    base_rate = size / base_wall
+    _, base_rate = median_run(results["tcp-sendfile"], size)
     lines = [
         "| method | wall MB/s | x TCP sendfile | send CPU s/GB | recv CPU s/GB "
         "| send / recv peak RSS MB | internal goodput MB/s | notes |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row_id, runs in results.items():
-        run, wall = median_run(runs)
-        rate = size / wall
+        run, median_rate = median_run(runs, size)
         internal = (
             statistics.median(r.internal_bps for r in runs if r.internal_bps)
             if any(r.internal_bps for r in runs)
@@ -580,7 +586,7 @@ def table(
         if not all(r.ok for r in runs):
             notes = "FAILED: " + notes
         lines.append(
-            f"| {labels[row_id]} | {rate / 1e6:.0f} | {rate / base_rate:.2f} "
+            f"| {labels[row_id]} | {median_rate / 1e6:.0f} | {median_rate / base_rate:.2f} "
             f"| {statistics.median(r.send.cpu_s for r in runs) / gb:.2f} "
             f"| {statistics.median(r.recv.cpu_s for r in runs) / gb:.2f} "
             f"| {rss_text([r.send.rss_mb for r in runs], floor_mb)} / "
@@ -648,7 +654,7 @@ def main() -> None:
                 results[row.id].append(run)
                 status = "" if run.ok else " FAILED"
                 print(
-                    f"[{repeat + 1}/{args.repeat}] {row.id}: {size / run.wall_s / 1e6:.0f} MB/s "
+                    f"[{repeat + 1}/{args.repeat}] {row.id}: {rate(run, size) / 1e6:.0f} MB/s "
                     f"wall ({run.wall_s:.2f} s){status}; {'; '.join(run.notes)}",
                     file=sys.stderr,
                     flush=True,
@@ -664,6 +670,10 @@ def main() -> None:
     print()
     print("\n".join(table(results, {row.id: row.label for row in chosen}, size, floor_mb)))
     print()
+    print(
+        "wall MB/s: the bytes that arrived (all, but for the raw and iperf3 rows, which say what "
+        "they lost) over the wall clock from starting the sender until both sides exited."
+    )
     print(
         "Keyed (authenticated) udpxfer: no keyed mode yet, so no row; it belongs beside reliable."
     )
