@@ -6,6 +6,7 @@ import hashlib
 import heapq
 import itertools
 import random
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from udpxfer.endpoint import ReceiverEndpoint
 from udpxfer.events import ChunkReceived, TransferEnded, VerifyRequested
 from udpxfer.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.sender import SenderConfig, SenderSession
+from udpxfer.transport import UdpTransport
 from udpxfer.units import Address
 from udpxfer.wire import Data, PacketType, decode_untrusted
 
@@ -218,27 +220,16 @@ class LossyRelay:
     """A UDP relay on loopback for tests: forwards client <-> server, dropping by rule.
 
     ``drop(datagram, forward)`` returns True to lose a datagram; ``forward`` is True for
-    client -> server. Runs in a thread; every wait is bounded.
+    client -> server. Runs in a thread; every wait is bounded. The sockets are udpxfer's own
+    transport (coalesced receives, batched sends), so the rule sees every datagram on its own.
     """
 
     def __init__(self, server: tuple[str, int], drop: Callable[[bytes, bool], bool]) -> None:
-        import socket
-        import threading
-
-        self._socket = socket
-        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         self.server = server
         self.drop = drop
-        self.front = socket.socket(family, socket.SOCK_DGRAM)
-        self.front.bind((server[0], 0))
-        self.back = socket.socket(family, socket.SOCK_DGRAM)
-        self.back.bind((server[0], 0))
-        for sock in (self.front, self.back):
-            try:  # past net.core.rmem_max when running as root
-                sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 16 << 20)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
-        self.address = self.front.getsockname()[:2]
+        self.front = UdpTransport.bind(Address(server[0], 0), timestamps=False)
+        self.back = UdpTransport.bind(Address(server[0], 0), timestamps=False)
+        self.address = self.front.local_address[:2]
         self.client: tuple[str, int] | None = None
         self.forwarded = 0
         self.dropped: list[tuple[bool, bytes]] = []
@@ -256,29 +247,26 @@ class LossyRelay:
         self.back.close()
 
     def _run(self) -> None:
-        import select
-
         while not self._stop.is_set():
-            readable, _, _ = select.select([self.front, self.back], [], [], 0.05)
+            readable, _, _ = select.select([self.front.sock, self.back.sock], [], [], 0.05)
             for sock in readable:
-                while True:
-                    try:
-                        data, addr = sock.recvfrom(65535, self._socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        break
-                    except ConnectionRefusedError:
-                        continue
-                    forward = sock is self.front
+                forward = sock is self.front.sock
+                source, out = (self.front, self.back) if forward else (self.back, self.front)
+                while (batch := source.recv_batch()) is not None:
+                    datagrams, addr, _ = batch
                     if forward:
                         self.client = addr[:2]
-                    if self.drop(data, forward):
-                        self.dropped.append((forward, data))
-                        continue
                     target = self.server if forward else self.client
-                    out = self.back if forward else self.front
-                    if target is not None:
-                        out.sendto(data, target)
-                        self.forwarded += 1
+                    kept = []
+                    for view in datagrams:
+                        data = bytes(view)
+                        if self.drop(data, forward):
+                            self.dropped.append((forward, data))
+                        else:
+                            kept.append(data)
+                    if target is not None and kept:
+                        out.send_many(kept, target)
+                        self.forwarded += len(kept)
 
 
 def connect(

@@ -23,6 +23,7 @@ from udpxfer import wire
 from udpxfer.cli.app import app  # importing the package registers the commands
 from udpxfer.impair import LOG_COLUMNS, Direction, DropCause, Impairment, Record, flip_bit
 from udpxfer.relay import RecordLog, Relay, StopReason, kernel_drops
+from udpxfer.transport import UdpTransport
 from udpxfer.units import Address
 
 pytestmark = pytest.mark.timeout(30)
@@ -211,7 +212,7 @@ def test_batches_keep_order_and_content(
     gso: bool,
 ) -> None:
     if not gso:
-        monkeypatch.setattr("udpxfer.relay._gso_available", lambda sock: False)
+        monkeypatch.setenv("UDPXFER_NO_OFFLOAD", "1")
     sizes = [1400, 1400, 1400, 100, 0, 1400, 1400, 9000, 1400, 7]
     sent = [bytes([i % 256]) * sizes[i % len(sizes)] for i in range(400)]
     target = Address("127.0.0.1", server.getsockname()[1])
@@ -225,6 +226,55 @@ def test_batches_keep_order_and_content(
             wait_for(lambda: relay.forward.stats.delivered >= settled)  # noqa: B023
             received += drain(server)
     assert received == sent
+
+
+def gso_client() -> UdpTransport:
+    """A client sending runs with one system call each, so that the relay gets coalesced runs."""
+    return UdpTransport.bind(Address("127.0.0.1", 0), timestamps=False)
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["passthrough", "recorded"])
+def test_coalesced_runs_are_relayed_and_recorded_datagram_by_datagram(
+    make_relay: Callable[..., Relay], server: socket.socket, recorded: bool
+) -> None:
+    records: list[Record] = []
+    relay = make_relay(on_records=records.extend if recorded else None)
+    # Two rounds, read as they come, so that the test server's small socket buffer never
+    # overflows: crossing the 64-segment limit, shorter tails, empty and jumbo datagrams.
+    rounds = [[1400] * 70 + [100, 0, 0], [8844] * 7 + [17]]
+    sizes = rounds[0] + rounds[1]
+    sent = [bytes([i % 256]) * size for i, size in enumerate(sizes)]
+    received: list[bytes] = []
+    client = gso_client()
+    try:
+        for settled in (len(rounds[0]), len(sizes)):
+            client.send_many(sent[len(received) : settled], relay.listen_address)
+            wait_for(lambda: relay.forward.stats.delivered >= settled)  # noqa: B023
+            received += drain(server)
+    finally:
+        client.close()
+    assert received == sent
+    assert relay.forward.stats.datagrams_in == len(sent)
+    if recorded:
+        wait_for(lambda: len(records) == len(sent))
+        assert [r.seq for r in records] == list(range(len(sent)))
+        assert [r.size for r in records] == sizes
+        assert all(r.delivered for r in records)
+
+
+def test_count_limit_cuts_a_coalesced_run(
+    make_relay: Callable[..., Relay], server: socket.socket
+) -> None:
+    relay = make_relay(count_limit=10)
+    client = gso_client()
+    try:
+        client.send_many([bytes([i]) * 1000 for i in range(40)], relay.listen_address)
+        assert relay.join(TIMEOUT_S)
+    finally:
+        client.close()
+    assert relay.stop_reason is StopReason.COUNT_LIMIT
+    assert drain(server) == [bytes([i]) * 1000 for i in range(10)]
+    assert relay.forward.stats.datagrams_in == 10
 
 
 def test_measured_delay_matches_the_setting(

@@ -344,3 +344,53 @@ def test_oversized_datagram_is_a_usage_error(opened: list[UdpTransport]) -> None
     sender, _ = make_pair(opened)
     with pytest.raises(UsageError, match=r"datagram of 70000 bytes .* smaller --chunk-size"):
         sender.send(bytes(70000))
+
+
+@pytest.mark.parametrize("value", ["1", "yes"])
+def test_no_offload_environment_turns_gso_and_gro_off(
+    opened: list[UdpTransport], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("UDPXFER_NO_OFFLOAD", value)
+    sender, receiver = make_pair(opened)
+    assert not sender.gso
+    assert not receiver.gro
+    sent = mixed_datagrams(random.Random(1))
+    sender.send_many(sent)
+    got, batches, _, _ = receive(receiver, len(sent))
+    assert got == sent
+    assert set(batches) == {1}  # one datagram per receive
+
+
+@pytest.mark.skipif(not LINUX, reason="GSO/GRO are Linux's")
+def test_offload_stays_on_with_the_variable_at_zero(
+    opened: list[UdpTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UDPXFER_NO_OFFLOAD", "0")
+    sender, receiver = make_pair(opened)
+    monkeypatch.delenv("UDPXFER_NO_OFFLOAD")
+    unset = UdpTransport.bind(Address("127.0.0.1", 0))
+    opened.append(unset)
+    assert (sender.gso, receiver.gro) == (unset.gso, unset.gro)
+
+
+def test_send_run_sends_views_of_one_buffer_without_joining(opened: list[UdpTransport]) -> None:
+    """A relay's run: slices of one receive buffer, the last one shorter."""
+    sender, receiver = make_pair(opened)
+    buffer = bytearray(random.Random(2).randbytes(10 * 1000 + 300))
+    view = memoryview(buffer)
+    run = [view[start : start + 1000] for start in range(0, len(buffer), 1000)]
+    sender.send_run(run)
+    got, batches, _, _ = receive(receiver, len(run))
+    assert got == [bytes(piece) for piece in run]
+    if sender.gso and receiver.gro:
+        assert batches == [len(run)]  # one system call each way
+
+
+def test_a_relay_transport_counts_what_it_cannot_send(refusing: UdpTransport) -> None:
+    relay = UdpTransport(refusing.sock, refusing.peer, send_wait_s=0.1)
+    relay.send(bytes(70000))  # too large for UDP: lost as on a wire, not an error
+    assert relay.unsent == 1
+    await_refusal(relay)
+    relay.send(b"again")  # the refusal is counted and the send retried once
+    assert relay.refused == 1
+    assert relay.unsent == 1

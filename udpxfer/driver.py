@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from udpxfer.endpoint import Keying, ReceiverEndpoint
 from udpxfer.errors import TransportError, UsageError
 from udpxfer.events import TransferEnded, TransferStarted, VerifyRequested
 from udpxfer.files import (
@@ -30,18 +29,13 @@ from udpxfer.files import (
     unique_path,
 )
 from udpxfer.ranges import Bitmap, missing_ranges
-from udpxfer.receiver import ReceiverConfig, ReceiverSession
-from udpxfer.report import (
-    peer_text,
-    report_path,
-    session_trace,
-    udp_report,
-    write_report,
-)
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.transport import UdpTransport
 from udpxfer.units import Address
 from udpxfer.wire import NONCE_BYTES, Mode, block_chunks_for, chunk_count_for
+
+if TYPE_CHECKING:
+    from udpxfer.receiver import ReceiverConfig, ReceiverSession
 
 Clock = Callable[[], float]
 PROGRESS_INTERVAL_S = 0.1
@@ -267,6 +261,12 @@ class ReceiverServer:
         self.once = once
         self.observer = observer
         self.clock = clock
+        # The receiving side (and its reports: numpy, the analysis) loads here, not with a
+        # sender, which starts faster without it; and before the first transfer, not at its end.
+        import udpxfer.report  # noqa: F401
+        from udpxfer.endpoint import Keying, ReceiverEndpoint
+        from udpxfer.receiver import ReceiverConfig
+
         self.transport = UdpTransport.bind(bind)
         base = config or ReceiverConfig()
         self.endpoint = ReceiverEndpoint(
@@ -360,6 +360,8 @@ class ReceiverServer:
             if len(self._logged) > 1024:
                 self._logged.clear()
             self._logged[failure.peer] = now
+            from udpxfer.report import peer_text
+
             self.log(f"{failure.reason}: datagram from {peer_text(failure.peer)} dropped")
 
     def _write_gathered(self) -> None:
@@ -526,6 +528,8 @@ class ReceiverServer:
             self._flush()
 
     def _finish(self, session: ReceiverSession) -> None:
+        from udpxfer.report import session_trace, udp_report, write_report
+
         partial = self._files.pop(session, None)
         verified = session.outcome is not None and session.outcome.outcome == "complete"
         file_path: Path | None = None  # refused, or the file could not be created
@@ -563,6 +567,8 @@ class ReceiverServer:
             self.observer.transfer_ended(session, result)
 
     def _next_report_path(self, session: ReceiverSession) -> Path:
+        from udpxfer.report import report_path
+
         assert session.meta is not None
         self._reports_written += 1
         return report_path(

@@ -16,8 +16,10 @@ import threading
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from udpxfer.errors import TransportError, UsageError
 
@@ -445,6 +447,8 @@ def remove_state(partial: Path) -> None:
 
 def blocks_on_disk(held: np.ndarray, block_chunks: int) -> bytes:
     """Packed bits (little-endian) of the blocks whose every chunk is held."""
+    import numpy as np
+
     if block_chunks <= 0 or held.size == 0:
         return b""
     blocks = -(-held.size // block_chunks)
@@ -457,6 +461,8 @@ def blocks_on_disk(held: np.ndarray, block_chunks: int) -> bytes:
 
 def chunks_of_blocks(blocks: bytes, chunk_count: int, block_chunks: int) -> np.ndarray:
     """0/1 per chunk: held when its block is in ``blocks``."""
+    import numpy as np
+
     if block_chunks <= 0 or chunk_count == 0:
         return np.zeros(chunk_count, dtype=np.uint8)
     n_blocks = -(-chunk_count // block_chunks)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 def missing_ranges(held: bytes | bytearray | npt.NDArray[np.uint8]) -> list[tuple[int, int]]:
@@ -13,6 +16,8 @@ def missing_ranges(held: bytes | bytearray | npt.NDArray[np.uint8]) -> list[tupl
 
     Vectorised: the edges of runs of zeros come from one ``np.diff``.
     """
+    import numpy as np  # here, so that a sender (which never calls this) starts without it
+
     flags = np.frombuffer(held, dtype=np.uint8) if not isinstance(held, np.ndarray) else held
     if flags.size == 0:
         return []
@@ -66,15 +71,10 @@ class Bitmap:
 
     def flags(self) -> npt.NDArray[np.uint8]:
         """One 0/1 byte per index, for vectorised work (reports, analysis)."""
+        import numpy as np
+
         packed = np.frombuffer(bytes(self.bits), dtype=np.uint8)
         return np.unpackbits(packed, bitorder="little")[: self.size]
-
-    def flags_range(self, first: int, last: int) -> npt.NDArray[np.uint8]:
-        """0/1 bytes for the inclusive index range (inside the map), unpacking only that part."""
-        lo = first >> 3
-        packed = np.frombuffer(bytes(self.bits[lo : (last >> 3) + 1]), dtype=np.uint8)
-        flags = np.unpackbits(packed, bitorder="little")
-        return flags[first - (lo << 3) : last - (lo << 3) + 1]
 
     def count(self) -> int:
         """How many bits are set."""
@@ -87,6 +87,8 @@ class Bitmap:
 
     def set_ranges(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Set every index the (already clamped) inclusive ranges cover."""
+        import numpy as np
+
         flags = self.flags().copy()
         for first, last in ranges:
             flags[first : last + 1] = 1
@@ -129,18 +131,19 @@ class RangeQueue:
 
     Adding a range that overlaps what is queued, or what was already taken since ``reset``,
     adds only what is new, so repeated or overlapping requests never make the queue (or the
-    work) grow beyond the indexes themselves.
+    work) grow beyond the indexes themselves. Pure interval arithmetic: the work of ``add`` is
+    in the number of ranges it meets, never in the indexes a range covers.
     """
 
     def __init__(self, count: int) -> None:
         self._count = count
         self._queue: list[list[int]] = []  # sorted, disjoint [first, last]
-        self._taken = Bitmap(count)
+        self._taken: list[list[int]] = []  # likewise: taken since the last reset
         self.length = 0
 
     def reset(self) -> None:
         """Forget what was taken (a new repair round may ask for the same indexes again)."""
-        self._taken = Bitmap(self._count)
+        self._taken = []
 
     def add(self, first: int, last: int) -> int:
         """Queue the untaken indexes of ``[first, last]`` (clamped); returns how many were new."""
@@ -148,36 +151,12 @@ class RangeQueue:
         if first > last:
             return 0
         added = 0
-        flags = self._taken.flags_range(first, last)
-        # Runs of untaken indexes inside the range, found without a Python loop per index.
-        edges = np.flatnonzero(np.diff(np.concatenate(([1], flags, [1])).astype(np.int8)))
-        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-            added += self._merge(first + a, first + b - 1)
+        for a, b in _subtract([(first, last)], self._taken):
+            for c, d in _subtract([(a, b)], self._queue):
+                _insert(self._queue, c, d)
+                added += d - c + 1
+        self.length += added
         return added
-
-    def _merge(self, first: int, last: int) -> int:
-        queue = self._queue
-        lo = 0
-        hi = len(queue)
-        while lo < hi:  # the first queued range ending at or after first - 1
-            mid = (lo + hi) // 2
-            if queue[mid][1] < first - 1:
-                lo = mid + 1
-            else:
-                hi = mid
-        new = last - first + 1
-        i = lo
-        merged_first, merged_last = first, last
-        while i < len(queue) and queue[i][0] <= last + 1:
-            a, b = queue[i]
-            overlap = min(b, last) - max(a, first) + 1
-            if overlap > 0:
-                new -= overlap
-            merged_first, merged_last = min(merged_first, a), max(merged_last, b)
-            i += 1
-        queue[lo:i] = [[merged_first, merged_last]]
-        self.length += new
-        return new
 
     def __bool__(self) -> bool:
         return bool(self._queue)
@@ -191,16 +170,13 @@ class RangeQueue:
         else:
             head[0] += 1
         self.length -= 1
-        self._taken.set(index)
+        _insert(self._taken, index, index)
         return index
 
     def push_front(self, index: int) -> None:
         """Put back an index just popped (it could not be sent yet)."""
-        self._taken.clear(index)
-        if self._queue and self._queue[0][0] == index + 1:
-            self._queue[0][0] = index
-        else:
-            self._queue.insert(0, [index, index])
+        _remove(self._taken, index, index)
+        _insert(self._queue, index, index)
         self.length += 1
 
     def discard(self, first: int, last: int) -> None:
@@ -208,14 +184,53 @@ class RangeQueue:
         first, last = max(0, first), min(last, self._count - 1)
         if first > last:
             return
-        kept: list[list[int]] = []
-        for a, b in self._queue:
-            if b < first or a > last:
-                kept.append([a, b])
-                continue
-            self.length -= min(b, last) - max(a, first) + 1
-            if a < first:
-                kept.append([a, first - 1])
-            if b > last:
-                kept.append([last + 1, b])
-        self._queue = kept
+        self.length -= _remove(self._queue, first, last)
+        _insert(self._taken, first, last)
+
+
+def _overlapping(ranges: list[list[int]], first: int, last: int) -> tuple[int, int]:
+    """Slice bounds of the ranges that overlap or touch ``[first, last]``."""
+    lo = bisect.bisect_left(ranges, first - 1, key=lambda r: r[1])
+    hi = lo
+    while hi < len(ranges) and ranges[hi][0] <= last + 1:
+        hi += 1
+    return lo, hi
+
+
+def _insert(ranges: list[list[int]], first: int, last: int) -> None:
+    lo, hi = _overlapping(ranges, first, last)
+    if lo < hi:
+        first, last = min(first, ranges[lo][0]), max(last, ranges[hi - 1][1])
+    ranges[lo:hi] = [[first, last]]
+
+
+def _remove(ranges: list[list[int]], first: int, last: int) -> int:
+    """Take ``[first, last]`` out of ``ranges``; returns how many indexes were there."""
+    lo, hi = _overlapping(ranges, first, last)
+    kept: list[list[int]] = []
+    removed = 0
+    for a, b in ranges[lo:hi]:
+        overlap = min(b, last) - max(a, first) + 1
+        if overlap > 0:
+            removed += overlap
+        if a < first:
+            kept.append([a, min(b, first - 1)])
+        if b > last:
+            kept.append([max(a, last + 1), b])
+    ranges[lo:hi] = kept
+    return removed
+
+
+def _subtract(pieces: list[tuple[int, int]], ranges: list[list[int]]) -> list[tuple[int, int]]:
+    """The parts of ``pieces`` outside ``ranges``."""
+    out: list[tuple[int, int]] = []
+    for first, last in pieces:
+        lo, hi = _overlapping(ranges, first, last)
+        start = first
+        for a, b in ranges[lo:hi]:
+            if a > start:
+                out.append((start, min(a - 1, last)))
+            start = max(start, b + 1)
+        if start <= last:
+            out.append((start, last))
+    return out

@@ -6,24 +6,23 @@ that upstream socket goes back to that client. The forward policy impairs client
 reverse policy target -> client; all the deciding happens there, this module only moves bytes
 and keeps time.
 
-The loop is built for rate: nonblocking sockets behind one selector, each readable socket drained
-into one preallocated buffer until EAGAIN (with a budget, so that the other direction and due
-releases get their turn), and when a direction needs no timing a datagram is sent on from that
-buffer before the next is read, with no copy.
+The loop is built for rate: nonblocking sockets (``transport.UdpTransport``, which owns all the
+socket code) behind one selector, each readable socket drained into one preallocated buffer until
+EAGAIN (with a budget, so that the other direction and due releases get their turn). Receives are
+coalesced where the kernel offers it (UDP GRO: many datagrams per system call, their boundaries
+kept), and when a direction needs no timing the datagrams are sent on from that buffer in runs of
+one size (UDP GSO, scatter-gather), with no copy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import functools
 import json
 import os
 import selectors
 import socket
-import struct
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Generic, TypeVar
 
-from udpxfer.errors import TransportError, UsageError
+from udpxfer.errors import UsageError
 from udpxfer.impair import (
     LOG_COLUMNS,
     Datagram,
@@ -45,27 +44,18 @@ from udpxfer.impair import (
     direction_rng,
 )
 from udpxfer.sockets import SockAddr, bind_socket, resolve
+from udpxfer.transport import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, MAX_DATAGRAM, UdpTransport
 from udpxfer.units import Address
 
-MAX_DATAGRAM_BYTES = 65536  # above the largest UDP payload (65,507 bytes over IPv4)
 # Datagrams read in one drain stay in this buffer, each at its own offset, until the batch is
-# sent: room for DRAIN_BUDGET Ethernet-sized datagrams, or fewer large ones.
+# sent: room for 16 full coalesced receives, or several hundred Ethernet-sized datagrams.
 RECV_BUFFER_BYTES = 1 << 20
-# Ask for large kernel buffers so bursts wait in the kernel rather than being lost before the
-# relay sees them (such losses would be missing from the ground truth). Linux caps the request
-# at net.core.rmem_max; macOS refuses sizes above kern.ipc.maxsockbuf, hence the fallbacks.
-SOCKET_BUFFER_BYTES = (8 << 20, 4 << 20, 1 << 20, 256 << 10)
-DRAIN_BUDGET = 256  # datagrams read from one socket before looking at the others
+DRAIN_BUDGET = 256  # receive calls on one socket before looking at the others
 SEND_WAIT_S = 1.0  # how long a full send buffer may hold the loop before the datagram is lost
 MAX_CLIENTS = 256  # upstream sockets kept; the oldest mapping is closed beyond this
-# Linux UDP generic segmentation offload (udp(7), since 4.18): one sendmsg() carries up to
-# UDP_MAX_SEGMENTS datagrams of one size to one destination, the kernel cuts them apart. On
-# loopback it cuts the cost of sending a 1400-byte datagram about fivefold.
-UDP_SEGMENT = 103
-GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels (newer allow 128)
-GSO_MAX_BYTES = 64000  # the whole super-datagram must fit one 64 KiB IP packet
-_GSO_UNSUPPORTED = {errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP}
-_U16 = struct.Struct("=H")
+# The kernel buffers are the transport's (32 MiB asked for): bursts then wait in the kernel
+# rather than being lost before the relay sees them (such losses would be missing from the
+# ground truth; ``kernel_drops`` counts them).
 
 Dest = TypeVar("Dest")
 RecordSink = Callable[[list[Record]], None]
@@ -84,6 +74,7 @@ class RelayStats:
     """What the socket side saw, beyond the policies' per-direction counters."""
 
     clients: int = 0  # client addresses seen
+    # Counted when run() ends, from the sockets' counters:
     send_failed: int = 0  # datagrams the system refused to send (counted as delivered above)
     unreachable: int = 0  # ICMP port unreachable reports from the target
     # Datagrams the kernel dropped because a socket's receive queue was full, before the relay
@@ -108,27 +99,6 @@ def kernel_drops(sockets: list[socket.socket]) -> int | None:
                 total += int(fields[12])
                 found = True
     return total if found else None
-
-
-def _enlarge_buffers(sock: socket.socket) -> None:
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        for size in SOCKET_BUFFER_BYTES:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, size)
-            except OSError:
-                continue  # refused as too large here: try the next smaller size
-            break
-
-
-def _gso_available(sock: socket.socket) -> bool:
-    """True when this system can segment UDP for us (probed once per relay)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        sock.getsockopt(socket.SOL_UDP, UDP_SEGMENT)
-    except OSError:
-        return False  # a kernel before 4.18
-    return True
 
 
 class _Outbox(Generic[Dest]):
@@ -210,7 +180,7 @@ class Relay:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         record = on_records is not None
-        self.forward: ImpairmentPolicy[socket.socket] = ImpairmentPolicy(
+        self.forward: ImpairmentPolicy[UdpTransport] = ImpairmentPolicy(
             forward or Impairment(),
             direction_rng(seed, Direction.FORWARD),
             direction=Direction.FORWARD,
@@ -231,19 +201,21 @@ class Relay:
         self._duration_s = duration_s
         self._clock = clock
         self._target_family, self._target = resolve(target, socket.SOCK_DGRAM)
-        self._listen = bind_socket(listen, socket.SOCK_DGRAM)
-        self._listen.setblocking(False)
-        _enlarge_buffers(self._listen)
-        self._upstreams: dict[SockAddr, socket.socket] = {}
+        self._listen = UdpTransport(
+            bind_socket(listen, socket.SOCK_DGRAM), timestamps=False, send_wait_s=SEND_WAIT_S
+        )
+        self._upstreams: dict[SockAddr, UdpTransport] = {}
+        self._closed_unsent = self._closed_refused = 0  # counters of closed upstream sockets
         self._view = memoryview(bytearray(RECV_BUFFER_BYTES))
-        self._gso = _gso_available(self._listen)
-        self._to_target: _Outbox[socket.socket] = _Outbox(self._send_upstream)
+        self._to_target: _Outbox[UdpTransport] = _Outbox(self._send_upstream)
         self._to_clients: _Outbox[SockAddr] = _Outbox(self._send_to_client)
         self._selector = selectors.DefaultSelector()
         self._selector.register(
-            self._listen,
+            self._listen.sock,
             selectors.EVENT_READ,
-            functools.partial(self._pump, self.forward, self._receive_forward, self._to_target),
+            functools.partial(
+                self._pump, self.forward, self._listen, self._upstream_for, self._to_target
+            ),
         )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -257,7 +229,7 @@ class Relay:
     @property
     def listen_address(self) -> tuple[str, int]:
         """The (host, port) the relay listens on, with the port the system chose for 0."""
-        host, port = self._listen.getsockname()[:2]
+        host, port = self._listen.local_address[:2]
         return host, port
 
     @property
@@ -295,8 +267,10 @@ class Relay:
     def close(self) -> None:
         """Close every socket (after the loop has ended)."""
         self._selector.close()
-        for sock in (self._listen, self._wake_r, self._wake_w, *self._upstreams.values()):
-            sock.close()
+        for transport in (self._listen, *self._upstreams.values()):
+            transport.close()
+        self._wake_r.close()
+        self._wake_w.close()
         self._upstreams.clear()
 
     def __enter__(self) -> Relay:
@@ -347,9 +321,7 @@ class Relay:
         self.forward.discard_pending()
         self.reverse.discard_pending()
         self._flush_records()
-        self.relay_stats.kernel_drops_forward = kernel_drops([self._listen])
-        if self._upstreams:
-            self.relay_stats.kernel_drops_reverse = kernel_drops(list(self._upstreams.values()))
+        self._count_socket_stats()
         self.stop_reason = reason
         return reason
 
@@ -385,21 +357,33 @@ class Relay:
                     self._drain_wakeups()
                 self._release(clock())
 
+    def _count_socket_stats(self) -> None:
+        upstreams = list(self._upstreams.values())
+        stats = self.relay_stats
+        stats.send_failed = self._closed_unsent + sum(t.unsent for t in (self._listen, *upstreams))
+        stats.unreachable = self._closed_refused + sum(t.refused for t in upstreams)
+        stats.kernel_drops_forward = kernel_drops([self._listen.sock])
+        if upstreams:
+            stats.kernel_drops_reverse = kernel_drops([t.sock for t in upstreams])
+
     def _pump(
         self,
         policy: ImpairmentPolicy[Dest],
-        receive: Callable[[memoryview], tuple[int, Dest] | None],
+        source: UdpTransport,
+        dest_for: Callable[[SockAddr], Dest],
         outbox: _Outbox[Dest],
     ) -> bool:
         """Read datagrams until EAGAIN or the budget; True if the budget ran out.
 
         What needs no timing is sent from the receive buffer, batched, without a copy: each
-        datagram is read at its own offset, and the batch is sent before the buffer is reused.
+        receive (one datagram, or a coalesced run of them) is read at its own offset, and the
+        batch is sent before the buffer is reused. Every datagram of a run is handed to the
+        policy on its own, so the ground truth stays per datagram.
         """
         view, clock = self._view, self._clock
         copy, passthrough = policy.holds_data, policy.passthrough
         limit = self._count_limit
-        last_offset = len(view) - MAX_DATAGRAM_BYTES
+        last_offset = len(view) - MAX_DATAGRAM
         offset = passed = passed_bytes = 0
         try:
             for _ in range(DRAIN_BUDGET):
@@ -408,29 +392,31 @@ class Relay:
                 if offset > last_offset:
                     outbox.flush()
                     offset = 0
-                try:
-                    got = receive(view[offset:])
-                except BlockingIOError:
-                    return False
-                except OSError as exc:
-                    raise TransportError(f"receive failed: {exc.strerror}") from exc
+                got = source.recv_into(view[offset : offset + MAX_DATAGRAM])
                 if got is None:
+                    return False
+                n, segment, addr, _ = got
+                dest = dest_for(addr)
+                end = offset + n
+                step = segment if 0 < segment < n else max(n, 1)
+                starts = range(offset, max(end, offset + 1), step)
+                if limit is not None and self._arrived + len(starts) > limit:
+                    # Datagrams past the limit count as never read (as if left in the queue).
+                    starts = starts[: limit - self._arrived]
+                self._arrived += len(starts)
+                if passthrough:  # the fast path: no decision to make
+                    for start in starts:
+                        outbox.add(view[start : min(start + step, end)], dest)
+                    offset = end
+                    passed += len(starts)
+                    passed_bytes += min(n, len(starts) * step)
                     continue
-                size, dest = got
-                self._arrived += 1
-                data = view[offset : offset + size]
-                if passthrough:
-                    # The fast path: no decision to make.
-                    outbox.add(data, dest)
-                    offset += size
-                    passed += 1
-                    passed_bytes += size
-                elif copy:
-                    policy.on_datagram(bytes(data), clock(), dest)
-                else:
-                    now = clock()
-                    policy.on_datagram(data, now, dest)
-                    offset += size
+                now = clock()
+                for start in starts:
+                    data = view[start : min(start + step, end)]
+                    policy.on_datagram(bytes(data) if copy else data, now, dest)
+                if not copy:
+                    offset = end
                     for out, to in policy.due(now):
                         outbox.add(out, to)
             return True
@@ -439,47 +425,32 @@ class Relay:
             if passed:
                 policy.count_passthrough(passed, passed_bytes)
 
-    def _receive_forward(self, into: memoryview) -> tuple[int, socket.socket]:
-        size, addr = self._listen.recvfrom_into(into, MAX_DATAGRAM_BYTES)
-        upstream = self._upstreams.get(addr)
-        if upstream is None:
-            upstream = self._open_upstream(addr)
-        return size, upstream
+    def _upstream_for(self, client: SockAddr) -> UdpTransport:
+        upstream = self._upstreams.get(client)
+        return upstream if upstream is not None else self._open_upstream(client)
 
-    def _receive_reverse(
-        self, sock: socket.socket, client: SockAddr, into: memoryview
-    ) -> tuple[int, SockAddr] | None:
-        try:
-            return sock.recv_into(into, MAX_DATAGRAM_BYTES), client
-        except ConnectionRefusedError:
-            # ICMP port unreachable for an earlier datagram: the target is not listening.
-            self.relay_stats.unreachable += 1
-            return None
-
-    def _open_upstream(self, client: SockAddr) -> socket.socket:
+    def _open_upstream(self, client: SockAddr) -> UdpTransport:
         """A new socket towards the target for ``client``: its own port, as behind a NAT."""
         if len(self._upstreams) >= MAX_CLIENTS:
-            oldest = next(iter(self._upstreams))
-            self._selector.unregister(self._upstreams[oldest])
-            self._upstreams.pop(oldest).close()
-        sock = socket.socket(self._target_family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            _enlarge_buffers(sock)
-            # Connected: the kernel then filters replies to the target's address only.
-            sock.connect(self._target)
-        except OSError as exc:
-            sock.close()
-            raise TransportError(f"cannot open a socket towards the target: {exc}") from exc
-        self._upstreams[client] = sock
-        receive = functools.partial(self._receive_reverse, sock, client)
+            oldest = self._upstreams.pop(next(iter(self._upstreams)))
+            self._selector.unregister(oldest.sock)
+            self._closed_unsent += oldest.unsent
+            self._closed_refused += oldest.refused
+            oldest.close()
+        # Connected: the kernel then filters replies to the target's address only.
+        upstream = UdpTransport.towards(
+            self._target_family, self._target, timestamps=False, send_wait_s=SEND_WAIT_S
+        )
+        self._upstreams[client] = upstream
         self._selector.register(
-            sock,
+            upstream.sock,
             selectors.EVENT_READ,
-            functools.partial(self._pump, self.reverse, receive, self._to_clients),
+            functools.partial(
+                self._pump, self.reverse, upstream, lambda _addr: client, self._to_clients
+            ),
         )
         self.relay_stats.clients += 1
-        return sock
+        return upstream
 
     def _release(self, now: float) -> None:
         _send_due(self.forward, self._to_target, now)
@@ -494,57 +465,11 @@ class Relay:
         if records:
             self._on_records(records)
 
-    def _send_upstream(self, run: list[Datagram], sock: socket.socket) -> None:
-        self._send_run(sock, run, None)
+    def _send_upstream(self, run: list[Datagram], upstream: UdpTransport) -> None:
+        upstream.send_run(run)
 
     def _send_to_client(self, run: list[Datagram], client: SockAddr) -> None:
-        self._send_run(self._listen, run, client)
-
-    def _send_run(self, sock: socket.socket, run: list[Datagram], addr: SockAddr | None) -> None:
-        """Send datagrams of one size to one place: with one GSO system call where possible."""
-        if len(run) > 1 and self._gso and len(run[0]):
-            segment = [(socket.SOL_UDP, UDP_SEGMENT, _U16.pack(len(run[0])))]
-            try:
-                if addr is None:
-                    sock.sendmsg(run, segment)
-                else:
-                    sock.sendmsg(run, segment, 0, addr)
-                return
-            except OSError as exc:
-                # Sent nothing (UDP is all or nothing): go one by one, which waits for room
-                # and counts refusals; stop trying GSO where the system cannot do it.
-                if exc.errno in _GSO_UNSUPPORTED:
-                    self._gso = False
-        for data in run:
-            try:
-                if addr is None:
-                    sock.send(data)
-                else:
-                    sock.sendto(data, addr)
-            except OSError:
-                self._send_hard(sock, data, addr)
-
-    def _send_hard(self, sock: socket.socket, data: Datagram, addr: SockAddr | None) -> None:
-        """Send a datagram whose first try failed: wait a little for room, count refusals."""
-        for _ in range(3):
-            try:
-                if addr is None:
-                    sock.send(data)
-                else:
-                    sock.sendto(data, addr)
-                return
-            except BlockingIOError:
-                # Full send buffer: hold the loop (back-pressure) rather than lose silently.
-                with selectors.DefaultSelector() as waiter:
-                    waiter.register(sock, selectors.EVENT_WRITE)
-                    waiter.select(SEND_WAIT_S)
-            except ConnectionRefusedError:
-                # Linux reports an ICMP unreachable for an earlier datagram on the next send,
-                # which then did not go out; the error is now cleared, so try again.
-                self.relay_stats.unreachable += 1
-            except OSError:
-                break  # EMSGSIZE, a closed mapping's socket, ...: this datagram is lost
-        self.relay_stats.send_failed += 1
+        self._listen.send_run(run, client)
 
 
 class RecordLog:

@@ -8,26 +8,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from tqdm import tqdm
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_INTERRUPTED, guarded, tcp_app, udp_app
-from udpxfer.companions import echo, palindrome_tcp, tcp_transfer, udp_echo
-from udpxfer.companions.rtt import PingStats
-from udpxfer.companions.runtime import (
-    NoProgress,
-    Progress,
-    ProgressFactory,
-    printable,
-    read_lines,
-    timestamped,
-)
-from udpxfer.companions.tcp_receiver import run_tcp_receiver
+from udpxfer.companions import defaults
 from udpxfer.errors import UsageError
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import Address, format_rate, format_size, parse_address, parse_size
+
+if TYPE_CHECKING:
+    from udpxfer.companions.runtime import ProgressFactory
+    from udpxfer.companions.udp_echo import EchoReply
+
+# The companion programs (asyncio and all) are imported by their own commands only, so that
+# loading the CLI for another command, such as "udpxfer send", does not pay for them.
 
 _BIND_HELP = (
     "Where to listen: PORT (all interfaces, IPv4 and IPv6), HOST:PORT or \\[v6addr]:PORT. "
@@ -51,8 +47,11 @@ def _write_stdout(data: bytes) -> None:
 
 def _progress(quiet: bool) -> ProgressFactory:
     """tqdm bars on stderr, unless ``--quiet`` or stderr is not a terminal."""
+    from udpxfer.companions.runtime import NoProgress, Progress
+
     if quiet or not sys.stderr.isatty():
         return NoProgress
+    from tqdm import tqdm
 
     def bar(label: str, total: int) -> Progress:
         bar: Progress = tqdm(
@@ -68,7 +67,7 @@ def _progress(quiet: bool) -> ProgressFactory:
 
 @tcp_app.command("echo-server")
 def echo_server(
-    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(echo.DEFAULT_PORT),
+    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(defaults.ECHO_PORT),
 ) -> None:
     """Echo every byte each client sends back to it (many clients at once).
 
@@ -78,6 +77,9 @@ def echo_server(
 
     Try it with: udpxfer tcp echo-client (or nc localhost 8000)
     """
+    from udpxfer.companions import echo
+    from udpxfer.companions.runtime import timestamped
+
     log = timestamped(typer.echo)
     with guarded():
         stats = echo.run_echo_server(_bind(bind), log=log)
@@ -86,7 +88,7 @@ def echo_server(
 
 @tcp_app.command("echo-client")
 def echo_client(
-    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(echo.DEFAULT_PORT),
+    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(defaults.ECHO_PORT),
     timeout: Annotated[
         float,
         typer.Option(
@@ -102,6 +104,9 @@ def echo_client(
 
     From a pipe: printf 'hello\\nQuit\\n' | udpxfer tcp echo-client
     """
+    from udpxfer.companions import echo
+    from udpxfer.companions.runtime import read_lines
+
     with guarded():
         echo.run_echo_client(
             _to(to),
@@ -117,7 +122,7 @@ def echo_client(
 
 @tcp_app.command("palindrome-server")
 def palindrome_server(
-    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(palindrome_tcp.DEFAULT_PORT),
+    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(defaults.PALINDROME_PORT),
     strict: Annotated[
         bool,
         typer.Option(
@@ -145,6 +150,9 @@ def palindrome_server(
 
     Try it with: udpxfer tcp palindrome-client (or nc localhost 8001)
     """
+    from udpxfer.companions import palindrome_tcp
+    from udpxfer.companions.runtime import timestamped
+
     log = timestamped(typer.echo)
     with guarded():
         stats = palindrome_tcp.run_palindrome_server(
@@ -163,7 +171,7 @@ def palindrome_client(
             show_default=False,
         ),
     ] = None,
-    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(palindrome_tcp.DEFAULT_PORT),
+    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(defaults.PALINDROME_PORT),
     timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds to wait for the connection and each answer.")
     ] = 10.0,
@@ -175,6 +183,9 @@ def palindrome_client(
     PALINDROME
     NOT PALINDROME
     """
+    from udpxfer.companions import palindrome_tcp
+    from udpxfer.companions.runtime import read_lines
+
     with guarded():
         if strings:
             lines = [palindrome_tcp.request_line(text) for text in strings]
@@ -194,7 +205,7 @@ def palindrome_client(
 
 @udp_app.command("echo-server")
 def udp_echo_server(
-    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(udp_echo.DEFAULT_PORT),
+    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(defaults.UDP_ECHO_PORT),
     close_after: Annotated[
         float | None,
         typer.Option(
@@ -210,6 +221,9 @@ def udp_echo_server(
     The log starts with the address, port and family the server listens on.
     Try it with: udpxfer udp echo-client hello world
     """
+    from udpxfer.companions import udp_echo
+    from udpxfer.companions.runtime import timestamped
+
     log = timestamped(typer.echo)
     with guarded():
         stats = udp_echo.run_udp_echo_server(_bind(bind), close_after_s=close_after, log=log)
@@ -226,7 +240,7 @@ def udp_echo_client(
             show_default=False,
         ),
     ] = None,
-    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(udp_echo.DEFAULT_PORT),
+    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(defaults.UDP_ECHO_PORT),
     count: Annotated[
         int, typer.Option("--count", "-c", min=0, help="Datagrams to send; 0 = until Ctrl-C.")
     ] = 1,
@@ -239,7 +253,7 @@ def udp_echo_client(
             "--size",
             "-s",
             help="Generated payload size (e.g. 1400, 8K) when no buffers are given "
-            f"\\[default: {udp_echo.DEFAULT_PAYLOAD_BYTES}].",
+            f"\\[default: {defaults.UDP_ECHO_PAYLOAD_BYTES}].",
             show_default=False,
         ),
     ] = None,
@@ -254,10 +268,14 @@ def udp_echo_client(
     "N transmitted, M received, X% lost; rtt min/avg/max/mdev = a/b/c/d ms".
     Exit status: 0 if at least one echo came back, 1 if all were lost, 130 on Ctrl-C.
     """
+    from udpxfer.companions import udp_echo
+    from udpxfer.companions.rtt import PingStats
+    from udpxfer.companions.runtime import printable
+
     stats = PingStats()
     parts = [text.encode("utf-8", errors="surrogateescape") for text in buffers or []]
 
-    def on_echo(reply: udp_echo.EchoReply) -> None:
+    def on_echo(reply: EchoReply) -> None:
         typer.echo(
             f"{len(reply.data)} bytes from {reply.peer}: seq={reply.seq} "
             f"time={reply.rtt_ms:.3f} ms: {printable(reply.data, 60)}"
@@ -299,7 +317,7 @@ def tcp_send(
     to: Annotated[
         str,
         typer.Option(help="The receiver: PORT (on this machine), HOST:PORT or \\[v6addr]:PORT."),
-    ] = str(tcp_transfer.DEFAULT_PORT),
+    ] = str(defaults.TCP_TRANSFER_PORT),
     timeout: Annotated[
         float,
         typer.Option(
@@ -314,6 +332,8 @@ def tcp_send(
     The receiver checks the SHA-256 and confirms: only then the exit status is 0.
     A broken connection or a rejected file exits 1, with one line on stderr.
     """
+    from udpxfer.companions import tcp_transfer
+
     with guarded():
         result = tcp_transfer.send_file(file, _to(to), timeout_s=timeout, progress=_progress(quiet))
     rate = result.size * 8 / result.duration_s if result.duration_s > 0 else 0.0
@@ -325,7 +345,7 @@ def tcp_send(
 
 @tcp_app.command("recv")
 def tcp_recv(
-    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(tcp_transfer.DEFAULT_PORT),
+    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(defaults.TCP_TRANSFER_PORT),
     out: Annotated[
         Path, typer.Option(help="Directory for received files (created if needed).")
     ] = Path("received"),
@@ -353,6 +373,10 @@ def tcp_recv(
     With --once the exit status is that transfer's: 0 verified, 1 not.
     Ctrl-C or SIGTERM: exit 0 when idle, 130 during a transfer.
     """
+    # The receiver writes reports (numpy, the analysis): loaded for this command only.
+    from udpxfer.companions.runtime import timestamped
+    from udpxfer.companions.tcp_receiver import run_tcp_receiver
+
     log = timestamped(typer.echo)
     with guarded():
         result = run_tcp_receiver(

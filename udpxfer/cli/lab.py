@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -25,7 +25,6 @@ from udpxfer.impair import (
     JitterDistribution,
     split_by_direction,
 )
-from udpxfer.relay import RecordLog, Relay, StopReason
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import (
     Address,
@@ -35,6 +34,9 @@ from udpxfer.units import (
     parse_rate,
     parse_size,
 )
+
+if TYPE_CHECKING:
+    from udpxfer.relay import RecordLog, Relay
 
 T = TypeVar("T")
 
@@ -270,6 +272,8 @@ def impair(
         target = _parsed("--to", lambda text: parse_address(text, default_host=LOOPBACK), to)
         if seed is None:
             seed = secrets.randbits(32)
+        from udpxfer.relay import RecordLog, Relay
+
         record_log = RecordLog(log) if log is not None else None
         try:
             _run(
@@ -292,10 +296,11 @@ def impair(
                 record_log.close()
 
 
-_WHY = {
-    StopReason.STOPPED: "stopped",
-    StopReason.COUNT_LIMIT: "count limit reached",
-    StopReason.DURATION: "duration elapsed",
+# By relay.StopReason value (a StrEnum), so that the relay loads with its command only.
+_WHY: dict[str, str] = {
+    "stopped": "stopped",
+    "count limit": "count limit reached",
+    "duration": "duration elapsed",
 }
 
 

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from udpxfer.cli.app import app, fail, guarded
-from udpxfer.report import load_report
 
 
 class FormatChoice(StrEnum):
@@ -52,6 +51,7 @@ def report(
     Example: udpxfer report reports/demo-blast.json --format html
     """
     from udpxfer.render import render_comparison, render_html, render_markdown
+    from udpxfer.report import load_report
 
     with guarded():
         loaded = [load_report(path) for path in paths]

@@ -10,22 +10,27 @@ from contextlib import suppress
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from tqdm import tqdm
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
 from udpxfer.cli.keys import KeyFileOption, NoEncryptOption, load_key
 from udpxfer.driver import ReceiverServer, TransferResult, send_file
 from udpxfer.errors import TransferError
 from udpxfer.files import ensure_writable_dir
-from udpxfer.receiver import ReceiverConfig, ReceiverSession
-from udpxfer.report import peer_text, summary_lines
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import format_rate, format_size, parse_address, parse_rate, parse_size
 from udpxfer.wire import DEFAULT_CHUNK_BYTES, DEFAULT_KEYED_CHUNK_BYTES, Mode
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from udpxfer.receiver import ReceiverSession
+
+# Only what "send" needs is imported up front; tqdm, the receiver and its reports (numpy, the
+# analysis) load where they are used, so that a sender's first datagram leaves sooner.
 
 DEFAULT_PORT = 9000
 
@@ -139,6 +144,8 @@ class _SendBar:
     def __init__(self, file: Path, *, address_text: str, enabled: bool) -> None:
         self._bar: tqdm[Any] | None = None
         if enabled:
+            from tqdm import tqdm
+
             self._bar = tqdm(
                 total=file.stat().st_size,
                 unit="B",
@@ -198,6 +205,8 @@ class _RecvObserver:
         self._bars: dict[ReceiverSession, tqdm[Any]] = {}
 
     def transfer_started(self, session: ReceiverSession) -> None:
+        from udpxfer.report import peer_text  # loaded with the receiver, not with send
+
         meta = session.meta
         if meta is None:
             return
@@ -207,6 +216,8 @@ class _RecvObserver:
                 f"{meta.mode.label}) from {peer_text(session.peer)}"
             )
         if self._bars_enabled:
+            from tqdm import tqdm
+
             self._bars[session] = tqdm(
                 total=meta.size,
                 unit="B",
@@ -223,6 +234,8 @@ class _RecvObserver:
             bar.refresh()
 
     def transfer_ended(self, session: ReceiverSession, result: TransferResult) -> None:
+        from udpxfer.report import summary_lines
+
         bar = self._bars.pop(session, None)
         if bar is not None:
             bar.close()
@@ -294,6 +307,8 @@ def recv(
 
     Example: udpxfer recv --bind 9000 --out incoming --once
     """
+    from udpxfer.receiver import ReceiverConfig
+
     with guarded():
         key = load_key(key_file)
         if idle_timeout <= 0 or grace < 0:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from udpxfer.companions import defaults
 from udpxfer.companions.runtime import (
     READ_BYTES,
     Log,
@@ -28,7 +29,7 @@ from udpxfer.companions.runtime import (
 from udpxfer.errors import TransferError
 from udpxfer.units import Address
 
-DEFAULT_PORT = 8000
+DEFAULT_PORT = defaults.ECHO_PORT
 QUIT = b"Quit"
 POLL_S = 0.2  # how often the client looks up from the socket to check for the end of input
 

@@ -11,6 +11,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 
+from udpxfer.companions import defaults
 from udpxfer.companions.palindrome import Line, LineFramer, answer
 from udpxfer.companions.runtime import (
     READ_BYTES,
@@ -25,7 +26,7 @@ from udpxfer.companions.runtime import (
 from udpxfer.errors import TransferError, UsageError
 from udpxfer.units import Address
 
-DEFAULT_PORT = 8001
+DEFAULT_PORT = defaults.PALINDROME_PORT
 # The normalised form can be longer than the line (NFKD expands some characters up to 18 times).
 MAX_ANSWER_BYTES = 8 << 20
 

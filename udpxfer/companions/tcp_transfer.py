@@ -24,12 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from udpxfer.companions import defaults
 from udpxfer.companions.runtime import NoProgress, ProgressFactory, connect_tcp
 from udpxfer.errors import MalformedPacket, TransferError, UsageError
 from udpxfer.files import sha256_file
 from udpxfer.units import Address, format_size
 
-DEFAULT_PORT = 9001
+DEFAULT_PORT = defaults.TCP_TRANSFER_PORT
 MAGIC = b"UXTC"
 VERSION = 1
 HEADER = struct.Struct("!4sBBHQ32s")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from udpxfer.companions import defaults
 from udpxfer.companions.rtt import PingStats
 from udpxfer.companions.runtime import (
     Log,
@@ -31,8 +32,8 @@ from udpxfer.errors import TransportError, UsageError
 from udpxfer.sockets import SockAddr, bind_socket, connect_udp, format_sockaddr
 from udpxfer.units import Address
 
-DEFAULT_PORT = 2222
-DEFAULT_PAYLOAD_BYTES = 56  # ping's default
+DEFAULT_PORT = defaults.UDP_ECHO_PORT
+DEFAULT_PAYLOAD_BYTES = defaults.UDP_ECHO_PAYLOAD_BYTES
 MAX_DATAGRAM_BYTES = 65_535
 _FILLER = b"abcdefghijklmnopqrstuvwxyz0123456789"
 
