@@ -71,19 +71,13 @@ def test_out_of_range_forgeries_leave_a_live_receiver_running(tmp_path: Path) ->
         ptype, session = session_of(datagram)
         if forward and ptype == PacketType.DATA and not forged:
             for value in (0, 1 << 31, (1 << 62) - 1, (1 << 63) - 1, U64):
-                forged.extend(
-                    [
-                        raw_datagram(
-                            PacketType.DATA, session, value or U64, value, value, b"x" * CHUNK
-                        ),
-                        raw_datagram(PacketType.DATA, session, 5, 9, value, b"z" * 3),
-                        raw_datagram(PacketType.END, session, value, 1, value, bytes(16)),
-                        raw_datagram(
-                            PacketType.END, session, 0, 2, 0, struct.pack("!QQ", value, value)
-                        ),
-                        raw_datagram(PacketType.ABORT, session, 0, 3, 0, b"\x09" + bytes(10)),
-                    ]
-                )  # fmt: skip
+                wide = struct.pack("!QQ", value, value)
+                forged.append(raw_datagram(PacketType.DATA, session, value or U64, value, value,
+                                           b"x" * CHUNK))  # fmt: skip
+                forged.append(raw_datagram(PacketType.DATA, session, 5, 9, value, b"z" * 3))
+                forged.append(raw_datagram(PacketType.END, session, value, 1, value, bytes(16)))
+                forged.append(raw_datagram(PacketType.END, session, 0, 2, 0, wide))
+                forged.append(raw_datagram(PacketType.ABORT, session, 0, 3, 0, b"\x09" + bytes(10)))
             for datagram_out in forged:
                 relay.back.send(datagram_out, relay.server)
         return False
