@@ -218,18 +218,18 @@ def test_a_wrong_key_fails_fast_on_the_sender(tmp_path: Path) -> None:
 
 def test_junk_from_another_host_does_not_lock_a_sender_out(tmp_path: Path) -> None:
     source = make_file(tmp_path, CHUNK * 200)
-    with receiver(tmp_path, max_pending_sessions=64) as (server, results):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
-            junk.bind(("127.0.0.2", 0))
-            for session in range(3000):  # slot-filling METAs: probation, then evicted
-                mode = Mode.BLAST if session % 3 else Mode.RELIABLE
-                junk.sendto(encode(Meta(session, "j", 10, 5, 2, bytes(32), mode)), server.address)
-                junk.sendto(encode_data(session, 0, 0, b"12345"), server.address)
-            session = send_file(source, Address(*server.address), SenderConfig(chunk_size=CHUNK))
-            wait_for(
-                lambda: any(r.report["file"]["verified"] for r in results),
-                what=f"{session.outcome} {[r.report['outcome'] for r in results]}",
-            )
+    with (
+        receiver(tmp_path, max_pending_sessions=64) as (server, results),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk,
+    ):
+        junk.bind(("127.0.0.2", 0))
+        for session_id in range(3000):  # slot-filling METAs: probation, then evicted
+            mode = Mode.BLAST if session_id % 3 else Mode.RELIABLE
+            meta = Meta(session_id, "j", 10, 5, 2, bytes(32), mode)
+            junk.sendto(encode(meta), server.address)
+            junk.sendto(encode_data(session_id, 0, 0, b"12345"), server.address)
+        session = send_file(source, Address(*server.address), SenderConfig(chunk_size=CHUNK))
+        wait_for(lambda: any(r.report["file"]["verified"] for r in results))
     assert session.outcome is not None
     assert session.outcome.outcome == "complete"
     real = [r for r in results if r.report["file"]["name"] == "source.bin"]
