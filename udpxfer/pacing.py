@@ -16,11 +16,31 @@ class Pacer:
     """
 
     def __init__(self, rate_bps: int, now: float, burst_s: float = 0.002, min_burst: int = 3000):
-        self.rate_bps = rate_bps
-        self._bytes_per_s = rate_bps / 8
-        self._capacity = max(float(min_burst), self._bytes_per_s * burst_s)
+        self._burst_s = burst_s
+        self._min_burst = float(min_burst)
+        self._set(rate_bps)
         self._tokens = self._capacity
         self._last = now
+
+    def _set(self, rate_bps: int) -> None:
+        self.rate_bps = rate_bps
+        self._bytes_per_s = rate_bps / 8
+        self._capacity = max(self._min_burst, self._bytes_per_s * self._burst_s)
+
+    def set_rate(self, rate_bps: int, now: float) -> None:
+        """Pace at ``rate_bps`` from ``now`` on (a congestion controller's changing estimate).
+
+        Tokens earned so far are kept (at most a burst of the new rate), so a change neither
+        releases a burst nor stalls what was about to leave.
+        """
+        if rate_bps == self.rate_bps:
+            return
+        if self.rate_bps:
+            self._refill(now)
+        else:
+            self._tokens, self._last = self._min_burst, now
+        self._set(rate_bps)
+        self._tokens = min(self._tokens, self._capacity)
 
     def _refill(self, now: float) -> None:
         if now > self._last:
