@@ -10,23 +10,30 @@ draft-ietf-ccwg-bbr-01) keeps two numbers about the path:
   received, after draft-cheng-iccrg-delivery-rate-estimation-02: datagrams delivered between
   when the echoed datagram was sent and when its STATUS came back, over the longer of the send
   and the ack interval (so that feedback arriving in a bunch cannot inflate it).
-- ``min_rtt``: the minimum round trip over the last ten seconds.
+- ``min_rtt``: the minimum round trip over the last ten seconds (time in both ends' sockets
+  taken out by the sender).
 
 Their product is the bandwidth-delay product (BDP). The sender is paced at ``pacing_gain``
-times ``btl_bw`` and keeps at most ``cwnd_gain`` times the BDP in flight. The gains follow the
-BBR state machine: STARTUP doubles the rate each round trip until the delivery rate stops
+times ``btl_bw`` and keeps at most ``cwnd_gain`` BDPs in flight, plus the bunching of
+feedback (the draft's ``extra_acked``) and a little room for batched sending. The gains follow
+BBR's state machine: STARTUP doubles the rate each round trip until the delivery rate stops
 growing by 25 % for three rounds, DRAIN empties the queue that built, PROBE_BW cycles through
 gains 1.25, 0.75 and six times 1 (one min_rtt each) to find more bandwidth and give back the
-queue it made, and PROBE_RTT drops in flight to half a BDP for 200 ms when min_rtt has not been
-seen for ten seconds, so that competing flows see the path's real round trip.
+queue it made, and PROBE_RTT drops in flight to half a BDP for 200 ms when no new minimum was
+seen for five seconds, so that competing flows see the path's real round trip.
 
-Random loss leaves this model alone (a lossy link delivers at a lower rate, nothing more):
-the sender's repair rounds fix the data and the rate stays, which is what a lossy long path
-needs (the Mathis model caps a loss-driven TCP far below the link there). Loss counts as
-congestion only when a round trip lost more than ``loss_thresh`` of what it sent while its
-round trips all showed a queue (a buffer overflowing): then, as BBRv2/v3 do (the draft's
-``inflight_hi`` and ``BBRBeta``), data in flight is capped at 0.7 of what it was, and startup
-ends. The cap grows back by a quarter each PROBE_BW cycle that probes without such loss.
+Random loss leaves the model alone (a lossy link delivers at a lower rate, nothing more): the
+sender's repair rounds fix the data and the rate stays, which is what a lossy long path needs
+(the Mathis model caps a loss-driven TCP far below the link there). Loss counts as congestion
+only when a round trip whose every sample showed a queue lost ``loss_thresh`` more of what it
+sent than the path loses on its own (measured in round trips without a queue): a buffer
+overflowing. Then, as BBRv2/v3 do (the draft's ``inflight_hi`` and ``BBRBeta``), data in
+flight is capped at 0.7 of what it was, and startup ends; the cap grows back by a quarter each
+gain cycle that probes without such loss.
+
+On a path whose round trip is below what user-space timing resolves (a LAN, loopback) the
+rate samples are noise and pacing only throttles: there the sender is unpaced and the window
+alone bounds the queue (see ``pacing_rate_bps``).
 
 Units: datagrams and seconds inside; the pacing rate comes out in bits per second.
 """
@@ -48,6 +55,13 @@ PROBE_BW_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 CWND_GAIN = 2.0
 PACING_MARGIN = 0.99  # draft-ietf-ccwg-bbr-01 BBRPacingMarginPercent: just below the model
 BW_FILTER_ROUNDS = 10  # BBR paper: the max filter spans 10 round trips
+# ... of at least 50 ms each: feedback between user-space loops comes in bunches over a few
+# milliseconds, so a LAN's sub-millisecond round trips would leave a filter of mere noise
+# (and a pace that ratchets down with every dip of a busy receiver).
+BW_SLOT_MIN_S = 0.05
+PHASE_MIN_S = 0.01  # likewise, a ProbeBW phase lasts at least this long
+EXTRA_ACKED_MAX_S = 0.005  # feedback bunching counted into the window, at most (see _aggregate)
+SHORT_PATH_RTT_S = 0.005  # round trips below this are a LAN's: see pacing_rate_bps
 MIN_RTT_FILTER_S = 10.0  # draft MinRTTFilterLen: min_rtt expires after 10 s
 PROBE_RTT_INTERVAL_S = 5.0  # draft ProbeRTTInterval: a fresh minimum at least this often
 PROBE_RTT_S = 0.2  # draft ProbeRTTDuration
@@ -55,6 +69,7 @@ PROBE_RTT_CWND_GAIN = 0.5  # draft BBRProbeRTTCwndGain
 FULL_BW_GROWTH = 1.25  # draft BBRStartupFullBwThresh: growth that counts as "still growing"
 FULL_BW_ROUNDS = 3  # draft BBRStartupFullBwCount
 BETA = 0.7  # draft BBRBeta: multiplicative cut of inflight_hi on congestion loss
+MIN_CONGESTION_LOSSES = 4  # fewer losses in a round trip are never taken for congestion
 
 
 class Phase(Enum):
@@ -90,13 +105,14 @@ class BbrController:
         initial_cwnd: datagrams in flight before the first STATUS.
         min_cwnd: the window never goes below this (user-space send and receive loops work
             in batches; a window smaller than a few batches starves them).
-        loss_thresh: the share of a round trip's datagrams lost, together with a standing
-            queue, that counts as congestion.
-        queue_factor: a round trip whose smallest sample exceeds ``min_rtt`` by this factor
-            (and by ``queue_floor_s``) had a queue all along.
-        queue_floor_s: round-trip noise of user-space timing, never taken for a queue.
-        batch_allowance_s: extra window in seconds of the pacing rate, for the bursts of
+        loss_thresh: loss beyond the path's own, as a share of a round trip's datagrams,
+            that counts as congestion when the round trip also had a standing queue.
+        queue_delay_s: a round trip whose smallest sample exceeds ``min_rtt`` by this much
+            had a queue all along (above the noise of user-space timing; a shallow buffer
+            that overflows adds little more).
+        batch_allowance_s: extra window in seconds of the bottleneck rate, for the bursts of
             user-space sending and feedback (BBR's send-quantum allowance does the same).
+        initial_rtt_s: the round trip assumed for the first pace, before any sample.
     """
 
     def __init__(
@@ -107,16 +123,14 @@ class BbrController:
         initial_cwnd: int = 64,
         min_cwnd: int = 32,
         loss_thresh: float = 0.05,
-        queue_factor: float = 1.25,
-        queue_floor_s: float = 0.002,
+        queue_delay_s: float = 0.002,
         batch_allowance_s: float = 0.002,
         initial_rtt_s: float = 0.001,
     ) -> None:
         self.datagram_bits = datagram_bytes * 8
         self.min_cwnd = min_cwnd
         self.loss_thresh = loss_thresh
-        self.queue_factor = queue_factor
-        self.queue_floor_s = queue_floor_s
+        self.queue_delay_s = queue_delay_s
         self.batch_allowance_s = batch_allowance_s
         self.phase = Phase.STARTUP
         self.pacing_gain = STARTUP_PACING_GAIN
@@ -131,6 +145,8 @@ class BbrController:
         self.cwnd = float(initial_cwnd)
         self.rounds = 0
         self.congestion_events = 0
+        self._path_sent = 0  # datagrams sent and lost in round trips without a queue
+        self._path_lost = 0
         self._initial_rate = initial_cwnd / initial_rtt_s  # datagrams per second, pre-model
 
         # Delivery-rate state (the draft's C.*).
@@ -145,6 +161,13 @@ class BbrController:
         # Round trips: a round ends when a datagram sent after it began is acknowledged.
         self._round_end_delivered = 0
         self._bw_rounds: collections.deque[float] = collections.deque([0.0], BW_FILTER_ROUNDS)
+        self._bw_slot_at = now
+        # ACK aggregation (draft-ietf-ccwg-bbr-01 BBRUpdateACKAggregation): how much more
+        # arrived in a bunch than the model expects, kept over the same slots as the bandwidth.
+        self.extra_acked = 0.0
+        self._extra_rounds: collections.deque[float] = collections.deque([0.0], BW_FILTER_ROUNDS)
+        self._epoch_at = now
+        self._epoch_delivered = 0
         self._round_start_tx = -1
         self._round_start_received = 0
         self._round_min_rtt = math.inf
@@ -163,7 +186,16 @@ class BbrController:
 
     @property
     def pacing_rate_bps(self) -> int:
-        """The rate to pace at, in bits per second (never 0: 0 means unpaced to the Pacer)."""
+        """The rate to pace at, in bits per second; 0 means unpaced (as the Pacer takes it).
+
+        On a path whose round trip is shorter than user-space timing can resolve (a LAN,
+        loopback), rate samples are noisier than the path (a busy receiver delivers in
+        bunches) and every pause the pacer makes costs a trip through the scheduler: pacing
+        at the model's rate throttles the transfer to its dips. There the window alone (a
+        couple of BDPs plus the bunching) bounds what can queue, as a window-based TCP does.
+        """
+        if self.min_rtt_s < SHORT_PATH_RTT_S:
+            return 0
         bw = self.btl_bw if self.btl_bw > 0 else self._initial_rate
         margin = PACING_MARGIN if self.phase is Phase.PROBE_BW else 1.0
         return max(1, int(self.pacing_gain * bw * margin * self.datagram_bits))
@@ -174,6 +206,11 @@ class BbrController:
         if self.btl_bw <= 0 or math.isinf(self.min_rtt_s):
             return 0.0
         return self.btl_bw * self.min_rtt_s
+
+    @property
+    def path_loss(self) -> float:
+        """The loss rate seen in round trips without a queue: the path's own, not ours."""
+        return self._path_lost / self._path_sent if self._path_sent else 0.0
 
     def limit(self, advertised: int) -> int:
         """The window to use: ours, never above what the receiver advertised."""
@@ -218,6 +255,8 @@ class BbrController:
             self._delivered = received
             self._delivered_at = now
         sent = self._sent.pop(key, None)
+        if acked and self.btl_bw > 0:
+            self._aggregate(acked, now)
         if sent is None:
             self._update(now, acked)
             return
@@ -225,7 +264,7 @@ class BbrController:
         inflight = max(0, self._highest_sent - self._highest_reported)
         self._round_max_inflight = max(self._round_max_inflight, inflight)
         if sent.delivered >= self._round_end_delivered:
-            self._end_round(highest_tx, received)
+            self._end_round(highest_tx, received, now)
         interval = max(sent.sent_at - sent.first_sent_at, now - sent.delivered_at)
         # The draft drops samples over less than min_rtt: they measure a burst, not the path.
         if interval > 0 and (math.isinf(self.min_rtt_s) or interval >= self.min_rtt_s):
@@ -254,17 +293,35 @@ class BbrController:
         if self._probe_min_s < self.min_rtt_s or now > self._min_rtt_at + MIN_RTT_FILTER_S:
             self.min_rtt_s, self._min_rtt_at = self._probe_min_s, self._probe_min_at
 
-    def _end_round(self, highest_tx: int, received: int) -> None:
+    def _aggregate(self, acked: int, now: float) -> None:
+        """Track feedback that arrives faster than the model's rate (draft: extra_acked)."""
+        expected = self.btl_bw * (now - self._epoch_at)
+        if self._epoch_delivered <= expected:  # back at or below the model: a new epoch
+            self._epoch_delivered, self._epoch_at, expected = 0, now, 0.0
+        self._epoch_delivered += acked
+        # Capped (as Linux BBR caps it at 100 ms of the rate, here tighter): the bunches grow
+        # with the window they are added to, and only a few milliseconds of them are ours.
+        extra = min(self._epoch_delivered - expected, self.cwnd, self.btl_bw * EXTRA_ACKED_MAX_S)
+        if extra > self._extra_rounds[-1]:
+            self._extra_rounds[-1] = extra
+            self.extra_acked = max(self._extra_rounds)
+
+    def _end_round(self, highest_tx: int, received: int, now: float) -> None:
         """One round trip is over: check for a full pipe and for congestion loss."""
         self.rounds += 1
         self._round_end_delivered = self._delivered
         sent = highest_tx - self._round_start_tx
         lost = sent - (received - self._round_start_received)
-        queued = self._round_min_rtt > max(
-            self.min_rtt_s * self.queue_factor, self.min_rtt_s + self.queue_floor_s
-        )
-        if self._round_start_tx >= 0 and sent > 0 and queued and lost > self.loss_thresh * sent:
-            self._on_congestion()
+        if self._round_start_tx >= 0 and sent > 0:
+            lost = max(0, lost)
+            if self._round_min_rtt <= self.min_rtt_s + self.queue_delay_s:
+                # No queue all round: whatever was lost is the path's own loss.
+                self._path_sent += sent
+                self._path_lost += lost
+            elif lost >= MIN_CONGESTION_LOSSES and lost > sent * (
+                self.path_loss + self.loss_thresh
+            ):
+                self._on_congestion()
         self._round_start_tx = highest_tx
         self._round_start_received = received
         self._round_min_rtt = math.inf
@@ -279,8 +336,12 @@ class BbrController:
                 if self._full_bw_count >= FULL_BW_ROUNDS:
                     self._filled_pipe = True
                     self._enter(Phase.DRAIN)
-        self._bw_rounds.append(0.0)  # the oldest round falls out of the max filter
-        self.btl_bw = max(self._bw_rounds)
+        if now - self._bw_slot_at >= BW_SLOT_MIN_S:
+            self._bw_slot_at = now
+            self._bw_rounds.append(0.0)  # the oldest slot falls out of the max filters
+            self._extra_rounds.append(0.0)
+            self.btl_bw = max(self._bw_rounds)
+            self.extra_acked = max(self._extra_rounds)
 
     def _on_congestion(self) -> None:
         """A round lost much of what it sent into a standing queue: a buffer overflowed."""
@@ -307,10 +368,14 @@ class BbrController:
     def _update(self, now: float, acked: int) -> None:
         """Advance the state machine and recompute the window (``acked``: newly delivered)."""
         inflight = max(0, self._highest_sent - self._highest_reported)
-        if self.phase is Phase.DRAIN and (inflight <= self.bdp or self.bdp == 0):
+        if self.phase is Phase.DRAIN and (
+            inflight <= self.bdp or self.bdp == 0 or self.pacing_rate_bps == 0
+        ):  # (unpaced, there is no slower pace to drain with: the window does it)
             self._cycle_at = now
             self._enter(Phase.PROBE_BW)
-        if self.phase is Phase.PROBE_BW and now - self._cycle_at >= self.min_rtt_s:
+        if self.phase is Phase.PROBE_BW and now - self._cycle_at >= max(
+            self.min_rtt_s, PHASE_MIN_S
+        ):
             self._next_cycle_phase(now)
         if self.phase is not Phase.PROBE_RTT and self._probe_rtt_due:
             self._probe_rtt_due = False
@@ -343,8 +408,8 @@ class BbrController:
             target = self.cwnd_gain * bdp
             cwnd = min(self.cwnd, target)
         else:
-            allowance = self.batch_allowance_s * self.pacing_rate_bps / self.datagram_bits
-            target = self.cwnd_gain * bdp + allowance
+            allowance = self.batch_allowance_s * self.btl_bw
+            target = self.cwnd_gain * bdp + self.extra_acked + allowance
             if self._filled_pipe:
                 cwnd = min(self.cwnd + acked, target)
             else:
