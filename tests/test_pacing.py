@@ -1,4 +1,4 @@
-"""Pacer, RTT estimator and delay-based window on a fake clock: plain numbers in, numbers out."""
+"""Pacer and RTT estimator on a fake clock: plain numbers in, numbers out."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from udpxfer.pacing import DelayWindow, Pacer, RttEstimator
+from udpxfer.pacing import Pacer, RttEstimator
 
 
 def run_pacer(pacer: Pacer, size: int, start: float, end: float) -> list[float]:
@@ -111,6 +111,33 @@ def test_unpaced_is_always_ready() -> None:
     assert pacer.ready(0.0)
 
 
+def test_set_rate_paces_at_the_new_rate_from_then_on() -> None:
+    pacer = Pacer(8_000_000, 0.0)  # 1 MB/s
+    first = run_pacer(pacer, 1000, 0.0, 1.0)
+    pacer.set_rate(16_000_000, 1.0)
+    second = run_pacer(pacer, 1000, 1.0, 2.0)
+    assert len(first) == pytest.approx(1000, abs=20)
+    assert len(second) == pytest.approx(2000, abs=40)
+
+
+def test_set_rate_keeps_no_more_than_a_burst_of_the_new_rate() -> None:
+    pacer = Pacer(800_000_000, 0.0)  # a 200 KB bucket at 2 ms
+    pacer.set_rate(8_000_000, 0.5)  # idle for long: the full bucket would be 200 datagrams
+    assert burst_at(pacer, 0.5, 1000) <= 4  # but the new rate's bucket holds 3000 bytes
+
+
+def test_set_rate_to_and_from_unpaced() -> None:
+    pacer = Pacer(8_000_000, 0.0)
+    pacer.set_rate(0, 0.0)
+    for _ in range(10_000):
+        assert pacer.ready(0.0)
+        pacer.consume(1000)
+    assert pacer.next_release() is None
+    pacer.set_rate(8_000_000, 1.0)  # unpaced debts are forgotten: a fresh small bucket
+    assert 1 <= burst_at(pacer, 1.0, 1000) <= 4
+    assert pacer.next_release() is not None
+
+
 # --- RttEstimator (RFC 6298) ----------------------------------------------------------------
 
 
@@ -190,134 +217,3 @@ def test_backoff_doubles_the_clamped_minimum_and_stops_at_64() -> None:
         rtt.back_off()
     assert rtt.backoff == 64
     assert rtt.rto_s == pytest.approx(0.05 * 64)
-
-
-# --- DelayWindow (Vegas-style) ---------------------------------------------------------------
-
-BASE = 0.010  # base round trip: 10 ms
-
-
-def test_window_grows_by_half_of_each_ack_in_slow_start() -> None:
-    window = DelayWindow(initial=32)
-    window.on_ack(10, BASE)
-    assert window.cwnd == 37
-    assert window.slow_start
-    window.on_ack(10, BASE * 1.1)  # a queue of 32 * (1 - 1/1.1) = 2.9 < alpha: still small
-    assert window.cwnd == 42
-    assert window.slow_start
-
-
-def test_window_leaves_slow_start_at_the_limit() -> None:
-    window = DelayWindow(initial=32, slow_start_limit=64)
-    sizes = []
-    while window.slow_start:
-        window.on_ack(20, BASE)
-        sizes.append(window.cwnd)
-    assert sizes == [42, 52, 62, 72]
-    window.on_ack(72, BASE)  # a window's worth acknowledged: about two more per round trip
-    assert window.cwnd == pytest.approx(74)
-    assert not window.slow_start
-
-
-def test_window_holds_and_leaves_slow_start_between_alpha_and_beta() -> None:
-    window = DelayWindow(initial=60, alpha=16, beta=48, samples=4, slow_start_limit=1000)
-    window.on_ack(0, BASE)
-    for _ in range(3):
-        window.on_ack(10, 2 * BASE)  # the older BASE sample is still the recent minimum
-    assert window.cwnd == 75
-    assert window.slow_start
-    window.on_ack(10, 2 * BASE)  # BASE aged out: a standing queue of 75 / 2, alpha..beta
-    assert window.cwnd == 75
-    assert not window.slow_start
-
-
-def test_window_ignores_one_late_sample() -> None:
-    window = DelayWindow(initial=32, samples=4)
-    for _ in range(3):
-        window.on_ack(0, BASE)
-    window.on_ack(10, 50 * BASE)  # a lone slow report: the minimum of recent ones is BASE
-    assert window.cwnd == 37
-    assert window.slow_start
-
-
-def test_window_shrinks_toward_beta_under_a_standing_queue() -> None:
-    window = DelayWindow(initial=200, alpha=16, beta=48, samples=4)
-    window.on_ack(0, BASE)
-    sizes = []
-    for _ in range(60):
-        window.on_ack(10, 2 * BASE)
-        sizes.append(window.cwnd)
-    assert not window.slow_start
-    shrinking = sizes[3:]  # from the fourth report on, every recent sample shows the queue
-    assert all(b < a for a, b in itertools.pairwise(shrinking) if a > 96 + 1e-6)
-    # cwnd * (1 - base / rtt) = beta at cwnd = 96: it settles there, never below.
-    assert min(shrinking) >= 96 - 1e-9
-    assert sizes[-1] == pytest.approx(96, abs=0.01)
-
-
-def test_window_shrinks_no_lower_than_the_minimum() -> None:
-    window = DelayWindow(initial=100, minimum=8, beta=4, alpha=2)
-    window.on_ack(0, BASE)
-    for _ in range(10):
-        window.on_ack(0, 100 * BASE)
-    assert window.cwnd == 8
-
-
-@pytest.mark.parametrize("event", ["on_loss", "on_timeout"])
-def test_window_halves_on_loss_and_timeout_not_below_minimum(event: str) -> None:
-    window = DelayWindow(initial=100, minimum=8)
-    assert window.slow_start
-    window.queued = window.alpha + 1  # loss comes with a queue building up: congestion
-    halving = []
-    for _ in range(6):
-        getattr(window, event)()
-        halving.append(window.cwnd)
-    assert halving == [50, 25, 12.5, 8, 8, 8]
-    assert not window.slow_start
-
-
-def test_loss_without_a_queue_keeps_the_window() -> None:
-    window = DelayWindow(initial=32)
-    window.on_ack(0, BASE)  # no queue: the round trip is the base one
-    assert window.queued == 0
-    window.on_loss()  # a lossy link, not congestion
-    assert window.cwnd == 32
-    assert window.slow_start
-
-
-def test_window_after_loss_grows_in_congestion_avoidance() -> None:
-    window = DelayWindow(initial=64)
-    window.queued = window.alpha + 1
-    window.on_loss()
-    window.on_ack(32, BASE)
-    assert window.cwnd == pytest.approx(34)
-    assert not window.slow_start
-
-
-@pytest.mark.parametrize(
-    ("cwnd", "advertised", "expected"),
-    [(40.7, 100, 40), (40.7, 10, 10), (40.7, 40, 40), (40.7, 0, 1), (0.5, 100, 1)],
-)
-def test_limit_respects_the_advertised_window(cwnd: float, advertised: int, expected: int) -> None:
-    window = DelayWindow()
-    window.cwnd = cwnd
-    assert window.limit(advertised) == expected
-
-
-def test_tiny_rtt_samples_are_floored() -> None:
-    window = DelayWindow(initial=32, rtt_floor_s=100e-6)
-    window.on_ack(0, 1e-6)
-    assert window.base_rtt_s == 100e-6
-    # Jitter below the floor (1 us vs 60 us would read as a 98 % queue) is not a queue.
-    for _ in range(4):
-        window.on_ack(10, 60e-6)
-    assert window.cwnd == 52
-    assert window.slow_start
-    window.on_ack(0, 200e-6)  # above the floor it counts: still one old sample at the floor
-    assert window.base_rtt_s == 100e-6
-
-
-def test_negative_ack_counts_are_ignored() -> None:
-    window = DelayWindow(initial=32)
-    window.on_ack(-10, BASE)
-    assert window.cwnd == 32

@@ -1,4 +1,7 @@
-"""Pure timing helpers for the sessions: a token-bucket pacer and an RTT estimator."""
+"""Pure timing helpers for the sessions: a token-bucket pacer and an RTT estimator.
+
+Congestion control (the pace and window an unpaced sender uses) is in udpxfer.congestion.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +19,31 @@ class Pacer:
     """
 
     def __init__(self, rate_bps: int, now: float, burst_s: float = 0.002, min_burst: int = 3000):
-        self.rate_bps = rate_bps
-        self._bytes_per_s = rate_bps / 8
-        self._capacity = max(float(min_burst), self._bytes_per_s * burst_s)
+        self._burst_s = burst_s
+        self._min_burst = float(min_burst)
+        self._set(rate_bps)
         self._tokens = self._capacity
         self._last = now
+
+    def _set(self, rate_bps: int) -> None:
+        self.rate_bps = rate_bps
+        self._bytes_per_s = rate_bps / 8
+        self._capacity = max(self._min_burst, self._bytes_per_s * self._burst_s)
+
+    def set_rate(self, rate_bps: int, now: float) -> None:
+        """Pace at ``rate_bps`` from ``now`` on (a congestion controller's changing estimate).
+
+        Tokens earned so far are kept (at most a burst of the new rate), so a change neither
+        releases a burst nor stalls what was about to leave.
+        """
+        if rate_bps == self.rate_bps:
+            return
+        if self.rate_bps:
+            self._refill(now)
+        else:
+            self._tokens, self._last = self._min_burst, now
+        self._set(rate_bps)
+        self._tokens = min(self._tokens, self._capacity)
 
     def _refill(self, now: float) -> None:
         if now > self._last:
@@ -80,86 +103,3 @@ class RttEstimator:
     def back_off(self) -> None:
         """Double the timeout after it expired."""
         self.backoff = min(self.backoff * 2, 64)
-
-
-class DelayWindow:
-    """A delay-based congestion window after TCP Vegas (Brakmo and Peterson, 1995).
-
-    Our datagrams sitting in queues along the path are estimated as
-    ``cwnd * (1 - base_rtt / rtt)``. In slow start the window grows by half of what each
-    report acknowledges (about x1.5 per round trip) until that queue passes ``alpha`` or the
-    window reaches ``slow_start_limit``. After that, or after any loss, it grows by about two
-    datagrams per round trip while fewer than ``alpha`` wait and shrinks by the excess when
-    more than ``beta`` do; a loss halves it (as TCP Reno, RFC 5681 section 3.1). Keeping the
-    standing queue small means a slow relay or a bottleneck with a small buffer in the path
-    fills without overflowing, so loss reports show what the network did, not what our
-    sender did to it. ``rtt`` is the minimum of the last few samples, so that one late sample
-    does not shrink the window.
-    """
-
-    def __init__(
-        self,
-        initial: int = 32,
-        minimum: int = 8,
-        alpha: float = 16.0,
-        beta: float = 48.0,
-        samples: int = 4,
-        slow_start_limit: float = 64.0,
-        rtt_floor_s: float = 100e-6,
-    ) -> None:
-        self.cwnd = float(initial)
-        self.minimum = minimum
-        self.alpha = alpha
-        self.beta = beta
-        self.slow_start = True
-        self.slow_start_limit = slow_start_limit  # RFC 5681's initial ssthresh, kept small
-        # Round trips are measured in user space, corrected for time spent in both ends'
-        # sockets; below this their noise is larger than any queue worth reacting to.
-        self.rtt_floor_s = rtt_floor_s
-        self.base_rtt_s = float("inf")
-        self.queued = 0.0  # the latest estimate of our datagrams waiting in the path
-        self._recent: list[float] = []
-        self._samples = samples
-
-    def on_ack(self, acked: int, rtt_s: float) -> None:
-        """Fold in feedback that acknowledged ``acked`` datagrams, with one RTT sample."""
-        rtt_s = max(rtt_s, self.rtt_floor_s)
-        self.base_rtt_s = min(self.base_rtt_s, rtt_s)
-        self._recent.append(rtt_s)
-        if len(self._recent) > self._samples:
-            del self._recent[0]
-        queued = self.cwnd * (1.0 - self.base_rtt_s / min(self._recent))
-        self.queued = queued
-        acked = max(acked, 0)
-        if queued > self.beta:
-            self.slow_start = False
-            self.cwnd = max(float(self.minimum), self.cwnd - (queued - self.beta))
-        elif queued < self.alpha:
-            self.cwnd += acked / 2 if self.slow_start else 2 * acked / self.cwnd
-            if self.cwnd >= self.slow_start_limit:
-                self.slow_start = False
-        else:
-            self.slow_start = False
-
-    def on_loss(self) -> None:
-        """Datagrams went missing: halve the window (at most once a round trip, the caller's
-        business), as TCP Reno does (RFC 5681 section 3.1), when a queue is building up.
-
-        Loss with no queue behind it is the path's own (a lossy link, an impairment), not
-        congestion: halving for it would only slow the transfer down (and a loss lab lives
-        on such paths), so the window keeps its size.
-        """
-        if self.queued <= self.alpha:
-            return
-        self.slow_start = False
-        self.cwnd = max(float(self.minimum), self.cwnd / 2)
-
-    def on_timeout(self) -> None:
-        """No feedback for a retransmission timeout: halve the window, since the path may be
-        stalled rather than empty (it will hold what it already holds and this much more)."""
-        self.slow_start = False
-        self.cwnd = max(float(self.minimum), self.cwnd / 2)
-
-    def limit(self, advertised: int) -> int:
-        """The window to use: ours, never above what the receiver advertised."""
-        return max(1, min(int(self.cwnd), advertised))

@@ -20,13 +20,15 @@ import dataclasses
 from dataclasses import dataclass
 from enum import Enum, auto
 
+from udpxfer.congestion import BbrController
 from udpxfer.errors import AuthenticationFailed, MalformedPacket, UsageError
 from udpxfer.events import Event, RepairRequested, TransferEnded
-from udpxfer.pacing import DelayWindow, Pacer, RttEstimator
+from udpxfer.pacing import Pacer, RttEstimator
 from udpxfer.ranges import RangeQueue, clamp_ranges
 from udpxfer.wire import (
     CRC,
     DEFAULT_CHUNK_BYTES,
+    HEADER_BYTES,
     MANIFEST_HASHES,
     MAX_CHUNK_BYTES,
     MAX_NAME_BYTES,
@@ -89,8 +91,8 @@ class SenderConfig:
     rate_bps: int = 0
     max_window: int = 16384  # datagrams beyond the receiver's last report, at most
     initial_window: int = 64  # before the receiver has reported its window
-    # A delay-based window (pacing.DelayWindow) on top of flow control, for unpaced sending;
-    # with an explicit rate the user sets the pace (its slow growth would cap long fat paths).
+    # Model-based congestion control (congestion.BbrController: its pace and window) on top
+    # of flow control, for unpaced sending; with an explicit rate the user sets the pace.
     congestion_control: bool = True
     give_up_s: float = 20.0  # silence from the receiver after which a reliable send fails
     refused_give_up_s: float = 3.0  # the same before any answer, when ICMP says nobody listens
@@ -190,13 +192,12 @@ class SenderSession:
         self._highest_acked = -1
         self._window = self.config.initial_window
         self._advertised = self.config.initial_window
-        self._reported_received = 0  # the receiver's DATA count in its last STATUS
-        self._reported_highest = -1
-        self._next_cut = 0.0  # the window is cut at most once a round trip
         self._unsent_stamp: int | None = None  # sent_ns of a feedback request not yet out
         self._left_at: dict[int, float] = {}  # sent_ns stamp -> when its batch left
         self._congestion = (
-            DelayWindow() if self.config.congestion_control and not self.config.rate_bps else None
+            self._new_congestion(now)
+            if self.config.congestion_control and not self.config.rate_bps
+            else None
         )
         self._feedback = False  # a STATUS, NACK or DONE has arrived
         self._open_loop = False
@@ -207,7 +208,9 @@ class SenderSession:
         self._meta_at: float | None = now if self._handshake else None  # next META retry
         self._ends_left = 0
         self._verdict_deadline: float | None = None
-        self._pacer = Pacer(self.config.rate_bps, now)
+        self._pacer = Pacer(
+            self._congestion.pacing_rate_bps if self._congestion else self.config.rate_bps, now
+        )
         self.rtt = RttEstimator(min_rto_s=self.config.min_rto_s, max_rto_s=self.config.max_rto_s)
 
         self.datagrams_sent = 0
@@ -355,7 +358,8 @@ class SenderSession:
         )
         if restarted:
             self._highest_acked = self._tx - 1  # what the old receiver had in flight is gone
-            self._reported_received, self._reported_highest = 0, self._tx - 1
+            if self._congestion is not None:  # its counters start again from zero
+                self._congestion = self._new_congestion(now)
         if self.state is SenderState.HANDSHAKE:
             self.state = SenderState.SENDING
             self._meta_at = None
@@ -374,31 +378,27 @@ class SenderSession:
     def _on_status(self, packet: Status, now: float, queued_s: float) -> None:
         self._on_feedback(now, packet.echo_ns)
         self.acked_held = max(self.acked_held, min(packet.held, self.chunk_count))
-        acked = lost = 0
-        highest_tx = min(packet.highest_tx, self._tx - 1)
-        if packet.received >= self._reported_received:
-            # Datagrams the receiver's tx count passed minus those it received since
-            # the previous report: a (reordering-tolerant) loss signal.
-            lost = (highest_tx - self._reported_highest) - (
-                packet.received - self._reported_received
-            )
-            self._reported_received = packet.received
-            self._reported_highest = max(self._reported_highest, highest_tx)
+        highest_tx = min(packet.highest_tx, self._tx - 1)  # never beyond what we sent
         if highest_tx > self._highest_acked:
-            acked = highest_tx - self._highest_acked
             self._highest_acked = highest_tx
         self._advertised = max(1, min(packet.window, self.config.max_window))
-        if self._congestion is not None:
+        if (congestion := self._congestion) is not None:
+            rtt: float | None = None
             if packet.echo_ns:
                 # Queueing in the receiver's own socket is flow control's business
                 # (its advertised window), not the network's: leave it out.
                 left = self._left_at.pop(packet.echo_ns, packet.echo_ns / 1e9)
                 rtt = now - left - packet.queued_ns / 1e9 - queued_s
-                self._congestion.on_ack(acked, rtt)
-            if lost > 0 and now >= self._next_cut:
-                self._congestion.on_loss()  # it judges with the sample just taken
-                self._next_cut = now + (self.rtt.srtt_s or 0.0)
-            self._window = self._congestion.limit(self._advertised)
+            congestion.on_status(
+                packet.echo_ns,
+                highest_tx=highest_tx,
+                received=packet.received,
+                tx_sent=self._tx - 1,
+                rtt_s=rtt,
+                now=now,
+            )
+            self._window = congestion.limit(self._advertised)
+            self._pacer.set_rate(congestion.pacing_rate_bps, now)
         else:
             self._window = self._advertised
         self._probe_at = None
@@ -459,6 +459,9 @@ class SenderSession:
             self._send_end(now)
         if self._verdict_deadline is not None and now >= self._verdict_deadline:
             self._finish(now, "sent", "no verdict from the receiver")
+
+    def _new_congestion(self, now: float) -> BbrController:
+        return BbrController(now, datagram_bytes=self.chunk_size + HEADER_BYTES)
 
     def _give_up_at(self) -> float:
         limit = self.config.give_up_s
@@ -527,7 +530,7 @@ class SenderSession:
             # cwnd to one segment, RFC 5681 section 3.1).
             self._highest_acked = max(self._highest_acked, self._tx - self._window + 1)
             if self._congestion is not None:
-                self._congestion.on_timeout()
+                self._congestion.on_timeout(now)
                 self._window = self._congestion.limit(self._advertised)
             # No backoff here: a long loss burst must not slow the walk past it to a crawl;
             # a dead receiver is caught by the give-up timer instead.
@@ -542,7 +545,7 @@ class SenderSession:
         view, size, chunk_size = self._view, self.size, self.chunk_size
         sid, sent_ns = self.session_id, int(now * 1e9)
         pacer = self._pacer
-        ack_every = max(1, self._window // 4)
+        ack_every = max(1, self._window // 8)
         repairing = self.state is SenderState.REPAIRING
         pass_no = self._round + 1 if repairing else 0
         flags = int(Flags.RESENT) if repairing else 0
@@ -563,6 +566,8 @@ class SenderSession:
             ack = tx % ack_every == 0 or in_flight >= self._window
             if ack:
                 self._unsent_stamp = sent_ns
+                if self._congestion is not None:
+                    self._congestion.on_sent(sent_ns, now)
             start = index * chunk_size
             datagram = encode_data(
                 sid,

@@ -72,9 +72,10 @@ def send(
         typer.Option(
             "--rate",
             help="Pace sending to this many bits per second (100M = 10^8 bit/s, counting "
-            "whole UDP payloads). 0: as fast as the receiver's window and a delay-based "
-            "congestion window allow (no relay or bottleneck on the path overflows); "
-            "with a rate, the pace is yours.",
+            "whole UDP payloads). 0: a congestion controller after BBR finds the path's "
+            "bottleneck rate and paces at it, under the receiver's window (no relay or "
+            "bottleneck on the path overflows; random loss does not slow it); with a rate, "
+            "the pace is yours.",
         ),
     ] = "0",
     mode: Annotated[

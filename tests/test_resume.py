@@ -1,0 +1,276 @@
+"""Resume and honest accounting end to end: real `udpxfer send` and `recv` processes on
+loopback, killed mid-transfer (SIGKILL, SIGINT) and run again.
+
+Transfers are paced (``--rate 40M``, a 20 MB file: about 4 s each) so that a kill lands in the
+middle; progress is read from the receiver's files (the ``NAME.partial.state`` sidecar, the
+blocks the partial file holds on disk), polled with bounded deadlines.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+UDPXFER = [sys.executable, "-m", "udpxfer"]
+SIZE = 20_000_000
+RATE = "40M"  # 5 MB/s: about 4 s for the whole file
+STATE = ".partial.state"
+
+
+class Procs:
+    """Processes a test started: any still running at its end are killed and reaped."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[str]] = []
+
+    def recv(self, cwd: Path, port: int, *args: str) -> subprocess.Popen[str]:
+        """``udpxfer recv`` on ``127.0.0.1:port`` (0: ephemeral), once it says it listens."""
+        proc = self._start(cwd, "recv", "--bind", f"127.0.0.1:{port}", "--out", "in", *args)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "the receiver did not start"
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line + proc.stderr.read()  # type: ignore[union-attr]
+        proc.port = int(line.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+        return proc
+
+    def send(self, cwd: Path, source: Path, port: int, rate: str = RATE) -> subprocess.Popen[str]:
+        return self._start(
+            cwd, "send", str(source), "--to", f"127.0.0.1:{port}", "--rate", rate, "-q"
+        )
+
+    def _start(self, cwd: Path, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [*UDPXFER, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.started.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    started = Procs()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def port_of(proc: subprocess.Popen[str]) -> int:
+    port: int = proc.port  # type: ignore[attr-defined]
+    return port
+
+
+def free_port() -> int:
+    """A loopback UDP port nobody holds right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def make_source(path: Path, seed: int) -> bytes:
+    data = random.Random(seed).randbytes(SIZE)
+    path.write_bytes(data)
+    return data
+
+
+def state_fraction(partial: Path) -> float:
+    """Share of the file's blocks the sidecar records as synced on disk (0 without one)."""
+    try:
+        doc = json.loads(Path(str(partial) + ".state").read_text())
+    except (OSError, ValueError):
+        return 0.0  # not written yet, or being replaced this very moment
+    chunks = -(-doc["size"] // doc["chunk_size"])
+    blocks = -(-chunks // doc["block_chunks"])
+    bits = sum(bin(byte).count("1") for byte in base64.b64decode(doc["blocks"]))
+    return bits / blocks
+
+
+def disk_fraction(partial: Path) -> float:
+    """Share of the (sparse) partial file that has data blocks: what was written so far."""
+    try:
+        return min(1.0, os.stat(partial).st_blocks * 512 / SIZE)
+    except OSError:
+        return 0.0
+
+
+def wait_for_progress(partial: Path, sender: subprocess.Popen[str], fraction: float) -> None:
+    """Wait until the receiver holds ``fraction`` of the file (by the sidecar or the disk)."""
+
+    def reached() -> bool:
+        assert sender.poll() is None, f"the sender ended before {fraction:.0%}: {sender.stderr}"
+        return max(state_fraction(partial), disk_fraction(partial)) >= fraction
+
+    wait_for(reached, timeout_s=30, what=f"{partial.name} to reach {fraction:.0%}")
+
+
+def wait_for_synced_blocks(partial: Path, sender: subprocess.Popen[str]) -> None:
+    """Wait until the sidecar says some blocks are on disk (not all of them)."""
+
+    def some() -> bool:
+        assert sender.poll() is None, "the sender ended before any block was recorded"
+        return state_fraction(partial) > 0
+
+    wait_for(some, timeout_s=30, what=f"{partial.name}.state to record a block")
+    assert state_fraction(partial) < 1
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 40) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert "Traceback" not in err, err
+    return proc.returncode, out, err
+
+
+def reports(tmp_path: Path) -> list[dict[str, Any]]:
+    """The receiver's reports in the order written (r.json, r-1.json, ...)."""
+    paths = sorted(tmp_path.glob("r*.json"), key=lambda p: (len(p.name), p.name))
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def assert_only_final_file(out_dir: Path, name: str) -> None:
+    assert sorted(p.name for p in out_dir.iterdir()) == [name]
+
+
+def test_sender_killed_and_run_again_sends_only_the_missing_part(
+    tmp_path: Path, procs: Procs
+) -> None:
+    source = tmp_path / "big.bin"
+    data = make_source(source, seed=1)
+    receiver = procs.recv(tmp_path, 0, "--report", "r.json")
+    port = port_of(receiver)
+    first = procs.send(tmp_path, source, port)
+    wait_for_synced_blocks(tmp_path / "in" / "big.bin.partial", first)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=10)
+
+    again = procs.send(tmp_path, source, port)
+    code, out, err = finish(again)
+    assert code == 0, err
+    receiver.send_signal(signal.SIGTERM)
+    recv_code, _, recv_err = finish(receiver, timeout=20)
+    assert recv_code == 0, recv_err
+
+    assert (tmp_path / "in" / "big.bin").read_bytes() == data
+    assert_only_final_file(tmp_path / "in", "big.bin")
+    *_, last = reports(tmp_path)
+    assert last["outcome"] == "complete"
+    assert last["file"]["path"] == str(Path("in") / "big.bin")
+    chunks = last["chunks"]
+    resumed, total = chunks["resumed"], chunks["total"]
+    assert 0 < resumed < total
+    assert f"{resumed} chunks were already there" in out
+    datagrams = last["datagrams"]
+    assert datagrams["sender_data_sent"] == total - resumed  # the rest never travelled
+    assert datagrams["session"] < total  # datagrams of this transfer: not the whole file
+    assert last["loss"]["rate"] == 0.0  # chunks on disk are not lost
+
+
+def test_receiver_killed_and_restarted_completes_the_running_transfer(
+    tmp_path: Path, procs: Procs
+) -> None:
+    source = tmp_path / "big.bin"
+    data = make_source(source, seed=2)
+    port = free_port()
+    receiver = procs.recv(tmp_path, port, "--once", "--report", "r.json")
+    sender = procs.send(tmp_path, source, port)
+    wait_for_synced_blocks(tmp_path / "in" / "big.bin.partial", sender)
+    receiver.send_signal(signal.SIGKILL)
+    receiver.communicate(timeout=10)  # reaped: the port is free again
+
+    restarted = procs.recv(tmp_path, port, "--once", "--report", "r.json")
+    code, out, err = finish(sender)
+    assert code == 0, err
+    assert "verified by the receiver" in out
+    recv_code, _, recv_err = finish(restarted, timeout=20)
+    assert recv_code == 0, recv_err
+    assert (tmp_path / "in" / "big.bin").read_bytes() == data
+    assert_only_final_file(tmp_path / "in", "big.bin")
+    (doc,) = reports(tmp_path)  # the killed receiver wrote none
+    assert doc["outcome"] == "complete"
+    assert doc["chunks"]["resumed"] > 0  # picked up from the sidecar
+
+
+@pytest.mark.parametrize(
+    ("sig", "recv_args"),
+    [(signal.SIGINT, ()), (signal.SIGKILL, ("--idle-timeout", "2"))],
+    ids=["sigint", "sigkill"],
+)
+def test_interrupted_transfer_counts_loss_only_over_what_was_sent(
+    tmp_path: Path, procs: Procs, sig: signal.Signals, recv_args: tuple[str, ...]
+) -> None:
+    source = tmp_path / "big.bin"
+    make_source(source, seed=3)
+    receiver = procs.recv(tmp_path, 0, "--once", "--report", "r.json", *recv_args)
+    sender = procs.send(tmp_path, source, port_of(receiver))
+    wait_for_progress(tmp_path / "in" / "big.bin.partial", sender, 0.3)
+    sender.send_signal(sig)
+    sender_code, _, _ = finish(sender, timeout=20)
+    assert sender_code == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    recv_code, recv_out, _ = finish(receiver, timeout=20)
+    assert recv_code == 1
+
+    (doc,) = reports(tmp_path)
+    chunks, loss = doc["chunks"], doc["loss"]
+    not_sent, total, received = chunks["not_sent"], chunks["total"], chunks["received"]
+    assert 0 < not_sent < total
+    assert received + not_sent <= total
+    assert received >= 0.25 * total  # it was cut near 30%, not at the start
+    assert loss["rate"] < 0.05  # clean loopback: next to nothing lost
+    assert loss["first_pass_missing"] == total - received - not_sent
+    if sig == signal.SIGINT:
+        assert doc["outcome"] == "aborted"
+    else:
+        assert doc["outcome"] != "complete"
+    assert "interrupted" in recv_out
+    assert f"{not_sent} chunks were never sent" in recv_out
+
+
+def test_changed_source_starts_over_and_never_splices(tmp_path: Path, procs: Procs) -> None:
+    source = tmp_path / "big.bin"
+    make_source(source, seed=4)
+    receiver = procs.recv(tmp_path, 0, "--report", "r.json")
+    port = port_of(receiver)
+    first = procs.send(tmp_path, source, port)
+    partial = tmp_path / "in" / "big.bin.partial"
+    wait_for_synced_blocks(partial, first)
+    first.send_signal(signal.SIGINT)
+    assert finish(first, timeout=20)[0] == 130
+    wait_for(lambda: len(reports(tmp_path)) == 1, timeout_s=20, what="the aborted report")
+    assert state_fraction(partial) > 0  # a resumable leftover of the old version
+
+    changed = make_source(source, seed=5)  # same name and size, new content and mtime
+    again = procs.send(tmp_path, source, port, rate="0")
+    code, out, err = finish(again)
+    assert code == 0, err
+    assert "already there" not in out
+    receiver.send_signal(signal.SIGTERM)
+    assert finish(receiver, timeout=20)[0] == 0
+
+    assert (tmp_path / "in" / "big.bin").read_bytes() == changed
+    assert_only_final_file(tmp_path / "in", "big.bin")
+    _, last = reports(tmp_path)
+    assert last["outcome"] == "complete"
+    assert last["chunks"]["resumed"] == 0
+    assert last["datagrams"]["sender_data_sent"] == last["chunks"]["total"]
