@@ -8,6 +8,7 @@ fuzz/run.py runs the same mutations for longer.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import tracemalloc
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from udpxfer.receiver import MAX_STAMP_SPREAD_NS, Peer, ReceiverConfig, Receiver
 from udpxfer.report import session_trace, udp_report
 from udpxfer.sender import SenderConfig, SenderSession, SenderState
 from udpxfer.wire import (
+    DEFAULT_CHUNK_BYTES,
     MAX_PN,
     MAX_RANGES,
     MAX_STAMP_NS,
@@ -51,6 +53,8 @@ from udpxfer.wire import (
     Mode,
     Nack,
     PacketType,
+    RangeKind,
+    block_chunks_for,
     chunk_count_for,
     decode_untrusted,
     encode,
@@ -275,19 +279,24 @@ def test_any_send_stamps_leave_the_report_buildable(stamps: list[int]) -> None:
     assert report["file"]["name"] == "corpus.bin"  # type: ignore[index]
 
 
+def accept_and_send_all(sender: SenderSession, now: float) -> None:
+    """Accept ``sender`` (a HELLO with a wide window) and take its first pass and END."""
+    sender.datagrams_to_send(now)  # META
+    hello = Hello(SESSION_ID, HelloFlags.ACCEPTED, window=16384, nonce=bytes(16), pn=1)
+    sender.receive_datagram(encode(hello), now)
+    for _ in range(sender.chunk_count):
+        if sender.state is SenderState.WAITING:
+            break
+        sender.datagrams_to_send(now)
+    assert sender.state is SenderState.WAITING
+
+
 def sender_waiting(chunk_count: int, now: float) -> SenderSession:
     """A reliable sender that has sent every chunk once and its END for round 0."""
     data = data_file(chunk_count * 100)
     config = SenderConfig(chunk_size=100, congestion_control=False, initial_window=16384)
     sender = new_sender(data, SESSION_ID, now, config)
-    sender.datagrams_to_send(now)  # META
-    hello = Hello(SESSION_ID, HelloFlags.ACCEPTED, window=16384, nonce=bytes(16), pn=1)
-    sender.receive_datagram(encode(hello), now)
-    for _ in range(chunk_count):
-        if sender.state is SenderState.WAITING:
-            break
-        sender.datagrams_to_send(now)
-    assert sender.state is SenderState.WAITING
+    accept_and_send_all(sender, now)
     return sender
 
 
@@ -325,6 +334,41 @@ def test_a_nack_for_everything_costs_at_most_the_file(ranges: tuple[tuple[int, i
     assert sender.state is SenderState.WAITING  # round 1's END is out
     in_file = min(chunk_count, max(last for _, last in ranges) + 1) - min(f for f, _ in ranges)
     assert data == max(0, min(chunk_count, in_file))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: SenderSession._on_nack answers every BLOCKS range with its MANIFEST "
+    "datagrams, for every NACK, with no merge per round as chunk ranges have",
+)
+def test_a_block_nack_for_everything_costs_at_most_the_manifest() -> None:
+    """NACKs of manifest blocks covering every index (86 ranges), repeated: each block's hash
+    goes out at most once a round, as chunk repair costs at most the file."""
+    data = data_file(4 << 20)
+    chunk_count = chunk_count_for(len(data), DEFAULT_CHUNK_BYTES)
+    block_bytes = block_chunks_for(chunk_count, DEFAULT_CHUNK_BYTES) * DEFAULT_CHUNK_BYTES
+    manifest = tuple(
+        hashlib.sha256(data[at : at + block_bytes]).digest()
+        for at in range(0, len(data), block_bytes)
+    )
+    sender = SenderSession(
+        data,
+        name="corpus.bin",
+        sha256=hashlib.sha256(data).digest(),
+        session_id=SESSION_ID,
+        now=NOW,
+        config=SenderConfig(congestion_control=False, initial_window=16384),
+        manifest=manifest,
+    )
+    accept_and_send_all(sender, NOW)
+    everything = ((0, (1 << 64) - 1),) * MAX_RANGES
+    nack = encode(Nack(SESSION_ID, 0, 0, everything, kind=RangeKind.BLOCKS, pn=2))
+    manifests = 0
+    for _ in range(20):
+        sender.receive_datagram(nack, NOW)
+        out = sender.datagrams_to_send(NOW)
+        manifests += sum(1 for d in out if d[5] == PacketType.MANIFEST)
+    assert manifests <= len(manifest), f"{manifests} MANIFEST datagrams for {len(manifest)} blocks"
 
 
 def forged_meta(
