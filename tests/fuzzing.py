@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from udpxfer.driver import MAX_BLOCK_REPAIRS
 from udpxfer.endpoint import Keying, ReceiverEndpoint
 from udpxfer.errors import MalformedPacket
 from udpxfer.events import TransferStarted, VerifyRequested
@@ -40,6 +41,8 @@ from udpxfer.wire import (
     Mode,
     Nack,
     RangeKind,
+    block_chunks_for,
+    chunk_count_for,
     decode_untrusted,
     encode,
 )
@@ -192,8 +195,30 @@ def pump_events(endpoint: ReceiverEndpoint, store: ChunkStore, now: float) -> in
             assert os.path.dirname(path) == OUT_DIR, f"{event.meta.name!r} escapes: {path}"
             assert "\0" not in path
         elif isinstance(event, VerifyRequested):
-            session.hash_computed(hashlib.sha256(store.file(session)).digest(), now)
+            verify(session, store, now)
     return count
+
+
+def verify(session: ReceiverSession, store: ChunkStore, now: float) -> None:
+    """What the driver does on ``VerifyRequested``: hash the file; when it is wrong and the
+    manifest is complete, name the bad blocks instead (a bounded number of times)."""
+    meta = session.meta
+    assert meta is not None
+    stored = store.file(session)
+    digest = hashlib.sha256(stored).digest()
+    bad: list[int] = []
+    wrong = digest != meta.sha256
+    if wrong and session.manifest_complete and session.block_repairs < MAX_BLOCK_REPAIRS:
+        size = meta.block_chunks * meta.chunk_size
+        bad = [
+            i
+            for i, want in enumerate(session.manifest)
+            if hashlib.sha256(stored[i * size : (i + 1) * size]).digest() != want
+        ]
+    if bad:
+        session.blocks_bad(bad, now)
+    else:
+        session.hash_computed(digest, now)
 
 
 @dataclass
@@ -218,18 +243,20 @@ def transfer(
     record: Recorded | None = None,
     sender: SenderSession | None = None,
     keyed: bool = False,
+    manifest: bool = True,
     max_steps: int = 200_000,
 ) -> tuple[SenderSession, ReceiverSession | None, float]:
     """Send ``data`` from ``peer`` through ``endpoint`` on a fake clock; both ways lossy.
 
     ``sender`` continues a session already under way instead of starting one; ``keyed``
-    starts one with ``PSK`` (the endpoint needs the same key). Returns the
+    starts one with ``PSK`` (the endpoint needs the same key), ``manifest`` with block hashes.
+    Returns the
     sender, the receiver's session (None if it never opened one) and the time at the end.
     What the endpoint sends to other peers is dropped.
     """
     rng = random.Random(seed)
     if sender is None:
-        sender = new_sender(data, session_id, now, config, keyed=keyed)
+        sender = new_sender(data, session_id, now, config, keyed=keyed, manifest=manifest)
     key = (peer, sender.session_id)
     in_flight: list[tuple[float, int, bool, bytes]] = []
     order = itertools.count()
@@ -286,8 +313,11 @@ def new_sender(
     config: SenderConfig | None = None,
     *,
     keyed: bool = False,
+    manifest: bool = False,
 ) -> SenderSession:
-    """A sender session for ``data`` (named ``corpus.bin``), keyed with ``PSK`` or not."""
+    """A sender session for ``data`` (named ``corpus.bin``), keyed with ``PSK`` or not, with
+    the block hashes of a manifest or not."""
+    chunk_size = (config or SenderConfig()).chunk_size
     return SenderSession(
         data,
         name="corpus.bin",
@@ -296,6 +326,19 @@ def new_sender(
         now=now,
         config=config,
         keying=SenderKeying(PSK, session_id, SENDER_NONCE) if keyed else None,
+        manifest=block_hashes(data, chunk_size) if manifest else (),
+    )
+
+
+def block_hashes(data: bytes, chunk_size: int) -> tuple[bytes, ...]:
+    """The SHA-256 of each manifest block of ``data`` (blocks as ``block_chunks_for`` cuts)."""
+    chunk_count = chunk_count_for(len(data), chunk_size)
+    if not chunk_count:
+        return ()
+    block_bytes = block_chunks_for(chunk_count, chunk_size) * chunk_size
+    return tuple(
+        hashlib.sha256(data[at : at + block_bytes]).digest()
+        for at in range(0, len(data), block_bytes)
     )
 
 
@@ -532,6 +575,8 @@ class Harness:
         self._ports = itertools.cycle(range(5000, 5064))
 
     def _new_sender(self) -> SenderSession:
+        # No manifest: the sender answers each BLOCKS range of each NACK with MANIFEST
+        # datagrams (test_a_block_nack_for_everything_costs_at_most_the_manifest).
         config = SenderConfig(chunk_size=1000)
         return new_sender(corpus_file(), SESSION_ID, self.now, config, keyed=self.keyed)
 

@@ -8,7 +8,6 @@ fuzz/run.py runs the same mutations for longer.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import tracemalloc
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from fuzzing import (
     Harness,
     Mutator,
     Recorded,
+    block_hashes,
     capture_corpus,
     frame,
     new_endpoint,
@@ -54,7 +54,6 @@ from udpxfer.wire import (
     Nack,
     PacketType,
     RangeKind,
-    block_chunks_for,
     chunk_count_for,
     decode_untrusted,
     encode,
@@ -345,21 +344,14 @@ def test_a_block_nack_for_everything_costs_at_most_the_manifest() -> None:
     """NACKs of manifest blocks covering every index (86 ranges), repeated: each block's hash
     goes out at most once a round, as chunk repair costs at most the file."""
     data = data_file(4 << 20)
-    chunk_count = chunk_count_for(len(data), DEFAULT_CHUNK_BYTES)
-    block_bytes = block_chunks_for(chunk_count, DEFAULT_CHUNK_BYTES) * DEFAULT_CHUNK_BYTES
-    manifest = tuple(
-        hashlib.sha256(data[at : at + block_bytes]).digest()
-        for at in range(0, len(data), block_bytes)
-    )
-    sender = SenderSession(
+    sender = new_sender(
         data,
-        name="corpus.bin",
-        sha256=hashlib.sha256(data).digest(),
-        session_id=SESSION_ID,
-        now=NOW,
-        config=SenderConfig(congestion_control=False, initial_window=16384),
-        manifest=manifest,
+        SESSION_ID,
+        NOW,
+        SenderConfig(congestion_control=False, initial_window=16384),
+        manifest=True,
     )
+    blocks = len(block_hashes(data, DEFAULT_CHUNK_BYTES))
     accept_and_send_all(sender, NOW)
     everything = ((0, (1 << 64) - 1),) * MAX_RANGES
     nack = encode(Nack(SESSION_ID, 0, 0, everything, kind=RangeKind.BLOCKS, pn=2))
@@ -368,7 +360,7 @@ def test_a_block_nack_for_everything_costs_at_most_the_manifest() -> None:
         sender.receive_datagram(nack, NOW)
         out = sender.datagrams_to_send(NOW)
         manifests += sum(1 for d in out if d[5] == PacketType.MANIFEST)
-    assert manifests <= len(manifest), f"{manifests} MANIFEST datagrams for {len(manifest)} blocks"
+    assert manifests <= blocks, f"{manifests} MANIFEST datagrams for {blocks} blocks"
 
 
 def forged_meta(
