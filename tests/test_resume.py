@@ -1,7 +1,7 @@
 """Resume and honest accounting end to end: real `udpxfer send` and `recv` processes on
 loopback, killed mid-transfer (SIGKILL, SIGINT) and run again.
 
-Transfers are paced (``--rate 40M``, a 20 MB file: about 4 s each) so that a kill lands in the
+Transfers are paced (``--rate 40M``, a 12 MB file: under 3 s each) so that a kill lands in the
 middle; progress is read from the receiver's files (the ``NAME.partial.state`` sidecar, the
 blocks the partial file holds on disk), polled with bounded deadlines.
 """
@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,8 @@ from helpers import wait_for
 pytestmark = pytest.mark.timeout(90)
 
 UDPXFER = [sys.executable, "-m", "udpxfer"]
-SIZE = 20_000_000
-RATE = "40M"  # 5 MB/s: about 4 s for the whole file
-STATE = ".partial.state"
+SIZE = 12_000_000
+RATE = "40M"  # 5 MB/s: about 2.4 s for the whole file
 
 
 class Procs:
@@ -38,16 +38,16 @@ class Procs:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[str]] = []
 
-    def recv(self, cwd: Path, port: int, *args: str) -> subprocess.Popen[str]:
-        """``udpxfer recv`` on ``127.0.0.1:port`` (0: ephemeral), once it says it listens."""
+    def recv(self, cwd: Path, port: int, *args: str) -> tuple[subprocess.Popen[str], int]:
+        """``udpxfer recv`` on ``127.0.0.1:port`` (0: ephemeral) once it says it listens, and
+        the port it listens on."""
         proc = self._start(cwd, "recv", "--bind", f"127.0.0.1:{port}", "--out", "in", *args)
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 20)
         assert ready, "the receiver did not start"
         line = proc.stdout.readline()
-        assert line.startswith("listening on 127.0.0.1:"), line + proc.stderr.read()  # type: ignore[union-attr]
-        proc.port = int(line.rsplit(":", 1)[1])  # type: ignore[attr-defined]
-        return proc
+        assert line.startswith("listening on 127.0.0.1:"), line
+        return proc, int(line.rsplit(":", 1)[1])
 
     def send(self, cwd: Path, source: Path, port: int, rate: str = RATE) -> subprocess.Popen[str]:
         return self._start(
@@ -77,11 +77,6 @@ def procs() -> Iterator[Procs]:
         started.close()
 
 
-def port_of(proc: subprocess.Popen[str]) -> int:
-    port: int = proc.port  # type: ignore[attr-defined]
-    return port
-
-
 def free_port() -> int:
     """A loopback UDP port nobody holds right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -102,8 +97,8 @@ def state_fraction(partial: Path) -> float:
         doc = json.loads(Path(str(partial) + ".state").read_text())
     except (OSError, ValueError):
         return 0.0  # not written yet, or being replaced this very moment
-    chunks = -(-doc["size"] // doc["chunk_size"])
-    blocks = -(-chunks // doc["block_chunks"])
+    chunks: int = -(-doc["size"] // doc["chunk_size"])
+    blocks: int = -(-chunks // doc["block_chunks"])
     bits = sum(bin(byte).count("1") for byte in base64.b64decode(doc["blocks"]))
     return bits / blocks
 
@@ -153,53 +148,112 @@ def assert_only_final_file(out_dir: Path, name: str) -> None:
     assert sorted(p.name for p in out_dir.iterdir()) == [name]
 
 
-def test_sender_killed_and_run_again_sends_only_the_missing_part(
-    tmp_path: Path, procs: Procs
-) -> None:
-    source = tmp_path / "big.bin"
-    data = make_source(source, seed=1)
-    receiver = procs.recv(tmp_path, 0, "--report", "r.json")
-    port = port_of(receiver)
-    first = procs.send(tmp_path, source, port)
-    wait_for_synced_blocks(tmp_path / "in" / "big.bin.partial", first)
-    first.send_signal(signal.SIGKILL)
-    first.communicate(timeout=10)
+@dataclass
+class TwoRuns:
+    """A sender interrupted mid-transfer, then ``send`` run again (on the same source or a
+    changed one) to the same receiver, which runs without ``--once`` and stops on SIGTERM."""
 
-    again = procs.send(tmp_path, source, port)
-    code, out, err = finish(again)
-    assert code == 0, err
-    receiver.send_signal(signal.SIGTERM)
-    recv_code, _, recv_err = finish(receiver, timeout=20)
-    assert recv_code == 0, recv_err
+    final: bytes  # the source's content at the second run
+    old_state: float  # share of blocks the sidecar held when the second run started
+    out_dir: Path
+    sender_out: str
+    receiver_out: str
+    reports: list[dict[str, Any]]
 
-    assert (tmp_path / "in" / "big.bin").read_bytes() == data
-    assert_only_final_file(tmp_path / "in", "big.bin")
-    *_, last = reports(tmp_path)
+
+def interrupt_and_send_again(
+    tmp_path: Path,
+    *,
+    sig: signal.Signals,
+    at: float,
+    change_to_seed: int | None = None,
+    second_rate: str = RATE,
+) -> TwoRuns:
+    """Send, stop the sender with ``sig`` once the receiver holds ``at`` of the file (0: as
+    soon as its sidecar records a block), optionally change the source, and send again."""
+    procs = Procs()
+    try:
+        source = tmp_path / "big.bin"
+        data = make_source(source, seed=1)
+        receiver, port = procs.recv(tmp_path, 0, "--report", "r.json")
+        first = procs.send(tmp_path, source, port)
+        partial = tmp_path / "in" / "big.bin.partial"
+        if at:
+            wait_for_progress(partial, first, at)
+        else:
+            wait_for_synced_blocks(partial, first)
+        first.send_signal(sig)
+        code, _, err = finish(first, timeout=20)
+        if sig == signal.SIGINT:
+            assert code == 130, err
+            assert "interrupted" in err
+            wait_for(lambda: len(reports(tmp_path)) == 1, timeout_s=20, what="the aborted report")
+        else:
+            assert code == -sig
+        old_state = state_fraction(partial)
+        if change_to_seed is not None:
+            data = make_source(source, seed=change_to_seed)  # same size, new content and mtime
+
+        again = procs.send(tmp_path, source, port, rate=second_rate)
+        code, out, err = finish(again)
+        assert code == 0, err
+        receiver.send_signal(signal.SIGTERM)
+        recv_code, recv_out, recv_err = finish(receiver, timeout=20)
+        assert recv_code == 0, recv_err
+        return TwoRuns(data, old_state, tmp_path / "in", out, recv_out, reports(tmp_path))
+    finally:
+        procs.close()
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
+    """``kill -9`` of the sender, then the same ``send`` again."""
+    return interrupt_and_send_again(tmp_path_factory.mktemp("resumed"), sig=signal.SIGKILL, at=0)
+
+
+def test_sender_killed_and_run_again_sends_only_the_missing_part(resumed_run: TwoRuns) -> None:
+    assert (resumed_run.out_dir / "big.bin").read_bytes() == resumed_run.final
+    assert_only_final_file(resumed_run.out_dir, "big.bin")
+    first, last = resumed_run.reports
+    assert first["outcome"] == "aborted"  # the new META ended the killed sender's transfer
     assert last["outcome"] == "complete"
     assert last["file"]["path"] == str(Path("in") / "big.bin")
     chunks = last["chunks"]
     resumed, total = chunks["resumed"], chunks["total"]
     assert 0 < resumed < total
-    assert f"{resumed} chunks were already there" in out
+    assert resumed <= first["chunks"]["received"]  # never more than the first run delivered
+    assert f"{resumed} chunks were already there" in resumed_run.sender_out
     datagrams = last["datagrams"]
     assert datagrams["sender_data_sent"] == total - resumed  # the rest never travelled
     assert datagrams["session"] < total  # datagrams of this transfer: not the whole file
     assert last["loss"]["rate"] == 0.0  # chunks on disk are not lost
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: the loss analysis of a resumed transfer counts the chunks already on "
+    "disk as one loss burst (loss.bursts, loss.ci95, loss.gilbert) while loss.rate says 0",
+)
+def test_resumed_transfer_analysis_counts_no_loss(resumed_run: TwoRuns) -> None:
+    loss = resumed_run.reports[-1]["loss"]
+    assert loss["bursts"]["count"] == 0
+    assert loss["ci95"][0] == 0.0
+    assert loss["ci95"][1] < 0.01
+
+
 def test_receiver_killed_and_restarted_completes_the_running_transfer(
     tmp_path: Path, procs: Procs
 ) -> None:
     source = tmp_path / "big.bin"
-    data = make_source(source, seed=2)
+    data = make_source(source, seed=3)
     port = free_port()
-    receiver = procs.recv(tmp_path, port, "--once", "--report", "r.json")
+    receiver, _ = procs.recv(tmp_path, port, "--once", "--report", "r.json")
     sender = procs.send(tmp_path, source, port)
     wait_for_synced_blocks(tmp_path / "in" / "big.bin.partial", sender)
     receiver.send_signal(signal.SIGKILL)
     receiver.communicate(timeout=10)  # reaped: the port is free again
 
-    restarted = procs.recv(tmp_path, port, "--once", "--report", "r.json")
+    restarted, _ = procs.recv(tmp_path, port, "--once", "--report", "r.json")
     code, out, err = finish(sender)
     assert code == 0, err
     assert "verified by the receiver" in out
@@ -212,65 +266,59 @@ def test_receiver_killed_and_restarted_completes_the_running_transfer(
     assert doc["chunks"]["resumed"] > 0  # picked up from the sidecar
 
 
-@pytest.mark.parametrize(
-    ("sig", "recv_args"),
-    [(signal.SIGINT, ()), (signal.SIGKILL, ("--idle-timeout", "2"))],
-    ids=["sigint", "sigkill"],
-)
-def test_interrupted_transfer_counts_loss_only_over_what_was_sent(
-    tmp_path: Path, procs: Procs, sig: signal.Signals, recv_args: tuple[str, ...]
-) -> None:
-    source = tmp_path / "big.bin"
-    make_source(source, seed=3)
-    receiver = procs.recv(tmp_path, 0, "--once", "--report", "r.json", *recv_args)
-    sender = procs.send(tmp_path, source, port_of(receiver))
-    wait_for_progress(tmp_path / "in" / "big.bin.partial", sender, 0.3)
-    sender.send_signal(sig)
-    sender_code, _, _ = finish(sender, timeout=20)
-    assert sender_code == (130 if sig == signal.SIGINT else -signal.SIGKILL)
-    recv_code, recv_out, _ = finish(receiver, timeout=20)
-    assert recv_code == 1
-
-    (doc,) = reports(tmp_path)
+def assert_loss_over_what_was_sent(doc: dict[str, Any], receiver_out: str) -> None:
+    """An interrupted transfer's report: chunks never sent are not_sent, not lost."""
     chunks, loss = doc["chunks"], doc["loss"]
     not_sent, total, received = chunks["not_sent"], chunks["total"], chunks["received"]
     assert 0 < not_sent < total
     assert received + not_sent <= total
-    assert received >= 0.25 * total  # it was cut near 30%, not at the start
-    assert loss["rate"] < 0.05  # clean loopback: next to nothing lost
+    assert received >= 0.25 * total  # cut near 30%, not at the start
+    assert loss["rate"] < 0.05  # clean loopback: next to nothing lost (not the 70% unsent)
     assert loss["first_pass_missing"] == total - received - not_sent
-    if sig == signal.SIGINT:
-        assert doc["outcome"] == "aborted"
-    else:
-        assert doc["outcome"] != "complete"
-    assert "interrupted" in recv_out
-    assert f"{not_sent} chunks were never sent" in recv_out
+    assert f"interrupted: {not_sent} chunks were never sent" in receiver_out
 
 
-def test_changed_source_starts_over_and_never_splices(tmp_path: Path, procs: Procs) -> None:
+def test_sender_killed_counts_loss_only_over_what_was_sent(tmp_path: Path, procs: Procs) -> None:
+    """After a ``kill -9`` no ABORT tells how far the sender got: the receiver's idle timeout
+    ends the transfer and counts loss up to the highest first-pass chunk it saw."""
     source = tmp_path / "big.bin"
     make_source(source, seed=4)
-    receiver = procs.recv(tmp_path, 0, "--report", "r.json")
-    port = port_of(receiver)
-    first = procs.send(tmp_path, source, port)
-    partial = tmp_path / "in" / "big.bin.partial"
-    wait_for_synced_blocks(partial, first)
-    first.send_signal(signal.SIGINT)
-    assert finish(first, timeout=20)[0] == 130
-    wait_for(lambda: len(reports(tmp_path)) == 1, timeout_s=20, what="the aborted report")
-    assert state_fraction(partial) > 0  # a resumable leftover of the old version
+    receiver, port = procs.recv(tmp_path, 0, "--once", "--report", "r.json", "--idle-timeout", "2")
+    sender = procs.send(tmp_path, source, port)
+    wait_for_progress(tmp_path / "in" / "big.bin.partial", sender, 0.3)
+    sender.send_signal(signal.SIGKILL)
+    assert finish(sender, timeout=20)[0] == -signal.SIGKILL
+    recv_code, recv_out, _ = finish(receiver, timeout=20)
+    assert recv_code == 1
+    (doc,) = reports(tmp_path)
+    assert doc["outcome"] == "timeout"
+    assert_loss_over_what_was_sent(doc, recv_out)
 
-    changed = make_source(source, seed=5)  # same name and size, new content and mtime
-    again = procs.send(tmp_path, source, port, rate="0")
-    code, out, err = finish(again)
-    assert code == 0, err
-    assert "already there" not in out
-    receiver.send_signal(signal.SIGTERM)
-    assert finish(receiver, timeout=20)[0] == 0
 
-    assert (tmp_path / "in" / "big.bin").read_bytes() == changed
-    assert_only_final_file(tmp_path / "in", "big.bin")
-    _, last = reports(tmp_path)
+@pytest.fixture(scope="module")
+def changed_run(tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
+    """Ctrl-C of the sender near 30%, then a changed source (same name and size) sent again."""
+    return interrupt_and_send_again(
+        tmp_path_factory.mktemp("changed"),
+        sig=signal.SIGINT,
+        at=0.3,
+        change_to_seed=2,
+        second_rate="0",
+    )
+
+
+def test_sender_interrupted_counts_loss_only_over_what_was_sent(changed_run: TwoRuns) -> None:
+    aborted = changed_run.reports[0]
+    assert aborted["outcome"] == "aborted"
+    assert_loss_over_what_was_sent(aborted, changed_run.receiver_out)
+
+
+def test_changed_source_starts_over_and_never_splices(changed_run: TwoRuns) -> None:
+    assert changed_run.old_state > 0  # the old version left a resumable partial file
+    assert (changed_run.out_dir / "big.bin").read_bytes() == changed_run.final
+    assert_only_final_file(changed_run.out_dir, "big.bin")
+    _, last = changed_run.reports
     assert last["outcome"] == "complete"
     assert last["chunks"]["resumed"] == 0
     assert last["datagrams"]["sender_data_sent"] == last["chunks"]["total"]
+    assert "already there" not in changed_run.sender_out

@@ -471,8 +471,9 @@ class ReceiverEndpoint:
                 self.rejected += 1
                 return
             session = ReceiverSession(
-                peer, header.session, now, self.config, self._sink, self._store
-            )
+                peer, header.session, now, self.config, self._sink, self._store,
+                nonce=self._nonces(), hello_pn=self._next_pn,
+            )  # fmt: skip
             self.sessions[(peer, header.session)] = session
         if not session.receive_packet(packet, now, size):
             self.rejected += 1
