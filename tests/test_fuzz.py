@@ -335,11 +335,6 @@ def test_a_nack_for_everything_costs_at_most_the_file(ranges: tuple[tuple[int, i
     assert data == max(0, min(chunk_count, in_file))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: SenderSession._on_nack answers every BLOCKS range with its MANIFEST "
-    "datagrams, for every NACK, with no merge per round as chunk ranges have",
-)
 def test_a_block_nack_for_everything_costs_at_most_the_manifest() -> None:
     """NACKs of manifest blocks covering every index (86 ranges), repeated: each block's hash
     goes out at most once a round, as chunk repair costs at most the file."""

@@ -161,6 +161,10 @@ class RangeQueue:
     def __bool__(self) -> bool:
         return bool(self._queue)
 
+    def peek(self) -> int:
+        """The smallest queued index, left in the queue."""
+        return self._queue[0][0]
+
     def pop(self) -> int:
         """The smallest queued index, marked as taken."""
         head = self._queue[0]

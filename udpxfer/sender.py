@@ -186,6 +186,7 @@ class SenderSession:
         self._pn = 0  # control packet number
         self._round = 0  # round of the last END sent
         self._repair = RangeQueue(self.chunk_count)
+        self._manifest_asked = RangeQueue(len(self._manifest))
         self._pending: list[bytes] = []  # control datagrams to send first
         self._events: collections.deque[Event] = collections.deque()
 
@@ -596,6 +597,7 @@ class SenderSession:
         if self.state is SenderState.REPAIRING:
             self._round += 1
             self._repair.reset()
+            self._manifest_asked.reset()
         if self.mode is Mode.BLAST:
             self.state = SenderState.CLOSING
             self._ends_left = self.config.end_copies
@@ -639,7 +641,15 @@ class SenderSession:
         if self.state is not SenderState.WAITING and self.state is not SenderState.REPAIRING:
             return
         if nack.kind is RangeKind.BLOCKS:
+            # Merged per round, as chunk ranges are: each block's hash goes out at most once
+            # a round, however many NACKs ask for it.
+            asked = self._manifest_asked
             for first, last in clamp_ranges(nack.ranges, len(self._manifest), limit=MAX_RANGES):
+                asked.add(first, last)
+            while asked:
+                first = last = asked.pop()
+                while asked and asked.peek() == last + 1 and last - first + 1 < MANIFEST_HASHES:
+                    last = asked.pop()
                 self._send_manifest(first, last, now)
             return
         added = 0
