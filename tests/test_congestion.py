@@ -37,6 +37,7 @@ class Flow:
     highest_seen: int = -1
     sent_at: dict[int, float] = field(default_factory=dict)
     wake_at: float | None = None  # the one pending pacer wake-up
+    pace_share: float = 1.0  # a busy sender achieves only this share of its pace
     delivered_log: list[tuple[float, int]] = field(default_factory=list)  # (time, received)
 
     def goodput_bps(self, start: float, end: float) -> float:
@@ -122,7 +123,7 @@ class Path:
             if ask:
                 stamp = next(self._order) + 1
                 flow.sent_at[stamp] = now
-                cc.on_sent(stamp, now)
+                cc.on_sent(stamp, tx, now)
             pacer.consume(DATAGRAM)
             flow.tx += 1
             self._enqueue(now, index, (tx, stamp))
@@ -148,7 +149,7 @@ class Path:
             rtt_s=now - sent,
             now=now,
         )
-        flow.pacer.set_rate(flow.cc.pacing_rate_bps, now)
+        flow.pacer.set_rate(int(flow.cc.pacing_rate_bps * flow.pace_share), now)
 
     def run(self, until_s: float, *, sample_every_s: float = 0.01) -> None:
         """Advance the simulation to ``until_s`` seconds after its start."""
@@ -269,6 +270,20 @@ def test_on_a_lan_the_window_alone_bounds_the_queue() -> None:
     assert steady_goodput(flow, 0.5, 2.0) > 0.95 * 200 * MBIT
 
 
+def test_a_sender_behind_its_pace_does_not_drag_the_model_down() -> None:
+    # A busy user-space sender keeps only 3/4 of its pace. Its samples measure itself, not
+    # the path: they must not lower the estimate, or the pace follows them down, the sender
+    # falls behind that too, and the rate spirals towards nothing.
+    path = Path(rate_bps=20 * MBIT, delay_s=0.05, queue_limit=1000)
+    flow = path.add_flow()
+    path.run(3.0)
+    flow.pace_share = 0.75
+    path.run(15.0)
+    # (Without the app-limited mark the estimate falls to a quarter of the link by now.)
+    assert flow.cc.btl_bw * DATAGRAM * 8 > 0.7 * 20 * MBIT
+    assert steady_goodput(flow, 12.0, 15.0) > 0.5 * 20 * MBIT
+
+
 # -- sharing ------------------------------------------------------------------------------
 
 
@@ -299,9 +314,9 @@ def test_delivery_rate_uses_the_longer_of_send_and_ack_intervals(
     reported_at: float, rtt_s: float, expected: float
 ) -> None:
     cc = BbrController(0.0, datagram_bytes=1000)
-    cc.on_sent(1, 0.0)
+    cc.on_sent(1, 0, 0.0)
     cc.on_status(1, highest_tx=0, received=1, tx_sent=99, rtt_s=0.1, now=0.1)
-    cc.on_sent(2, 0.1)
+    cc.on_sent(2, 100, 0.1)
     cc.on_status(2, highest_tx=100, received=101, tx_sent=150, rtt_s=rtt_s, now=reported_at)
     assert cc.btl_bw == pytest.approx(expected)
     assert cc.pacing_rate_bps == int(cc.pacing_gain * expected * 8000)

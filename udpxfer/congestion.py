@@ -60,7 +60,7 @@ BW_FILTER_ROUNDS = 10  # BBR paper: the max filter spans 10 round trips
 # (and a pace that ratchets down with every dip of a busy receiver).
 BW_SLOT_MIN_S = 0.05
 PHASE_MIN_S = 0.01  # likewise, a ProbeBW phase lasts at least this long
-EXTRA_ACKED_MAX_S = 0.005  # feedback bunching counted into the window, at most (see _aggregate)
+EXTRA_ACKED_MAX_S = 0.003  # feedback bunching counted into the window, at most (see _aggregate)
 SHORT_PATH_RTT_S = 0.005  # round trips below this are a LAN's: see pacing_rate_bps
 MIN_RTT_FILTER_S = 10.0  # draft MinRTTFilterLen: min_rtt expires after 10 s
 PROBE_RTT_INTERVAL_S = 5.0  # draft ProbeRTTInterval: a fresh minimum at least this often
@@ -69,6 +69,7 @@ PROBE_RTT_CWND_GAIN = 0.5  # draft BBRProbeRTTCwndGain
 FULL_BW_GROWTH = 1.25  # draft BBRStartupFullBwThresh: growth that counts as "still growing"
 FULL_BW_ROUNDS = 3  # draft BBRStartupFullBwCount
 BETA = 0.7  # draft BBRBeta: multiplicative cut of inflight_hi on congestion loss
+APP_LIMITED_SHARE = 0.9  # sending below this share of the pace (window open) is app-limited
 MIN_CONGESTION_LOSSES = 4  # fewer losses in a round trip are never taken for congestion
 
 
@@ -89,6 +90,9 @@ class _Sent:
     delivered: int
     delivered_at: float
     first_sent_at: float
+    tx: int
+    first_sent_tx: int
+    behind: bool  # sending fell behind the pace with the window open: app-limited
 
 
 class BbrController:
@@ -154,7 +158,10 @@ class BbrController:
         self._delivered = 0
         self._delivered_at = now
         self._first_sent_at = now
+        self._first_sent_tx = 0
         self._started = False
+        self._window = initial_cwnd  # the window last handed to the sender
+        self._slot_valid = False  # the current filter slot holds a sample that counts
         self._highest_sent = -1  # highest tx sent, as of the last STATUS
         self._highest_reported = -1  # highest tx the receiver has seen
 
@@ -214,18 +221,41 @@ class BbrController:
 
     def limit(self, advertised: int) -> int:
         """The window to use: ours, never above what the receiver advertised."""
-        return max(1, min(int(self.cwnd), advertised))
+        self._window = max(1, min(int(self.cwnd), advertised))
+        return self._window
 
     # -- what the sender tells --------------------------------------------------------------
 
-    def on_sent(self, key: int, now: float) -> None:
-        """A datagram asking for feedback (echo stamp ``key``) left at ``now``."""
+    def on_sent(self, key: int, tx: int, now: float) -> None:
+        """Datagram number ``tx``, asking for feedback with echo stamp ``key``, left at ``now``."""
         if key in self._sent:
             return  # one batch shares a stamp: its first datagram carries the state
         if not self._started:
             self._started = True
             self._first_sent_at = self._delivered_at = now
-        self._sent[key] = _Sent(now, self._delivered, self._delivered_at, self._first_sent_at)
+            self._first_sent_tx = tx
+        # The draft's app-limited mark, widened: a user-space sender on a busy machine can
+        # fall behind its own pace. Samples from such stretches measure the sender, not the
+        # path, and must not lower the estimate (or the pace follows them down, and the
+        # sender falls behind that too).
+        elapsed = now - self._first_sent_at
+        pace = self.pacing_rate_bps / self.datagram_bits
+        window_open = tx - self._highest_reported < 0.9 * self._window
+        behind = (
+            window_open
+            and pace > 0
+            and elapsed > 0
+            and tx - self._first_sent_tx < APP_LIMITED_SHARE * pace * elapsed
+        )
+        self._sent[key] = _Sent(
+            now,
+            self._delivered,
+            self._delivered_at,
+            self._first_sent_at,
+            tx,
+            self._first_sent_tx,
+            behind,
+        )
         if len(self._sent) > 4096:  # echoes of long-lost datagrams never come
             del self._sent[next(iter(self._sent))]
 
@@ -260,7 +290,7 @@ class BbrController:
         if sent is None:
             self._update(now, acked)
             return
-        self._first_sent_at = sent.sent_at
+        self._first_sent_at, self._first_sent_tx = sent.sent_at, sent.tx
         inflight = max(0, self._highest_sent - self._highest_reported)
         self._round_max_inflight = max(self._round_max_inflight, inflight)
         if sent.delivered >= self._round_end_delivered:
@@ -269,8 +299,9 @@ class BbrController:
         # The draft drops samples over less than min_rtt: they measure a burst, not the path.
         if interval > 0 and (math.isinf(self.min_rtt_s) or interval >= self.min_rtt_s):
             rate = (self._delivered - sent.delivered) / interval
-            if rate > self._bw_rounds[-1]:
+            if rate > self._bw_rounds[-1] and (not sent.behind or rate >= self.btl_bw):
                 self._bw_rounds[-1] = rate
+                self._slot_valid = True
                 self.btl_bw = max(self._bw_rounds)
         self._update(now, acked)
 
@@ -336,7 +367,10 @@ class BbrController:
                 if self._full_bw_count >= FULL_BW_ROUNDS:
                     self._filled_pipe = True
                     self._enter(Phase.DRAIN)
-        if now - self._bw_slot_at >= BW_SLOT_MIN_S:
+        # A slot with no sample that counts does not age the filter (as a max filter that
+        # only expires when updated): a stretch that only measured the sender keeps the model.
+        if self._slot_valid and now - self._bw_slot_at >= BW_SLOT_MIN_S:
+            self._slot_valid = False
             self._bw_slot_at = now
             self._bw_rounds.append(0.0)  # the oldest slot falls out of the max filters
             self._extra_rounds.append(0.0)

@@ -568,7 +568,7 @@ class SenderSession:
             if ack:
                 self._unsent_stamp = sent_ns
                 if self._congestion is not None:
-                    self._congestion.on_sent(sent_ns, now)
+                    self._congestion.on_sent(sent_ns, tx, now)
             start = index * chunk_size
             datagram = encode_data(
                 sid,
