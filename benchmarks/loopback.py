@@ -247,14 +247,27 @@ def udpxfer_tcp(src: Path, work: Path) -> Run:
 
 
 def udpxfer_udp(
-    src: Path, work: Path, mode: str, chunk: int, *, offload: bool = True, relay: bool = False
+    src: Path,
+    work: Path,
+    mode: str,
+    chunk: int,
+    *,
+    offload: bool = True,
+    relay: bool = False,
+    keyed: str = "",
 ) -> Run:
-    env = None if offload else {"UDPXFER_NO_OFFLOAD": "1"}
+    env: dict[str, str] | None = None if offload else {"UDPXFER_NO_OFFLOAD": "1"}
     with scratch(work, "udpxfer") as out:
+        if keyed:
+            key = out / "bench.key"
+            subprocess.run([PYTHON, "-m", "udpxfer", "keygen", str(key)], check=True,
+                           capture_output=True)  # fmt: skip
+            env = {**(env or {}), "UDPXFER_KEY_FILE": str(key)}
+        extra = ["--no-encrypt"] if keyed == "tag" else []
         report = out / "report.json"
         receiver = Proc(
             [PYTHON, "-m", "udpxfer", "recv", "--bind", f"{LOOPBACK}:0", "--once",
-             "--out", str(out), "--report", str(report)],  # no -q: it says where it listens
+             "--out", str(out), "--report", str(report), *extra],  # no -q: says where it listens
             env=env,
         )  # fmt: skip
         port = int(receiver.read_line_matching(r"listening on \S+:(\d+)")[1])
@@ -269,7 +282,7 @@ def udpxfer_udp(
         start = time.perf_counter()
         sender = Proc(
             [PYTHON, "-m", "udpxfer", "send", str(src), "--to", f"{LOOPBACK}:{port}",
-             "--mode", mode, "--chunk-size", str(chunk), "-q"],
+             "--mode", mode, "--chunk-size", str(chunk), "-q", *extra],
             env=env,
         )  # fmt: skip
         try:
@@ -413,8 +426,14 @@ def rows(header_bytes: int) -> list[Row]:
                     lambda s, w, m=mode, c=chunk: udpxfer_udp(s, w, m, c, offload=False),
                 )
             )
-        # The keyed (authenticated) rows go here once udpxfer has keys:
-        # Row(f"reliable-{chunk}-keyed", f"udpxfer reliable, {chunk} B, keyed", ...).
+        for keyed, what in (("encrypt", "keyed, encrypted"), ("tag", "keyed, --no-encrypt")):
+            table.append(
+                Row(
+                    f"reliable-{chunk}-keyed-{keyed}",
+                    f"udpxfer reliable, {chunk} B, {what}",
+                    lambda s, w, c=chunk, k=keyed: udpxfer_udp(s, w, "reliable", c, keyed=k),
+                )
+            )
         table.append(
             Row(
                 f"impair-reliable-{chunk}",
@@ -675,7 +694,8 @@ def main() -> None:
         "they lost) over the wall clock from starting the sender until both sides exited."
     )
     print(
-        "Keyed (authenticated) udpxfer: no keyed mode yet, so no row; it belongs beside reliable."
+        "keyed rows: both ends with a --key-file (AES-256-GCM on every datagram); the chunk size "
+        "is the same as the keyless row's so that the two compare."
     )
 
 
