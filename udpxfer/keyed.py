@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from udpxfer.errors import AuthenticationFailed
 from udpxfer.keys import Direction, PacketProtection, ReplayWindow
-from udpxfer.wire import HEADER_BYTES, TAG_BYTES, Flags, Header, Seal
+from udpxfer.wire import ENCRYPTED_FLAG, HEADER_BYTES, TAG_BYTES, Flags, Header, Seal
 
 
 class AeadSeal(Seal):
@@ -57,7 +57,7 @@ class AeadSeal(Seal):
             header.pn,
             bytes(header.raw[:HEADER_BYTES]),
             header.raw[HEADER_BYTES:],
-            encrypt=bool(header.flags & Flags.ENCRYPTED),
+            encrypt=bool(header.flags & ENCRYPTED_FLAG),
         )
         if replay is not None:
             replay.mark(header.pn)
