@@ -26,6 +26,8 @@ from udpxfer.companions.runtime import (
 )
 from udpxfer.companions.tcp_receiver import run_tcp_receiver
 from udpxfer.errors import UsageError
+from udpxfer.files import ensure_writable_dir
+from udpxfer.report import write_report
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import Address, format_rate, format_size, parse_address, parse_size
 
@@ -308,6 +310,14 @@ def tcp_send(
         ),
     ] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the sender's JSON report here (udpxfer.send-report/1, with the "
+            "kernel's TCP_INFO counters: retransmissions, RTT, cwnd).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Send one file over TCP to "udpxfer tcp recv", for TCP-vs-UDP comparisons.
 
@@ -315,8 +325,12 @@ def tcp_send(
     A broken connection or a rejected file exits 1, with one line on stderr.
     """
     with guarded():
+        if report is not None:
+            ensure_writable_dir(report.parent)
         result = tcp_transfer.send_file(file, _to(to), timeout_s=timeout, progress=_progress(quiet))
-    rate = result.size * 8 / result.duration_s if result.duration_s > 0 else 0.0
+        rate = result.size * 8 / result.duration_s if result.duration_s > 0 else 0.0
+        if report is not None:
+            write_report(tcp_transfer.send_report(result, rate), report)
     typer.echo(
         f"sent {result.name} ({format_size(result.size)}) in {result.duration_s:.3f} s "
         f"({format_rate(rate)}); receiver verified {result.verdict}"

@@ -23,8 +23,10 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from udpxfer.companions.runtime import NoProgress, ProgressFactory, connect_tcp
+from udpxfer.companions.tcp_info import read_tcp_info
 from udpxfer.errors import MalformedPacket, TransferError, UsageError
 from udpxfer.files import sha256_file
 from udpxfer.units import Address, format_size
@@ -117,6 +119,7 @@ class SendResult:
     sha256_hex: str
     duration_s: float
     verdict: str
+    tcp_info: dict[str, Any] | None = None  # the kernel's counters at the end (Linux)
 
 
 def send_file(
@@ -158,6 +161,7 @@ def send_file(
                 sent += n
                 bar.update(n)
             verdict = _read_verdict(sock)
+            tcp_info = read_tcp_info(sock)  # after the verdict: every byte was acknowledged
         except TimeoutError:
             raise TransferError(
                 f"receiver at {to} stalled for {timeout_s:g} s after {format_size(sent)} "
@@ -174,7 +178,25 @@ def send_file(
     ok, detail = verdict
     if not ok:
         raise TransferError(f"receiver rejected {path.name}: {detail}")
-    return SendResult(path.name, size, digest.hex(), time.perf_counter() - started, detail)
+    duration = time.perf_counter() - started
+    return SendResult(path.name, size, digest.hex(), duration, detail, tcp_info)
+
+
+def send_report(result: SendResult, goodput_bps: float) -> dict[str, Any]:
+    """The sender's JSON report (``udpxfer.send-report/1``) of a confirmed TCP transfer."""
+    info = result.tcp_info or {}
+    return {
+        "schema": "udpxfer.send-report/1",
+        "transport": "tcp",
+        "mode": "stream",
+        "file": {"name": result.name, "size": result.size, "sha256": result.sha256_hex},
+        "timing": {"duration_s": result.duration_s, "goodput_bps": goodput_bps},
+        "chunks": {"sent": info.get("data_segs_out"), "resent": info.get("total_retrans")},
+        "repair": None,
+        "verdict": result.verdict,
+        "outcome": "complete",
+        "tcp_info": result.tcp_info,
+    }
 
 
 def _read_verdict(sock: socket.socket) -> tuple[bool, str]:
