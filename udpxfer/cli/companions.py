@@ -318,6 +318,14 @@ def tcp_send(
             show_default=False,
         ),
     ] = None,
+    congestion: Annotated[
+        str | None,
+        typer.Option(
+            help="TCP congestion control for this connection (cubic, reno, bbr...; Linux). "
+            "Default: the system's.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Send one file over TCP to "udpxfer tcp recv", for TCP-vs-UDP comparisons.
 
@@ -327,7 +335,9 @@ def tcp_send(
     with guarded():
         if report is not None:
             ensure_writable_dir(report.parent)
-        result = tcp_transfer.send_file(file, _to(to), timeout_s=timeout, progress=_progress(quiet))
+        result = tcp_transfer.send_file(
+            file, _to(to), timeout_s=timeout, progress=_progress(quiet), congestion=congestion
+        )
         rate = result.size * 8 / result.duration_s if result.duration_s > 0 else 0.0
         if report is not None:
             write_report(tcp_transfer.send_report(result, rate), report)

@@ -128,11 +128,12 @@ def send_file(
     *,
     timeout_s: float = 30.0,
     progress: ProgressFactory = NoProgress,
+    congestion: str | None = None,
 ) -> SendResult:
     """Send ``path`` to a ``tcp recv`` at ``to`` and wait for its verdict.
 
     ``timeout_s`` bounds the connection attempt, any stall of the receiver, and the wait for
-    its verdict.
+    its verdict. ``congestion`` picks the TCP congestion control (Linux ``TCP_CONGESTION``).
 
     Raises:
         UsageError: the file cannot be read, or the address is bad.
@@ -147,6 +148,8 @@ def send_file(
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     with handle, connect_tcp(to, timeout_s) as sock:
+        if congestion is not None:
+            set_congestion(sock, congestion)
         size = path.stat().st_size
         started = time.perf_counter()
         sock.settimeout(timeout_s)
@@ -180,6 +183,24 @@ def send_file(
         raise TransferError(f"receiver rejected {path.name}: {detail}")
     duration = time.perf_counter() - started
     return SendResult(path.name, size, digest.hex(), duration, detail, tcp_info)
+
+
+def set_congestion(sock: socket.socket, name: str) -> None:
+    """Use TCP congestion control ``name`` on ``sock``.
+
+    Raises:
+        UsageError: the system has no such algorithm (or no way to choose one).
+    """
+    option = getattr(socket, "TCP_CONGESTION", None)
+    if option is None:
+        raise UsageError("--congestion: this system cannot choose the congestion control")
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, name.encode("ascii", "replace"))
+    except OSError as exc:
+        raise UsageError(
+            f"--congestion {name}: {exc.strerror} (see "
+            "/proc/sys/net/ipv4/tcp_available_congestion_control)"
+        ) from None
 
 
 def send_report(result: SendResult, goodput_bps: float) -> dict[str, Any]:

@@ -15,20 +15,22 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from udpxfer.impair import Impairment
 from udpxfer.lab.netns import (
     Backend,
     LabError,
     LabSpec,
-    build_commands,
+    namespace_commands,
     netem_commands,
     netns_name,
+    path_commands,
     remove_leftovers,
     remove_namespaces,
     run,
@@ -98,7 +100,7 @@ class LiveLab:
         self.spec = spec
         self.router: TunRouter | None = None
         self.removed_leftovers: list[str] = []
-        self._procs: list[subprocess.Popen[str]] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
 
     @property
@@ -126,20 +128,15 @@ class LiveLab:
 
     def _build(self) -> None:
         spec = self.spec
-        commands = build_commands(spec)
+        for cmd in namespace_commands(spec):
+            run(cmd)
         if spec.backend is Backend.TUN:
-            n_ns = len(spec.namespaces)
-            adds = commands[: 3 * n_ns]  # netns add, lo up, sysctl (see build_commands)
-            for cmd in adds:
-                run(cmd)
             fds = [open_tun(host.netns, host.device) for host in spec.hosts]
             self.router = TunRouter(fds[0], fds[1], spec.forward, spec.reverse, seed=spec.seed)
-            for cmd in commands[3 * n_ns :]:
-                run(cmd)
+        for cmd in path_commands(spec):
+            run(cmd)
+        if self.router is not None:
             self.router.start()
-        else:
-            for cmd in commands:
-                run(cmd)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         self.state_path.write_text(json.dumps(spec.as_dict(), indent=2) + "\n")
 
@@ -193,24 +190,23 @@ class LiveLab:
             }
         return out
 
-    def spawn(
-        self, role: str, args: Sequence[str], *, stdout: int | IO[str] | None = subprocess.PIPE
-    ) -> subprocess.Popen[str]:
-        """Start ``python -m udpxfer ARGS`` inside host ``role``'s namespace."""
+    def spawn(self, role: str, args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+        """Start ``python -m udpxfer ARGS`` inside host ``role``'s namespace, output to ``log``."""
         host = self.spec.a if role == "a" else self.spec.b
         cmd = ["ip", "netns", "exec", host.netns, sys.executable, "-m", "udpxfer", *args]
-        proc = subprocess.Popen(
-            cmd,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,  # the terminal's Ctrl-C reaches us only; we stop them
-        )
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # the terminal's Ctrl-C reaches us only; we stop them
+            )
         self._procs.append(proc)
         return proc
 
-    def stop(self, proc: subprocess.Popen[str]) -> None:
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
         """Stop one process we started: SIGTERM, then SIGKILL after a grace period."""
         if proc.poll() is None:
             proc.terminate()
@@ -219,9 +215,6 @@ class LiveLab:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=STOP_GRACE_S)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
         if proc in self._procs:
             self._procs.remove(proc)
 
@@ -245,3 +238,20 @@ class LiveLab:
                 signal.signal(signal.SIGINT, previous)
         if errors:
             raise LabError("teardown: " + "; ".join(errors))
+
+
+def wait_for_line(proc: subprocess.Popen[bytes], log: Path, text: str, timeout_s: float) -> None:
+    """Wait until ``log`` holds a line containing ``text`` (a server saying it listens).
+
+    Raises:
+        LabError: the process exited first, or ``timeout_s`` passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text.encode() in log.read_bytes():
+            return
+        if proc.poll() is not None:
+            tail = log.read_bytes()[-300:].decode("utf-8", "replace").strip()
+            raise LabError(f"{' '.join(map(str, proc.args[4:7]))} exited: {tail}")  # type: ignore[index]
+        time.sleep(0.02)  # polling a log file, bounded by the deadline
+    raise LabError(f"no {text!r} from {log.name} within {timeout_s:g} s")

@@ -90,6 +90,9 @@ class LabSpec:
     mtu: int = MTU
     router_netns: str | None = None  # netem only
     links: tuple[LinkSpec, ...] = ()
+    # The TCP senders' congestion control, set per socket (`tcp send --congestion`): a
+    # namespace other than the first may only default to the "allowed" algorithms.
+    tcp_congestion: str = "cubic"
 
     @property
     def a(self) -> Host:
@@ -126,6 +129,7 @@ class LabSpec:
                 else {"kind": "netem", "netns": self.router_netns}
             ),
             "links": [[list(end) for end in link.ends] for link in self.links],
+            "tcp_congestion": self.tcp_congestion,
             "impairment": {
                 "forward": self.forward.describe(),
                 "reverse": self.reverse.describe(),
@@ -151,6 +155,7 @@ def describe_lab(
     seed: int,
     pid: int | None = None,
     mtu: int = MTU,
+    tcp_congestion: str = "cubic",
 ) -> LabSpec:
     """The lab for ``backend`` (``tun`` or ``netem``), owned by ``pid`` (default: this process)."""
     if backend is Backend.AUTO:
@@ -162,7 +167,9 @@ def describe_lab(
             Host("a", ns_a, device_name(pid, "a"), ADDRESS_A),
             Host("b", ns_b, device_name(pid, "b"), ADDRESS_B),
         )
-        return LabSpec(pid, backend, hosts, forward, reverse, seed, mtu)
+        return LabSpec(
+            pid, backend, hosts, forward, reverse, seed, mtu, tcp_congestion=tcp_congestion
+        )
     ns_r = netns_name(pid, "r")
     dev_a, dev_p, dev_q, dev_b = (device_name(pid, x) for x in "apqb")
     hosts = (
@@ -173,7 +180,7 @@ def describe_lab(
         LinkSpec(((ns_a, dev_a, f"{ADDRESS_A}/24"), (ns_r, dev_p, f"{ROUTER_A_SIDE}/24"))),
         LinkSpec(((ns_r, dev_q, f"{ROUTER_B_SIDE}/24"), (ns_b, dev_b, f"{ADDRESS_B}/24"))),
     )
-    return LabSpec(pid, backend, hosts, forward, reverse, seed, mtu, ns_r, links)
+    return LabSpec(pid, backend, hosts, forward, reverse, seed, mtu, ns_r, links, tcp_congestion)
 
 
 def _ms(seconds: float) -> str:
@@ -214,18 +221,24 @@ def netem_args(impairment: Impairment) -> list[str]:
     return args
 
 
-def build_commands(spec: LabSpec) -> list[list[str]]:
-    """The command lines that build ``spec`` (the TUN devices themselves are opened in-process).
-
-    For the TUN backend these configure the devices once they exist: run them after opening.
-    """
+def namespace_commands(spec: LabSpec) -> list[list[str]]:
+    """The command lines that create the namespaces and set them up (before any device)."""
     cmds: list[list[str]] = [["ip", "netns", "add", ns] for ns in spec.namespaces]
     for ns in spec.namespaces:
+        sysctl = ["ip", "netns", "exec", ns, "sysctl", "-q", "-w"]
         cmds.append(["ip", "-n", ns, "link", "set", "lo", "up"])
         # IPv4 only: no router solicitations or DAD on the path, so its counters are ours.
-        cmds.append(
-            ["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"]
-        )
+        cmds.append([*sysctl, "net.ipv6.conf.all.disable_ipv6=1"])
+        cmds.append([*sysctl, "net.ipv6.conf.default.disable_ipv6=1"])
+    return cmds
+
+
+def path_commands(spec: LabSpec) -> list[list[str]]:
+    """The command lines that make the path between the hosts.
+
+    For the TUN backend these configure the devices, which must exist (opened) first.
+    """
+    cmds: list[list[str]] = []
     if spec.backend is Backend.TUN:
         for host, peer in ((spec.a, spec.b), (spec.b, spec.a)):
             ns, dev = host.netns, host.device
@@ -309,12 +322,8 @@ def owner_of(name: str) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """True when ``pid`` runs udpxfer (a reused pid running something else does not count)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"udpxfer" in handle.read()
-    except OSError:
-        return False
+    """True while process ``pid`` exists (a reused pid keeps a leftover until it ends: safe)."""
+    return os.path.exists(f"/proc/{pid}")
 
 
 def stale_namespaces(names: Iterable[str], alive: Callable[[int], bool]) -> list[str]:
