@@ -387,6 +387,12 @@ def lab_status() -> None:
 
 @lab_app.command("down")
 def lab_down(
+    pid: Annotated[
+        int | None,
+        typer.Option(
+            help="Remove only the lab of this owner pid (default: every lab).", show_default=False
+        ),
+    ] = None,
     timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds to wait for each lab's owner to remove it.")
     ] = 10.0,
@@ -394,19 +400,19 @@ def lab_down(
     """Remove every udpxfer lab: stop its owner (SIGTERM), then delete what is left."""
     with guarded():
         check_privileges()
-        labs = _labs()
-        for pid in sorted(labs):
-            if pid_alive(pid) and pid != os.getpid():
-                os.kill(pid, signal.SIGTERM)
+        labs = {owner: names for owner, names in _labs().items() if pid in (None, owner)}
+        for owner in sorted(labs):
+            if pid_alive(owner) and owner != os.getpid():
+                os.kill(owner, signal.SIGTERM)
                 deadline = time.monotonic() + timeout
-                while pid in _labs() and time.monotonic() < deadline:
+                while owner in _labs() and time.monotonic() < deadline:
                     time.sleep(0.05)  # waiting for the owner's teardown, bounded
-            typer.echo(f"lab of pid {pid} removed")
-        leftovers = remove_leftovers(lambda pid: pid_alive(pid) and pid not in labs)
+            typer.echo(f"lab of pid {owner} removed")
+        leftovers = remove_leftovers(lambda owner: pid_alive(owner) and owner not in labs)
         for name in leftovers:
             typer.echo(f"removed {name}")
         if not labs and not leftovers:
             typer.echo("no udpxfer lab was up")
-        still = _labs()
+        still = {owner: names for owner, names in _labs().items() if owner in labs}
         if still:
             raise LabError(f"still up: {', '.join(n for ns in still.values() for n in ns)}")
