@@ -305,7 +305,9 @@ def _percent(value: float, _: object) -> str:
 
 def _sweep_plot(doc: dict[str, Any], param: str) -> Plot | None:
     """Goodput against the swept parameter, per transport, with the Mathis curve."""
-    points = [p for p in doc["sweep"] if p["param"] == param]
+    points = [
+        p for p in doc["sweep"] if p["param"] == param and any(r["runs"] for r in p["summary"])
+    ]  # an interrupted sweep: only the points measured
     if len(points) < 2:
         return None
     fig = _figure((8.0, 4.8))
@@ -335,7 +337,9 @@ def _sweep_plot(doc: dict[str, Any], param: str) -> Plot | None:
     ax.set_ylabel("goodput (Mbit/s, log scale)")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     if is_loss:
-        ax.set_xlabel("packet loss probability, a->b (log scale)")
+        ways = {"forward": "a->b", "reverse": "b->a", "both": "each way"}
+        where_lost = ways.get(doc["impairment"]["direction"], "")
+        ax.set_xlabel(f"packet loss probability, {where_lost} (log scale)")
         # Ticks at the swept values, labelled as typed; loss 0 sits a decade to the left.
         ordered = sorted(zip(xs, points, strict=True), key=lambda pair: pair[0])
         ax.set_xticks([x for x, _ in ordered], [_percent(p["value"], None) for _, p in ordered])
