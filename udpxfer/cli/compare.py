@@ -35,8 +35,8 @@ from udpxfer.cli.impair_options import (
     build_impairment,
 )
 from udpxfer.errors import UsageError
+from udpxfer.files import ensure_writable_dir
 from udpxfer.impair import Direction, Impairment, JitterDistribution
-from udpxfer.lab import compare_report
 from udpxfer.lab.compare import (
     CompareConfig,
     Comparison,
@@ -235,9 +235,13 @@ def compare(
 
 
 def _run_compare(config: CompareConfig, spec: LabSpec, direction: str) -> None:
+    # Imported here: matplotlib would slow down every other command's start (and each
+    # process the lab starts).
+    from udpxfer.lab import compare_report
+
     started = time.time()
     raise_on_sigterm()
-    config.out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(config.out)
     comparison: Comparison | None = None
     interrupted = False
     lab_data: dict[str, Any] = spec.as_dict()
@@ -279,6 +283,8 @@ def _run_compare(config: CompareConfig, spec: LabSpec, direction: str) -> None:
 
 
 def _print_summary(doc: dict[str, Any]) -> None:
+    from udpxfer.lab import compare_report
+
     points = doc["sweep"] or [doc]
     for point in points:
         if doc["sweep"]:

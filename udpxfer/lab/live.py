@@ -223,9 +223,10 @@ class LiveLab:
         if self._closed:
             return
         self._closed = True
-        # Ctrl-C again during teardown must not leave half a lab: finish it first.
+        # Ctrl-C or SIGTERM again during teardown must not leave half a lab: finish it first.
         main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals} if main else {}
         try:
             for proc in list(self._procs):
                 self.stop(proc)
@@ -234,8 +235,8 @@ class LiveLab:
             errors = remove_namespaces(self.spec.namespaces)
             self.state_path.unlink(missing_ok=True)
         finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if errors:
             raise LabError("teardown: " + "; ".join(errors))
 

@@ -26,7 +26,7 @@ import re
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -393,7 +393,6 @@ def _setns(fd: int) -> None:
 class _Outcome:
     value: Any = None
     error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 def in_netns(netns: str, fn: Callable[[], T]) -> T:
@@ -415,8 +414,6 @@ def in_netns(netns: str, fn: Callable[[], T]) -> T:
             outcome.value = fn()
         except BaseException as exc:  # handed to the caller below
             outcome.error = exc
-        finally:
-            outcome.done.set()
 
     thread = threading.Thread(target=body, name=f"in-{netns}", daemon=True)
     thread.start()
