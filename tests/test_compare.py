@@ -199,7 +199,7 @@ def _doc(tmp_path: Path, sweep: bool) -> dict[str, Any]:
         scale = 1 / math.sqrt(max(p.forward.loss, 1e-4))
         for r in (1, 2):
             runs.append(_run(p.index, "tcp", r, 3e5 * scale * (1 + r / 10),
-                             tcp_info={"snd_mss": 1448}))  # fmt: skip
+                             tcp_info={"snd_mss": 1448, "rtt_us": 42_000}))  # fmt: skip
             runs.append(_run(p.index, "reliable", r, 2e7 + r))
             runs.append(_run(p.index, "blast", r, 4e7 + r))
         echo = {"transmitted": 20, "received": 20, "loss": 0.0, "min_ms": 40.0,
@@ -223,6 +223,8 @@ def test_document_has_the_schema_keys(tmp_path: Path) -> None:
     assert model["loss"] == pytest.approx(0.01)
     assert model["mss_bytes"] == 1448
     assert model["mathis_bps"] == pytest.approx(mathis_bps(1448, 0.0405, 0.01))
+    assert model["tcp_srtt_s"] == pytest.approx(0.042)
+    assert model["mathis_bps_at_tcp_srtt"] == pytest.approx(mathis_bps(1448, 0.042, 0.01))
     tcp = next(row for row in doc["summary"] if row["mode"] == "stream")
     assert tcp["goodput_bps"]["min"] < tcp["goodput_bps"]["median"] < tcp["goodput_bps"]["max"]
     assert doc["sweep"] == []

@@ -33,7 +33,8 @@ TCP_PORT = 9001
 TCP_ECHO_PORT = 8000
 UDP_ECHO_PORT = 8002
 START_TIMEOUT_S = 15.0
-ECHO_PROBES = 20
+ECHO_PROBES = 30
+ECHO_WARMUP = 5  # first round trips not counted: servers and caches wake up
 ECHO_PAYLOAD_BYTES = 64
 TCP_HEADERS_BYTES = 52  # IPv4 20 + TCP 20 + timestamps 12: MSS = MTU - 52
 
@@ -308,20 +309,21 @@ class Comparison:
         count = self.config.echo_probes
         udp = PingStats()
 
-        def udp_probe() -> None:
+        def udp_probe(stats: PingStats, n: int) -> None:
             run_udp_echo_client(
                 Address(b, UDP_ECHO_PORT),
                 [],
-                stats=udp,
+                stats=stats,
                 size=ECHO_PAYLOAD_BYTES,
-                count=count,
+                count=n,
                 interval_s=0.01,
                 timeout_s=1.0,
                 on_echo=lambda reply: None,
                 on_loss=lambda seq, reason: None,
             )
 
-        in_netns(self.lab.spec.a.netns, udp_probe)
+        in_netns(self.lab.spec.a.netns, lambda: udp_probe(PingStats(), ECHO_WARMUP))
+        in_netns(self.lab.spec.a.netns, lambda: udp_probe(udp, count))
         tcp = in_netns(self.lab.spec.a.netns, lambda: _tcp_echo_rtts(b, count))
         return {"tcp_echo": _ping_dict(tcp), "udp_echo": _ping_dict(udp)}
 
@@ -405,13 +407,17 @@ class Comparison:
 
 
 def _tcp_echo_rtts(host: str, count: int) -> PingStats:
-    """``count`` round trips of a 64-byte line through the TCP echo server at ``host``."""
+    """``count`` round trips of a 64-byte line through the TCP echo server at ``host``
+    (after ``ECHO_WARMUP`` uncounted ones)."""
     stats = PingStats()
+    warmup = ECHO_WARMUP
     line = b"x" * (ECHO_PAYLOAD_BYTES - 1) + b"\n"
     with socket.create_connection((host, TCP_ECHO_PORT), timeout=10.0) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for _ in range(count):
-            stats.transmitted += 1
+        for _ in range(count + ECHO_WARMUP):
+            counted = warmup == 0
+            warmup = max(0, warmup - 1)
+            stats.transmitted += counted
             started = time.perf_counter()
             sock.sendall(line)
             got = b""
@@ -420,7 +426,8 @@ def _tcp_echo_rtts(host: str, count: int) -> PingStats:
                 if not data:
                     return stats
                 got += data
-            stats.rtts_ms.append((time.perf_counter() - started) * 1e3)
+            if counted:
+                stats.rtts_ms.append((time.perf_counter() - started) * 1e3)
             time.sleep(0.01)  # pacing the probes (as ping -i), not synchronisation
     return stats
 

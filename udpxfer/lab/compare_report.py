@@ -54,6 +54,8 @@ def _model(
         mtu - TCP_HEADERS_BYTES,
     )
     loss = effective_loss(point.forward)
+    srtts = [r["tcp_info"]["rtt_us"] / 1e6 for r in runs if (r.get("tcp_info") or {}).get("rtt_us")]
+    srtt = float(np.median(srtts)) if srtts else None
     return {
         "mathis_bps": mathis_bps(mss, rtt_s, loss),
         "rtt_s": rtt_s,
@@ -61,6 +63,9 @@ def _model(
         "loss": loss,
         "mss_bytes": mss,
         "formula": "MSS/RTT * sqrt(3/2)/sqrt(p) (Mathis et al. 1997)",
+        # The same model at the RTT TCP itself measured (TCP_INFO smoothed RTT, median of runs).
+        "tcp_srtt_s": srtt,
+        "mathis_bps_at_tcp_srtt": mathis_bps(mss, srtt, loss),
     }
 
 
@@ -192,10 +197,16 @@ def model_line(model: dict[str, Any]) -> str:
     """``Mathis model: 3.4 Mbit/s for RTT 41.2 ms, p = 1%, MSS 1448 B``."""
     rtt = "-" if model["rtt_s"] is None else f"{model['rtt_s'] * 1e3:.1f} ms"
     value = _rate(model["mathis_bps"]) if model["mathis_bps"] else "undefined (no loss)"
-    return (
-        f"Mathis model: {value} for RTT {rtt}, p = {_pct(model['loss'])}, "
+    line = (
+        f"Mathis model: {value} for RTT {rtt} (echo), p = {_pct(model['loss'])}, "
         f"MSS {model['mss_bytes']} B"
     )
+    if model.get("mathis_bps_at_tcp_srtt"):
+        line += (
+            f"; {_rate(model['mathis_bps_at_tcp_srtt'])} at TCP's own smoothed RTT "
+            f"{model['tcp_srtt_s'] * 1e3:.1f} ms"
+        )
+    return line
 
 
 def sweep_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -421,13 +432,19 @@ def _heading(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def _summary_title(doc: dict[str, Any]) -> str:
+    if doc["sweep"]:
+        return f"Summary at the first point ({doc['sweep'][0]['label']}; the sweep follows)"
+    return "Summary"
+
+
 def render_markdown(doc: dict[str, Any], out_dir: Path, plots: Sequence[Plot]) -> str:
     """``compare.md`` (plots written beside it as PNG)."""
     lines = ["# TCP vs UDP through one impairment", ""]
     lines += [f"- {line}" for line in _heading(doc)]
     if not doc["complete"]:
         lines += ["", "**Interrupted: the runs below are those that finished.**"]
-    lines += ["", "## Summary", "", model_line(doc["model"]), ""]
+    lines += ["", f"## {_summary_title(doc)}", "", model_line(doc["model"]), ""]
     lines += _md_table(SUMMARY_HEADER, summary_rows(doc["sweep"][0] if doc["sweep"] else doc))
     lines += ["", "## Latency (echo companions)", ""]
     lines += _md_table(LATENCY_HEADER, latency_rows(doc["latency"]))
@@ -449,7 +466,7 @@ def render_html(doc: dict[str, Any], plots: Sequence[Plot]) -> str:
     body += ["<ul>" + "".join(f"<li>{esc(line)}</li>" for line in _heading(doc)) + "</ul>"]
     if not doc["complete"]:
         body.append('<p class="verdict bad">Interrupted: only the finished runs are shown.</p>')
-    body += ["<h2>Summary</h2>", f"<p>{esc(model_line(doc['model']))}</p>"]
+    body += [f"<h2>{esc(_summary_title(doc))}</h2>", f"<p>{esc(model_line(doc['model']))}</p>"]
     body.append(_html_table(SUMMARY_HEADER, summary_rows(doc["sweep"][0] if doc["sweep"] else doc)))
     body += ["<h2>Latency (echo companions)</h2>"]
     body.append(_html_table(LATENCY_HEADER, latency_rows(doc["latency"])))
