@@ -359,8 +359,11 @@ def _sweep_plot(doc: dict[str, Any], param: str) -> Plot | None:
         ax.set_xlabel("round-trip time measured through the lab (ms, log scale)")
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    rtt = doc["model"]["rtt_s"]
-    where = f"RTT {rtt * 1e3:.0f} ms" if is_loss and rtt else ""
+    rtt, loss = doc["model"]["rtt_s"], points[0]["model"]["loss"]
+    if is_loss:
+        where = f"RTT {rtt * 1e3:.0f} ms" if rtt else ""
+    else:
+        where = f"packet loss {loss * 100:g}%" if loss else "no loss"
     ax.set_title(f"Goodput vs {param}" + (f" ({where})" if where else ""))
     ax.grid(which="major", alpha=0.35)
     ax.grid(which="minor", alpha=0.12)
