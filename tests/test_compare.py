@@ -31,6 +31,7 @@ from udpxfer.lab.netns import (
     describe_lab,
     namespace_commands,
     netem_args,
+    netem_limit,
     owner_of,
     path_commands,
     stale_namespaces,
@@ -94,6 +95,12 @@ def test_netem_args_cover_every_model() -> None:
         "duplicate", "0.1%", "corrupt", "0.2%", "reorder", "5%", "gap", "3",
         "rate", "10000000bit",
     ]  # fmt: skip
+
+
+def test_netem_limit_counts_packets() -> None:
+    assert netem_limit(Impairment()) == 1000
+    assert netem_limit(Impairment(rate_bps=10**7, queue_limit=64 * 1500, queue_in_bytes=True)) == 64
+    assert netem_limit(Impairment(rate_bps=10**7, queue_limit=0)) == 1_000_000
 
 
 def test_leftovers_are_the_labs_of_dead_owners_only() -> None:

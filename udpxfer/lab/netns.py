@@ -191,13 +191,24 @@ def _pct(probability: float) -> str:
     return f"{probability * 100:.6g}%"
 
 
+def netem_limit(impairment: Impairment, mtu: int = MTU) -> int:
+    """netem's ``limit`` (packets) for the bottleneck queue; 1000 (netem's default) without one."""
+    if not impairment.rate_bps:
+        return 1000
+    if impairment.queue_limit == 0:
+        return 1_000_000  # "unlimited"
+    if impairment.queue_in_bytes:
+        return max(1, impairment.queue_limit // mtu)
+    return impairment.queue_limit
+
+
 def netem_args(impairment: Impairment) -> list[str]:
     """The ``tc qdisc ... netem`` arguments for one direction of ``impairment``.
 
     netem draws its own random numbers (it has no seed), and its rate counts whole packets
     with their link-layer headers: the same model, not the same decisions as the TUN router.
     """
-    args = ["netem", "limit", str(max(impairment.queue_limit, 1) if impairment.rate_bps else 1000)]
+    args = ["netem", "limit", str(netem_limit(impairment))]
     if impairment.delay_s or impairment.jitter_s:
         args += ["delay", _ms(impairment.delay_s)]
         if impairment.jitter_s:
