@@ -310,6 +310,14 @@ def _latency_plot(doc: dict[str, Any]) -> Plot | None:
     return Plot("latency", "Echo round trips: TCP vs UDP", _png(fig))
 
 
+def _minor_label(value: float, _: object) -> str:
+    """Label the 2x and 5x minor ticks of a log axis (plain numbers, no powers of ten)."""
+    if value <= 0:
+        return ""
+    lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return f"{value:g}" if round(lead) in (2, 5) and abs(lead - round(lead)) < 1e-6 else ""
+
+
 def _percent(value: float, _: object) -> str:
     return "0" if value <= 0 else f"{value * 100:g}%"
 
@@ -347,6 +355,7 @@ def _sweep_plot(doc: dict[str, Any], param: str) -> Plot | None:
     ax.set_xscale("log")
     ax.set_ylabel("goodput (Mbit/s, log scale)")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
     if is_loss:
         ways = {"forward": "a->b", "reverse": "b->a", "both": "each way"}
         where_lost = ways.get(doc["impairment"]["direction"], "")
