@@ -16,16 +16,7 @@ from udpxfer.companions.tcp_info import decode_tcp_info
 from udpxfer.errors import UsageError
 from udpxfer.impair import Direction, GilbertElliott, Impairment
 from udpxfer.lab import compare_report
-from udpxfer.lab.compare import (
-    TRANSPORTS,
-    CompareConfig,
-    effective_loss,
-    mathis_bps,
-    parse_sweep,
-    parse_transports,
-    summarise,
-    sweep_points,
-)
+from udpxfer.lab.compare import CompareConfig
 from udpxfer.lab.netns import (
     Backend,
     describe_lab,
@@ -35,6 +26,15 @@ from udpxfer.lab.netns import (
     owner_of,
     path_commands,
     stale_namespaces,
+)
+from udpxfer.lab.plan import (
+    TRANSPORTS,
+    effective_loss,
+    mathis_bps,
+    parse_sweep,
+    parse_transports,
+    summarise,
+    sweep_points,
 )
 
 # ---------------------------------------------------------------- the lab as data

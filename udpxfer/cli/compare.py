@@ -37,14 +37,7 @@ from udpxfer.cli.impair_options import (
 from udpxfer.errors import UsageError
 from udpxfer.files import ensure_writable_dir
 from udpxfer.impair import Direction, Impairment, JitterDistribution
-from udpxfer.lab.compare import (
-    CompareConfig,
-    Comparison,
-    Progress,
-    parse_sweep,
-    parse_transports,
-    sweep_points,
-)
+from udpxfer.lab.compare import CompareConfig, Comparison, Progress
 from udpxfer.lab.live import (
     STATE_DIR,
     Interrupted,
@@ -63,6 +56,7 @@ from udpxfer.lab.netns import (
     pid_alive,
     remove_leftovers,
 )
+from udpxfer.lab.plan import parse_sweep, parse_transports, sweep_points
 from udpxfer.units import parse_rate
 
 lab_app = typer.Typer(
