@@ -41,7 +41,12 @@ UNBUFFERED = {**os.environ, "PYTHONUNBUFFERED": "1"}  # read progress lines as t
 
 
 def _lab_state() -> tuple[set[str], set[str]]:
-    return set(list_namespaces()), set(list_root_links())
+    """The udpxfer namespaces and links that exist (every name the lab creates starts so;
+    other people's namespaces on a shared machine come and go and are not ours to check)."""
+    return (
+        {name for name in list_namespaces() if name.startswith("udpxfer")},
+        {name for name in list_root_links() if name.startswith("udpxfer")},
+    )
 
 
 def _dead_pid() -> int:
