@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpxfer import wire
-from udpxfer.cli.lab import parse_gilbert, parse_queue_limit
+from udpxfer.cli.impair_options import parse_gilbert, parse_queue_limit
 from udpxfer.errors import MalformedPacket, UsageError
 from udpxfer.impair import (
     LOG_COLUMNS,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from udpxfer.cli import transfer  # noqa: F401
 from udpxfer.cli import reports  # noqa: F401
 from udpxfer.cli import lab  # noqa: F401
+from udpxfer.cli import compare  # noqa: F401
 from udpxfer.cli import companions  # noqa: F401
 from udpxfer.cli import keys  # noqa: F401
 

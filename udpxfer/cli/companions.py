@@ -15,6 +15,7 @@ import typer
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_INTERRUPTED, guarded, tcp_app, udp_app
 from udpxfer.companions import defaults
 from udpxfer.errors import UsageError
+from udpxfer.files import ensure_writable_dir
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import Address, format_rate, format_size, parse_address, parse_size
 
@@ -326,6 +327,22 @@ def tcp_send(
         ),
     ] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the sender's JSON report here (udpxfer.send-report/1, with the "
+            "kernel's TCP_INFO counters: retransmissions, RTT, cwnd).",
+            show_default=False,
+        ),
+    ] = None,
+    congestion: Annotated[
+        str | None,
+        typer.Option(
+            help="TCP congestion control for this connection (cubic, reno, bbr...; Linux). "
+            "Default: the system's.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Send one file over TCP to "udpxfer tcp recv", for TCP-vs-UDP comparisons.
 
@@ -335,8 +352,16 @@ def tcp_send(
     from udpxfer.companions import tcp_transfer
 
     with guarded():
-        result = tcp_transfer.send_file(file, _to(to), timeout_s=timeout, progress=_progress(quiet))
-    rate = result.size * 8 / result.duration_s if result.duration_s > 0 else 0.0
+        if report is not None:
+            ensure_writable_dir(report.parent)
+        result = tcp_transfer.send_file(
+            file, _to(to), timeout_s=timeout, progress=_progress(quiet), congestion=congestion
+        )
+        rate = result.size * 8 / result.duration_s if result.duration_s > 0 else 0.0
+        if report is not None:
+            from udpxfer.report import write_report  # the receiving side's module: loaded late
+
+            write_report(tcp_transfer.send_report(result, rate), report)
     typer.echo(
         f"sent {result.name} ({format_size(result.size)}) in {result.duration_s:.3f} s "
         f"({format_rate(rate)}); receiver verified {result.verdict}"

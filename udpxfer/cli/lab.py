@@ -6,9 +6,8 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -16,71 +15,36 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 
 from udpxfer.cli.app import app, guarded
-from udpxfer.errors import UsageError
-from udpxfer.impair import (
-    DEFAULT_QUEUE_LIMIT,
-    Direction,
-    GilbertElliott,
-    Impairment,
-    JitterDistribution,
-    split_by_direction,
+from udpxfer.cli.impair_options import (
+    CorruptOpt,
+    DelayOpt,
+    DirectionChoice,
+    DirectionOpt,
+    DuplicateOpt,
+    GilbertOpt,
+    JitterDistributionOpt,
+    JitterOpt,
+    JitterReorderOpt,
+    LossOpt,
+    QueueOpt,
+    RateOpt,
+    ReorderGapOpt,
+    ReorderHoldOpt,
+    ReorderOpt,
+    build_impairment,
+    parsed,
 )
+from udpxfer.impair import Direction, JitterDistribution
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import (
     Address,
     parse_address,
-    parse_duration,
-    parse_probability,
-    parse_rate,
-    parse_size,
 )
 
 if TYPE_CHECKING:
     from udpxfer.relay import RecordLog, Relay
 
 T = TypeVar("T")
-
-
-class DirectionChoice(StrEnum):
-    """Which way the impairment applies."""
-
-    FORWARD = "forward"
-    REVERSE = "reverse"
-    BOTH = "both"
-
-
-def _parsed(option: str, parse: Callable[[str], T], text: str) -> T:
-    """``parse(text)``, with the option's name in front of any error."""
-    try:
-        return parse(text)
-    except UsageError as exc:
-        raise UsageError(f"{option}: {exc}") from None
-
-
-def parse_gilbert(text: str) -> GilbertElliott:
-    """Parse ``p,r[,1-h[,1-k]]`` (netem ``gemodel`` order; fractions or percentages).
-
-    Raises:
-        UsageError: not two to four probabilities.
-    """
-    fields = [field.strip() for field in text.split(",")]
-    if not 2 <= len(fields) <= 4:
-        raise UsageError(f"bad Gilbert-Elliott model {text!r}: expected p,r[,1-h[,1-k]]")
-    return GilbertElliott(*(parse_probability(field) for field in fields))
-
-
-def parse_queue_limit(text: str) -> tuple[int, bool]:
-    """Parse a queue limit: a bare count of datagrams, or bytes with a unit (``64K``, ``1500B``).
-
-    Returns:
-        The limit and whether it counts bytes.
-
-    Raises:
-        UsageError: neither a count nor a size.
-    """
-    if text.strip().isdigit():
-        return int(text), False
-    return parse_size(text), True
 
 
 # Typer renders help with rich: a single newline is kept, so each paragraph is one string,
@@ -148,69 +112,20 @@ def impair(
             show_default=False,
         ),
     ],
-    direction: Annotated[
-        DirectionChoice,
-        typer.Option(help="Impair client->target (forward), target->client (reverse) or both."),
-    ] = DirectionChoice.FORWARD,
-    loss: Annotated[str, typer.Option(help="Random loss probability (0.05 or 5%).")] = "0",
-    gilbert: Annotated[
-        str | None,
-        typer.Option(
-            help="Gilbert-Elliott burst loss p,r[,1-h[,1-k]] as netem gemodel: p good->bad, "
-            "r bad->good, 1-h loss in the bad state (default 1), 1-k loss in the good state "
-            "(default 0). Loss rate p/(p+r), mean burst 1/r datagrams.",
-            show_default=False,
-        ),
-    ] = None,
-    delay: Annotated[
-        str, typer.Option(help="Added one-way delay (20ms, 0.5s, 250us; bare number: ms).")
-    ] = "0",
-    jitter: Annotated[
-        str,
-        typer.Option(help="Delay variation: +- this (uniform) or the standard deviation (normal)."),
-    ] = "0",
-    jitter_distribution: Annotated[
-        JitterDistribution, typer.Option(help="Shape of the jitter.")
-    ] = JitterDistribution.UNIFORM,
-    jitter_reorder: Annotated[
-        bool,
-        typer.Option(
-            "--jitter-reorder",
-            help="Let jitter reorder datagrams. Without it a datagram never leaves before the "
-            "one ahead of it (as netem with a rate), which raises the mean delay at high rates.",
-        ),
-    ] = False,
-    reorder: Annotated[
-        str,
-        typer.Option(
-            help="Probability that a datagram is held back and sent after the next "
-            "--reorder-gap datagrams (or after --reorder-hold, if fewer follow)."
-        ),
-    ] = "0",
-    reorder_gap: Annotated[
-        int, typer.Option(min=1, help="How many later datagrams overtake a reordered one.")
-    ] = 1,
-    reorder_hold: Annotated[
-        str, typer.Option(help="Longest a reordered datagram waits for its followers.")
-    ] = "100ms",
-    duplicate: Annotated[
-        str, typer.Option(help="Probability that a datagram is sent twice.")
-    ] = "0",
-    corrupt: Annotated[
-        str, typer.Option(help="Probability that one random bit of a datagram is flipped.")
-    ] = "0",
-    rate: Annotated[
-        str,
-        typer.Option(help="Bottleneck in bits per second over UDP payloads (100M, 1.5G; 0: none)."),
-    ] = "0",
-    queue: Annotated[
-        str | None,
-        typer.Option(
-            help="Bottleneck buffer, tail drop beyond it: a count of datagrams or bytes with a "
-            f"unit (64K, 1500B); 0: unlimited. Needs --rate. [default: {DEFAULT_QUEUE_LIMIT}]",
-            show_default=False,
-        ),
-    ] = None,
+    direction: DirectionOpt = DirectionChoice.FORWARD,
+    loss: LossOpt = "0",
+    gilbert: GilbertOpt = None,
+    delay: DelayOpt = "0",
+    jitter: JitterOpt = "0",
+    jitter_distribution: JitterDistributionOpt = JitterDistribution.UNIFORM,
+    jitter_reorder: JitterReorderOpt = False,
+    reorder: ReorderOpt = "0",
+    reorder_gap: ReorderGapOpt = 1,
+    reorder_hold: ReorderHoldOpt = "100ms",
+    duplicate: DuplicateOpt = "0",
+    corrupt: CorruptOpt = "0",
+    rate: RateOpt = "0",
+    queue: QueueOpt = None,
     seed: Annotated[
         int | None,
         typer.Option(
@@ -243,33 +158,26 @@ def impair(
 ) -> None:
     """Relay UDP between senders and a target, impairing it (help text: ``_HELP``)."""
     with guarded():
-        rate_bps = _parsed("--rate", parse_rate, rate)
-        queue_limit, queue_in_bytes = DEFAULT_QUEUE_LIMIT, False
-        if queue is not None:
-            if not rate_bps:
-                raise UsageError("--queue is the bottleneck's buffer: it needs --rate")
-            queue_limit, queue_in_bytes = _parsed("--queue", parse_queue_limit, queue)
-        config = Impairment(
-            loss=_parsed("--loss", parse_probability, loss),
-            gilbert=None if gilbert is None else _parsed("--gilbert", parse_gilbert, gilbert),
-            delay_s=_parsed("--delay", parse_duration, delay),
-            jitter_s=_parsed("--jitter", parse_duration, jitter),
+        per_direction = build_impairment(
+            direction=direction,
+            loss=loss,
+            gilbert=gilbert,
+            delay=delay,
+            jitter=jitter,
             jitter_distribution=jitter_distribution,
             jitter_reorder=jitter_reorder,
-            reorder=_parsed("--reorder", parse_probability, reorder),
+            reorder=reorder,
             reorder_gap=reorder_gap,
-            reorder_hold_s=_parsed("--reorder-hold", parse_duration, reorder_hold),
-            duplicate=_parsed("--duplicate", parse_probability, duplicate),
-            corrupt=_parsed("--corrupt", parse_probability, corrupt),
-            rate_bps=rate_bps,
-            queue_limit=queue_limit,
-            queue_in_bytes=queue_in_bytes,
+            reorder_hold=reorder_hold,
+            duplicate=duplicate,
+            corrupt=corrupt,
+            rate=rate,
+            queue=queue,
         )
-        per_direction = split_by_direction(config, direction.value)
-        listen_address = _parsed(
+        listen_address = parsed(
             "--listen", lambda text: parse_address(text, default_host=ALL_INTERFACES), listen
         )
-        target = _parsed("--to", lambda text: parse_address(text, default_host=LOOPBACK), to)
+        target = parsed("--to", lambda text: parse_address(text, default_host=LOOPBACK), to)
         if seed is None:
             seed = secrets.randbits(32)
         from udpxfer.relay import RecordLog, Relay

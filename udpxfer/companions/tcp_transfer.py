@@ -23,9 +23,11 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from udpxfer.companions import defaults
 from udpxfer.companions.runtime import NoProgress, ProgressFactory, connect_tcp
+from udpxfer.companions.tcp_info import read_tcp_info
 from udpxfer.errors import MalformedPacket, TransferError, UsageError
 from udpxfer.files import sha256_file
 from udpxfer.units import Address, format_size
@@ -118,6 +120,7 @@ class SendResult:
     sha256_hex: str
     duration_s: float
     verdict: str
+    tcp_info: dict[str, Any] | None = None  # the kernel's counters at the end (Linux)
 
 
 def send_file(
@@ -126,11 +129,12 @@ def send_file(
     *,
     timeout_s: float = 30.0,
     progress: ProgressFactory = NoProgress,
+    congestion: str | None = None,
 ) -> SendResult:
     """Send ``path`` to a ``tcp recv`` at ``to`` and wait for its verdict.
 
     ``timeout_s`` bounds the connection attempt, any stall of the receiver, and the wait for
-    its verdict.
+    its verdict. ``congestion`` picks the TCP congestion control (Linux ``TCP_CONGESTION``).
 
     Raises:
         UsageError: the file cannot be read, or the address is bad.
@@ -145,6 +149,8 @@ def send_file(
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     with handle, connect_tcp(to, timeout_s) as sock:
+        if congestion is not None:
+            set_congestion(sock, congestion)
         size = path.stat().st_size
         started = time.perf_counter()
         sock.settimeout(timeout_s)
@@ -159,6 +165,7 @@ def send_file(
                 sent += n
                 bar.update(n)
             verdict = _read_verdict(sock)
+            tcp_info = read_tcp_info(sock)  # after the verdict: every byte was acknowledged
         except TimeoutError:
             raise TransferError(
                 f"receiver at {to} stalled for {timeout_s:g} s after {format_size(sent)} "
@@ -175,7 +182,43 @@ def send_file(
     ok, detail = verdict
     if not ok:
         raise TransferError(f"receiver rejected {path.name}: {detail}")
-    return SendResult(path.name, size, digest.hex(), time.perf_counter() - started, detail)
+    duration = time.perf_counter() - started
+    return SendResult(path.name, size, digest.hex(), duration, detail, tcp_info)
+
+
+def set_congestion(sock: socket.socket, name: str) -> None:
+    """Use TCP congestion control ``name`` on ``sock``.
+
+    Raises:
+        UsageError: the system has no such algorithm (or no way to choose one).
+    """
+    option = getattr(socket, "TCP_CONGESTION", None)
+    if option is None:
+        raise UsageError("--congestion: this system cannot choose the congestion control")
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, name.encode("ascii", "replace"))
+    except OSError as exc:
+        raise UsageError(
+            f"--congestion {name}: {exc.strerror} (see "
+            "/proc/sys/net/ipv4/tcp_available_congestion_control)"
+        ) from None
+
+
+def send_report(result: SendResult, goodput_bps: float) -> dict[str, Any]:
+    """The sender's JSON report (``udpxfer.send-report/1``) of a confirmed TCP transfer."""
+    info = result.tcp_info or {}
+    return {
+        "schema": "udpxfer.send-report/1",
+        "transport": "tcp",
+        "mode": "stream",
+        "file": {"name": result.name, "size": result.size, "sha256": result.sha256_hex},
+        "timing": {"duration_s": result.duration_s, "goodput_bps": goodput_bps},
+        "chunks": {"sent": info.get("data_segs_out"), "resent": info.get("total_retrans")},
+        "repair": None,
+        "verdict": result.verdict,
+        "outcome": "complete",
+        "tcp_info": result.tcp_info,
+    }
 
 
 def _read_verdict(sock: socket.socket) -> tuple[bool, str]:

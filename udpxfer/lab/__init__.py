@@ -1,0 +1,1 @@
+"""The comparison lab: network namespaces, an impairment router, TCP vs UDP runs."""
