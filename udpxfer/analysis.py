@@ -619,7 +619,17 @@ def analyse(trace: Trace) -> dict[str, Any]:
     """
     lost = lost_chunks(trace)
     send_ns = trace_send_times(trace)
-    if 0 <= trace.chunks_sent < lost.size:
+    if trace.held_before.size:
+        # A resumed transfer: chunks that were on disk already were not sent, so neither
+        # received nor lost; the analysis runs over the chunks this transfer sent.
+        held = np.unpackbits(trace.held_before, bitorder="little")[: lost.size].astype(bool)
+        held = np.pad(held, (0, lost.size - held.size))
+        if 0 <= trace.chunks_sent < lost.size:
+            held[trace.chunks_sent :] = True  # and never sent at all (interrupted)
+        keep = ~held
+        lost = lost[keep]
+        send_ns = np.append(send_ns[:-1][keep], send_ns[-1]) if send_ns is not None else None
+    elif 0 <= trace.chunks_sent < lost.size:
         # An interrupted transfer: chunks the sender never sent are not lost.
         lost = lost[: trace.chunks_sent]
         send_ns = send_ns[: trace.chunks_sent + 1] if send_ns is not None else None

@@ -411,6 +411,10 @@ class ReceiverSession:
             return missing_ranges(flags[: self.sent_upto])
         return self.first_pass.missing_ranges(self.sent_upto)
 
+    def resumed_bits(self) -> bytes:
+        """Packed bits of the chunks found on disk when the transfer started (empty: none)."""
+        return self._resumed.to_bytes() if self._resumed is not None else b""
+
     def resumed_below(self, limit: int) -> int:
         """Chunks among the first ``limit`` that were already on disk (a resumed transfer)."""
         if self._resumed is None:

@@ -321,6 +321,7 @@ def session_trace(session: ReceiverSession) -> Trace | None:
         started_ns=int(session.started_at * 1e9),
         tx_sent=session.tx_sent,
         chunks_sent=session.sent_upto if session.not_sent else -1,
+        held_before=session.resumed_bits(),
     )
 
 

@@ -11,7 +11,7 @@ import os
 import pickle
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Protocol
 
@@ -108,6 +108,11 @@ def _read_fields(handle: BinaryIO) -> dict[str, Any]:
                 raise ValueError(f"{name} is not an integer scalar")
             fields[name] = int(value)
         fields["mode"] = str(archive["mode"])
+        if "held_before" in members:  # optional: a resumed transfer's chunks found on disk
+            held = archive["held_before"]
+            if held.ndim != 1 or held.dtype != np.uint8:
+                raise ValueError("held_before is not a packed bit array")
+            fields["held_before"] = held
     return fields
 
 
@@ -141,6 +146,9 @@ class Trace:
     started_ns: int
     tx_sent: int = -1
     chunks_sent: int = -1  # the first pass reached chunks [0, chunks_sent); -1: all of them
+    # A resumed transfer's chunks that were on disk already (packed bits, little-endian; empty:
+    # none): never sent in this transfer, so neither received nor lost.
+    held_before: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8))
 
     def __post_init__(self) -> None:
         for name in _INT64_COLUMNS:
@@ -180,6 +188,7 @@ class Trace:
         started_ns: int,
         tx_sent: int = -1,
         chunks_sent: int = -1,
+        held_before: bytes = b"",
     ) -> Trace:
         """Build a trace over ``array.array`` columns, sharing their memory where types match.
 
@@ -201,6 +210,7 @@ class Trace:
             started_ns=started_ns,
             tx_sent=tx_sent,
             chunks_sent=chunks_sent,
+            held_before=np.frombuffer(held_before, dtype=np.uint8).copy(),
         )
 
     @classmethod
@@ -238,6 +248,8 @@ class Trace:
             members[name] = getattr(self, name)
         for name in _SCALARS:
             members[name] = np.array(getattr(self, name), dtype=np.int64)
+        if self.held_before.size:
+            members["held_before"] = self.held_before
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
