@@ -86,7 +86,11 @@ def wilson_interval(lost: int, total: int, z: float = Z95) -> tuple[float, float
     z2n = z * z / total
     centre = (p + z2n / 2) / (1 + z2n)
     half = z / (1 + z2n) * math.sqrt(p * (1 - p) / total + z2n / (4 * total))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # Exact at the ends: no loss has a lower bound of 0, all lost an upper bound of 1 (the
+    # formula gives them only to rounding).
+    low = 0.0 if lost == 0 else max(0.0, centre - half)
+    high = 1.0 if lost == total else min(1.0, centre + half)
+    return low, high
 
 
 def span_mask(first: I64, last: I64, count: int) -> Bools:
