@@ -261,3 +261,38 @@ def test_forged_content_with_a_valid_check_is_found_and_fetched_again(tmp_path: 
     assert session.outcome.outcome == "complete", session.outcome
     assert results[0].file_path.read_bytes() == source.read_bytes()
     assert results[0].report["repair"]["bad_blocks"] >= 1
+
+
+def test_a_report_or_trace_path_that_exists_is_never_replaced(tmp_path: Path) -> None:
+    """A symbolic link, a FIFO or an earlier report at --report/--trace stays as it is: the
+    receiver writes beside it under a numbered name."""
+    import os
+
+    source = make_file(tmp_path, CHUNK * 20)
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "r.json"
+    link.symlink_to(target)
+    fifo = tmp_path / "t.npz"
+    os.mkfifo(fifo)
+    from udpxfer.driver import ReceiverServer
+    from udpxfer.receiver import ReceiverConfig
+
+    server = ReceiverServer(
+        Address("127.0.0.1", 0), tmp_path / "out", report_path=link, trace_path=fifo,
+        once=True, config=ReceiverConfig(),
+    )  # fmt: skip
+    import threading
+
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    send_file(source, Address(*server.address), SenderConfig(chunk_size=CHUNK))
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    (result,) = server.results
+    assert link.is_symlink()
+    assert target.read_text() == "keep me"
+    assert fifo.is_fifo()
+    assert result.report_path == tmp_path / "r-1.json"
+    assert result.trace_path == tmp_path / "t-1.npz"
+    assert result.report["file"]["verified"]

@@ -128,9 +128,13 @@ class TransferReport:
 def write_report(doc: dict[str, Any], path: Path) -> Path:
     """Write ``doc`` as indented JSON to ``path`` (created atomically via a temporary file).
 
+    A path that exists already (an earlier report, a symbolic link, a device, a FIFO) is never
+    replaced: the report goes to ``stem-N.json`` beside it. Returns where it went.
+
     Raises:
         TransportError: the file cannot be written.
     """
+    path = free_path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +143,13 @@ def write_report(doc: dict[str, Any], path: Path) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         raise TransportError(f"cannot write report {path}: {exc.strerror}") from exc
+    return path
+
+
+def free_path(path: Path) -> Path:
+    """``path``, or ``stem-N.ext`` beside it when something (of any kind) is there already."""
+    if os.path.lexists(path):
+        return unique_path(path.parent, path.name)
     return path
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from udpxfer.errors import TransportError, UsageError
+from udpxfer.files import unique_path
 from udpxfer.receiver import TRACE_DUPLICATE, TRACE_RESENT
 
 TRACE_FORMAT: Final = "udpxfer.trace/1"
@@ -250,6 +251,8 @@ class Trace:
             members[name] = np.array(getattr(self, name), dtype=np.int64)
         if self.held_before.size:
             members["held_before"] = self.held_before
+        if os.path.lexists(path):  # never over an earlier trace, a link, a device or a FIFO
+            path = unique_path(path.parent, path.name)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import typer
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
 from udpxfer.cli.keys import KeyFileOption, NoEncryptOption, load_key
 from udpxfer.driver import ReceiverServer, TransferResult, send_file
-from udpxfer.errors import TransferError
+from udpxfer.errors import TransferError, UsageError
 from udpxfer.files import ensure_writable_dir
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
@@ -323,7 +323,7 @@ def recv(
             parse_address(bind, default_host=ALL_INTERFACES),
             out,
             report_path=_report_target(report),
-            trace_path=trace,
+            trace_path=_trace_target(trace),
             once=once,
             config=config,
             observer=_RecvObserver(bars=show_progress(quiet), quiet=quiet),
@@ -366,6 +366,15 @@ def _report_target(text: str | None) -> Path | None:
         ensure_writable_dir(path)
     else:
         ensure_writable_dir(path.parent)  # fail now, not after the first transfer
+    return path
+
+
+def _trace_target(path: Path | None) -> Path | None:
+    """``--trace``: its directory must be writable now, not after the first transfer."""
+    if path is not None:
+        if path.is_dir():
+            raise UsageError(f"--trace {path} is a directory: give a file name such as run.npz")
+        ensure_writable_dir(path.parent)
     return path
 
 
