@@ -446,16 +446,19 @@ class ReceiverServer:
                 self._next_progress = now + PROGRESS_INTERVAL_S
                 for session in self._files:
                     self.observer.progress(session)
-            if (
-                self.once
-                and self._ended
-                and all(s not in endpoint.sessions.values() for s in self._ended)
-            ):
+            if self.once and self._ended and all(self._done_with(s, now) for s in self._ended):
                 return
             if handled < _RECV_BURST:
                 longest = _HASH_POLL_S if self._hashing else 0.25
                 wait = longest if timer is None else min(longest, max(0.0, timer - clock()))
                 transport.wait(wait)
+
+    def _done_with(self, session: ReceiverSession, now: float) -> bool:
+        """A transfer's report is written and its linger (answering repeated ENDs) is over."""
+        if session not in self.endpoint.sessions.values():
+            return True
+        finished = session.finished_at
+        return finished is not None and now >= finished + session.config.linger_s + 1.0
 
     def _flush(self) -> None:
         for datagram, peer in self.endpoint.datagrams_to_send(self.clock()):
