@@ -407,7 +407,7 @@ class ReceiverServer:
                 target = unique_path(target.parent, target.name)
             trace_path = trace.save(target)
             doc["trace_path"] = str(trace_path)
-        write_report(doc, report_path)
+        report_path = write_report(doc, report_path)  # a taken name gets -1, -2...
         result = TransferResult(doc, report_path, file_path, trace_path)
         self.results.append(result)
         self._ended.append(session)

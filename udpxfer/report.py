@@ -7,25 +7,26 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from udpxfer.analysis import analyse, first_transmissions
-from udpxfer.errors import TransportError, UsageError
+from udpxfer.analysis import analyse
 from udpxfer.files import unique_path
-from udpxfer.ranges import as_lists, missing_ranges
+from udpxfer.output import is_stream, write_target
+from udpxfer.ranges import as_lists
 from udpxfer.receiver import ReceiverSession
+from udpxfer.sender import SenderSession
 from udpxfer.sockets import format_sockaddr
-from udpxfer.trace import DUPLICATE, RESENT, Trace
+from udpxfer.trace import Trace
 from udpxfer.units import format_rate, format_size
-from udpxfer.wire import Mode
+from udpxfer.wire import Mode, Verdict
 
 SCHEMA = "udpxfer.report/1"
+SEND_SCHEMA = "udpxfer.send-report/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,20 +126,22 @@ class TransferReport:
 
 
 def write_report(doc: dict[str, Any], path: Path) -> Path:
-    """Write ``doc`` as indented JSON to ``path`` (created atomically via a temporary file).
+    """Write ``doc`` as JSON to ``path`` under the output policy (``udpxfer.output``).
+
+    A file gets indented JSON and never replaces anything (an existing name gets ``-N``);
+    a stream (``-``, a FIFO, a terminal) gets the document on one line. Returns where it went.
 
     Raises:
-        TransportError: the file cannot be written.
+        TransportError: it cannot be written.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(_json_safe(doc), indent=2, allow_nan=False)
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise TransportError(f"cannot write report {path}: {exc.strerror}") from exc
-    return path
+    stream = is_stream(path)
+    text = json.dumps(_json_safe(doc), indent=None if stream else 2, allow_nan=False)
+    data = (text + "\n").encode("utf-8")
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    return write_target(path, write, what="report")
 
 
 def _json_safe(value: Any) -> Any:
@@ -173,11 +176,13 @@ def report_path(
 
     ``--report`` (``target``) as given for the receiver's first transfer, then a fresh
     ``stem-N.json`` beside it (never overwriting an earlier transfer's report); a directory,
-    or no ``--report``, gets a timestamped name in it.
+    or no ``--report``, gets a timestamped name in it; a stream (``-``, a FIFO) gets them all.
     """
     if target is None or target.is_dir():
         return default_report_path(target or reports_dir, file_name, started_unix_s)
-    return target if first else unique_path(target.parent, target.name)
+    if first or is_stream(target):
+        return target  # a stream takes every report; a file is never replaced (write_report)
+    return unique_path(target.parent, target.name)
 
 
 def _format_ranges(ranges: list[list[int]], limit: int = 8) -> str:
@@ -231,74 +236,6 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             f"p50 {pdv['p50']:.3f} / p95 {pdv['p95']:.3f} / p99 {pdv['p99']:.3f} ms"
         )
     return lines
-
-
-def report_from_trace(trace: Trace, *, source: Path) -> dict[str, Any]:
-    """A report rebuilt from a trace alone (no file name, path or hashes are known)."""
-    held = np.zeros(trace.chunk_count, dtype=np.uint8)
-    held[trace.index] = 1
-    first = np.zeros(trace.chunk_count, dtype=np.uint8)
-    first[trace.index[first_transmissions(trace.pass_no, trace.flags)]] = 1
-    received = int(held.sum())
-    end_ns = int(trace.arrival_ns.max()) if len(trace) else trace.started_ns
-    report = TransferReport(
-        transport="udp",
-        mode=trace.mode,
-        file=FileSection(
-            name=source.stem,
-            size=trace.file_size,
-            path="",
-            sha256_expected=None,
-            sha256_actual=None,
-            complete=received == trace.chunk_count,
-            verified=False,
-        ),
-        chunks=ChunkSection(
-            size=trace.chunk_size,
-            total=trace.chunk_count,
-            received=received,
-            missing=trace.chunk_count - received,
-            duplicates=int(np.count_nonzero(trace.flags & DUPLICATE)),
-            retransmitted=int(np.count_nonzero(trace.flags & RESENT)),
-        ),
-        gaps=as_lists(missing_ranges(held)),
-        first_pass_gaps=as_lists(missing_ranges(first)),
-        duration_s=(end_ns - trace.started_ns) / 1e9,
-        datagrams_received=len(trace),
-        outcome="trace",
-        extra={"trace_path": str(source), **analyse(trace)},
-    )
-    doc = report.to_dict()
-    doc["chunks"]["out_of_order"] = doc.get("reorder", {}).get("count", 0)
-    return doc
-
-
-def load_report(path: Path) -> tuple[dict[str, Any], Trace | None]:
-    """A report and its trace from a ``.json`` report or a ``.npz`` trace.
-
-    Raises:
-        UsageError: the file is missing or is neither.
-    """
-    if path.suffix == ".npz":
-        only = Trace.load(path)
-        return report_from_trace(only, source=path), only
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path} is not a JSON report: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise UsageError(f"{path} is not a udpxfer report (schema {SCHEMA})")
-    trace: Trace | None = None
-    trace_path = doc.get("trace_path")
-    if isinstance(trace_path, str):
-        candidate = Path(trace_path)
-        if not candidate.is_absolute() and not candidate.exists():
-            candidate = path.parent / candidate.name
-        if candidate.exists():
-            trace = Trace.load(candidate)
-    return doc, trace
 
 
 def session_trace(session: ReceiverSession) -> Trace | None:
@@ -392,3 +329,70 @@ def peer_text(peer: object) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return format_sockaddr(peer)
     return str(peer)
+
+
+def send_report(
+    session: SenderSession,
+    *,
+    source: Path,
+    peer: str,
+    started_unix_s: float,
+) -> dict[str, Any]:
+    """The sender's JSON report (schema ``udpxfer.send-report/1``) of a finished session.
+
+    ``file.verified`` and ``file.complete`` are what the receiver's verdict said; without a
+    verdict (a blast run whose DONE was lost, a reliable run that gave up) both are false.
+    """
+    outcome = session.outcome
+    verdict = outcome.verdict if outcome is not None and outcome.verdict is not None else None
+    if verdict is None:
+        verdict = session.verdict
+    verified = verdict is Verdict.VERIFIED
+    end = session.finished_at if session.finished_at is not None else session.started_at
+    sent_at = session.sent_all_at if session.sent_all_at is not None else end
+    duration = max(0.0, end - session.started_at)
+    send_s = max(0.0, sent_at - session.started_at)
+    srtt = session.rtt.srtt_s
+    return {
+        "schema": SEND_SCHEMA,
+        "transport": "udp",
+        "mode": session.mode.label,
+        "outcome": outcome.outcome if outcome is not None else "unfinished",
+        "reason": outcome.reason if outcome is not None else "",
+        "peer": peer,
+        "session_id": f"{session.session_id:016x}",
+        "started_unix_s": round(started_unix_s, 6),
+        "file": {
+            "name": session.meta.name,
+            "size": session.size,
+            "path": str(source),
+            "sha256_expected": session.meta.sha256.hex(),
+            "sha256_actual": session.meta.sha256.hex() if verified else None,
+            "complete": verdict in (Verdict.VERIFIED, Verdict.MISMATCH),
+            "verified": verified,
+        },
+        "verdict": verdict.name.lower() if verdict is not None else None,
+        "chunks": {
+            "size": session.chunk_size,
+            "total": session.chunk_count,
+            "sent": session.first_pass_sent,
+            "resent": session.chunks_resent,
+            "acknowledged": min(session.acked_held, session.chunk_count),
+        },
+        # Every datagram the sender sent (META, DATA, END...), headers included.
+        "datagrams": {"sent": session.datagrams_sent, "bytes_sent": session.bytes_sent},
+        "repair": {"rounds": session.repair_rounds},
+        "timing": {
+            # From the first datagram to the receiver's verdict (or giving up).
+            "duration_s": duration,
+            # From the first datagram until the whole first pass was sent.
+            "send_duration_s": send_s,
+            # File bytes over duration_s: what the receiver's goodput measures too, but
+            # ending when the verdict reached the sender (one path delay later).
+            # Null unless the receiver verified the file.
+            "goodput_bps": session.size * 8 / duration if duration > 0 and verified else None,
+            # File bytes over send_duration_s: how fast the first pass went out.
+            "first_pass_rate_bps": session.size * 8 / send_s if send_s > 0 else None,
+            "rtt_ms": srtt * 1000 if srtt is not None else None,
+        },
+    }

@@ -320,6 +320,18 @@ class SenderSession:
         """Chunks of the first pass sent so far."""
         return self._next_index
 
+    @property
+    def window(self) -> int:
+        """Datagrams the sender may have in flight now (congestion and receiver's window)."""
+        return self._window
+
+    @property
+    def reported_loss(self) -> tuple[int, int]:
+        """(transmissions the receiver's last STATUS says did not arrive, transmissions up to
+        the highest it saw): the loss so far as the receiver sees it."""
+        seen = self._reported_highest + 1
+        return max(0, seen - self._reported_received), seen
+
     def _has_data_to_send(self) -> bool:
         if self.state is SenderState.SENDING:
             return True

@@ -7,7 +7,6 @@ trace into loss, reordering and delay statistics; this module only holds, checks
 from __future__ import annotations
 
 import array
-import os
 import pickle
 import zipfile
 import zlib
@@ -18,7 +17,8 @@ from typing import Any, BinaryIO, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from udpxfer.errors import TransportError, UsageError
+from udpxfer.errors import UsageError
+from udpxfer.output import write_target
 from udpxfer.receiver import TRACE_DUPLICATE, TRACE_RESENT
 
 TRACE_FORMAT: Final = "udpxfer.trace/1"
@@ -213,7 +213,10 @@ class Trace:
         return np.clip(remaining, 0, self.chunk_size).astype(np.int64)
 
     def save(self, path: Path) -> Path:
-        """Write the trace to ``path`` as a compressed ``.npz`` (atomically, name kept as given).
+        """Write the trace to ``path`` as a compressed ``.npz``; return where it went.
+
+        Written as ``udpxfer.output`` writes: atomically, never over an existing file (a
+        taken name gets ``-1``, ``-2``...), into a FIFO as it is.
 
         Raises:
             TransportError: the file cannot be written.
@@ -223,16 +226,11 @@ class Trace:
             members[name] = getattr(self, name)
         for name in _SCALARS:
             members[name] = np.array(getattr(self, name), dtype=np.int64)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("wb") as handle:
-                np.savez_compressed(handle, **members)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise TransportError(f"cannot write trace {path}: {exc.strerror}") from exc
-        return path
+
+        def write(handle: BinaryIO) -> None:
+            np.savez_compressed(handle, **members)
+
+        return write_target(path, write, what="trace")
 
     @classmethod
     def load(cls, path: Path) -> Trace:

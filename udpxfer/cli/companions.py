@@ -27,13 +27,20 @@ from udpxfer.companions.runtime import (
 from udpxfer.companions.tcp_receiver import run_tcp_receiver
 from udpxfer.errors import UsageError
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
-from udpxfer.units import Address, format_rate, format_size, parse_address, parse_size
+from udpxfer.units import (
+    Address,
+    format_rate,
+    format_size,
+    parse_address,
+    parse_peer_address,
+    parse_size,
+)
 
 _BIND_HELP = (
-    "Where to listen: PORT (all interfaces, IPv4 and IPv6), HOST:PORT or \\[v6addr]:PORT. "
+    "Where to listen: PORT (all interfaces, IPv4 and IPv6), HOST:PORT or [v6addr]:PORT. "
     "Port 0 picks a free port; the log says which."
 )
-_TO_HELP = "The server: PORT (on this machine), HOST:PORT or \\[v6addr]:PORT."
+_TO_HELP = "The server: PORT (on this machine), HOST:PORT or [v6addr]:PORT."
 
 
 def _bind(text: str) -> Address:
@@ -41,7 +48,7 @@ def _bind(text: str) -> Address:
 
 
 def _to(text: str) -> Address:
-    return parse_address(text, default_host=LOOPBACK)
+    return parse_peer_address(text, default_host=LOOPBACK)
 
 
 def _write_stdout(data: bytes) -> None:
@@ -68,7 +75,7 @@ def _progress(quiet: bool) -> ProgressFactory:
 
 @tcp_app.command("echo-server")
 def echo_server(
-    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(echo.DEFAULT_PORT),
+    bind: Annotated[str, typer.Option(metavar="ADDR", help=_BIND_HELP)] = str(echo.DEFAULT_PORT),
 ) -> None:
     """Echo every byte each client sends back to it (many clients at once).
 
@@ -86,10 +93,11 @@ def echo_server(
 
 @tcp_app.command("echo-client")
 def echo_client(
-    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(echo.DEFAULT_PORT),
+    to: Annotated[str, typer.Option(metavar="ADDR", help=_TO_HELP)] = str(echo.DEFAULT_PORT),
     timeout: Annotated[
         float,
         typer.Option(
+            metavar="SECONDS",
             min=0.1,
             help="Seconds to wait for the connection, and for the server to close after Quit.",
         ),
@@ -117,7 +125,9 @@ def echo_client(
 
 @tcp_app.command("palindrome-server")
 def palindrome_server(
-    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(palindrome_tcp.DEFAULT_PORT),
+    bind: Annotated[str, typer.Option(metavar="ADDR", help=_BIND_HELP)] = str(
+        palindrome_tcp.DEFAULT_PORT
+    ),
     strict: Annotated[
         bool,
         typer.Option(
@@ -158,14 +168,20 @@ def palindrome_client(
     strings: Annotated[
         list[str] | None,
         typer.Argument(
+            metavar="STRING",
             help="Strings to check, one answer line each. Without any, lines are read "
             "from stdin (type them, Ctrl-D ends).",
             show_default=False,
         ),
     ] = None,
-    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(palindrome_tcp.DEFAULT_PORT),
+    to: Annotated[str, typer.Option(metavar="ADDR", help=_TO_HELP)] = str(
+        palindrome_tcp.DEFAULT_PORT
+    ),
     timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds to wait for the connection and each answer.")
+        float,
+        typer.Option(
+            metavar="SECONDS", min=0.1, help="Seconds to wait for the connection and each answer."
+        ),
     ] = 10.0,
 ) -> None:
     """Ask a palindrome server about each string and print its answers, in order.
@@ -194,10 +210,13 @@ def palindrome_client(
 
 @udp_app.command("echo-server")
 def udp_echo_server(
-    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(udp_echo.DEFAULT_PORT),
+    bind: Annotated[str, typer.Option(metavar="ADDR", help=_BIND_HELP)] = str(
+        udp_echo.DEFAULT_PORT
+    ),
     close_after: Annotated[
         float | None,
         typer.Option(
+            metavar="SECONDS",
             min=0.0,
             help="Close after this many seconds (the original closed after 8). "
             "Default: run until Ctrl-C or SIGTERM.",
@@ -221,31 +240,39 @@ def udp_echo_client(
     buffers: Annotated[
         list[str] | None,
         typer.Argument(
+            metavar="TEXT",
             help="Text sent as ONE datagram: several buffers are joined, so 'hello world' "
             "arrives as 'helloworld'. Without any, a generated payload of --size bytes.",
             show_default=False,
         ),
     ] = None,
-    to: Annotated[str, typer.Option(help=_TO_HELP)] = str(udp_echo.DEFAULT_PORT),
+    to: Annotated[str, typer.Option(metavar="ADDR", help=_TO_HELP)] = str(udp_echo.DEFAULT_PORT),
     count: Annotated[
-        int, typer.Option("--count", "-c", min=0, help="Datagrams to send; 0 = until Ctrl-C.")
+        int,
+        typer.Option(
+            "--count", "-c", metavar="N", min=0, help="Datagrams to send; 0 = until Ctrl-C."
+        ),
     ] = 1,
     interval: Annotated[
-        float, typer.Option("--interval", "-i", min=0.0, help="Seconds between sends.")
+        float,
+        typer.Option("--interval", "-i", metavar="SECONDS", min=0.0, help="Seconds between sends."),
     ] = 1.0,
     size: Annotated[
         str | None,
         typer.Option(
             "--size",
             "-s",
+            metavar="SIZE",
             help="Generated payload size (e.g. 1400, 8K) when no buffers are given "
-            f"\\[default: {udp_echo.DEFAULT_PAYLOAD_BYTES}].",
+            f"[default: {udp_echo.DEFAULT_PAYLOAD_BYTES}].",
             show_default=False,
         ),
     ] = None,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", "-W", min=0.001, help="Seconds to wait for each echo."),
+        typer.Option(
+            "--timeout", "-W", metavar="SECONDS", min=0.001, help="Seconds to wait for each echo."
+        ),
     ] = 1.0,
 ) -> None:
     """Send datagrams to a UDP echo server and time the echoes, like ping.
@@ -295,14 +322,19 @@ def udp_echo_client(
 
 @tcp_app.command("send")
 def tcp_send(
-    file: Annotated[Path, typer.Argument(help="The file to send.", show_default=False)],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The file to send.", show_default=False)
+    ],
     to: Annotated[
         str,
-        typer.Option(help="The receiver: PORT (on this machine), HOST:PORT or \\[v6addr]:PORT."),
+        typer.Option(
+            metavar="ADDR", help="The receiver: PORT (on this machine), HOST:PORT or [v6addr]:PORT."
+        ),
     ] = str(tcp_transfer.DEFAULT_PORT),
     timeout: Annotated[
         float,
         typer.Option(
+            metavar="SECONDS",
             min=0.1,
             help="Seconds the receiver may stall (connect, read, verdict) before we give up.",
         ),
@@ -325,13 +357,16 @@ def tcp_send(
 
 @tcp_app.command("recv")
 def tcp_recv(
-    bind: Annotated[str, typer.Option(help=_BIND_HELP)] = str(tcp_transfer.DEFAULT_PORT),
+    bind: Annotated[str, typer.Option(metavar="ADDR", help=_BIND_HELP)] = str(
+        tcp_transfer.DEFAULT_PORT
+    ),
     out: Annotated[
-        Path, typer.Option(help="Directory for received files (created if needed).")
+        Path, typer.Option(metavar="DIR", help="Directory for received files (created if needed).")
     ] = Path("received"),
     report: Annotated[
         Path | None,
         typer.Option(
+            metavar="PATH",
             help="Where to write the JSON report (later transfers get -1, -2... names). "
             "Default: reports/<UTC time>-<name>.json.",
             show_default=False,
@@ -342,7 +377,11 @@ def tcp_recv(
     ] = False,
     idle_timeout: Annotated[
         float,
-        typer.Option(min=0.1, help="Seconds of sender silence before a transfer is abandoned."),
+        typer.Option(
+            metavar="SECONDS",
+            min=0.1,
+            help="Seconds of sender silence before a transfer is abandoned.",
+        ),
     ] = 10.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:

@@ -31,6 +31,7 @@ from udpxfer.units import (
     Address,
     parse_address,
     parse_duration,
+    parse_peer_address,
     parse_probability,
     parse_rate,
     parse_size,
@@ -81,8 +82,8 @@ def parse_queue_limit(text: str) -> tuple[int, bool]:
     return parse_size(text), True
 
 
-# Typer renders help with rich: a single newline is kept, so each paragraph is one string,
-# and a "[word]" would be taken for markup, hence "\\[".
+# Click rewraps each paragraph to the terminal; a paragraph that starts with "\b" is kept
+# as written, so the examples stay one command per line and paste into a shell.
 _HELP = "\n\n".join(
     (
         "Relay UDP between senders and a target, impairing it like a bad network (as netem).",
@@ -90,25 +91,26 @@ _HELP = "\n\n".join(
         "(each sender address gets its own upstream port, like a NAT). Loss, burst loss, delay, "
         "jitter, reordering, duplication, corruption and a rate bottleneck combine, per "
         "direction. --log records what happened to every datagram (docs/IMPAIR.md).",
-        "Probabilities are fractions (0.05) or percentages (5%). Durations take ms, s or us; a "
-        "bare number means milliseconds. Rates are bits per second with decimal suffixes "
-        "(100M). The relay stops on Ctrl-C or SIGTERM, or at --count-limit / --duration, and "
-        "prints a summary; exit status 0.",
+        "PROB is a fraction (0.05) or a percentage (5%). DURATION takes ms, s or us; a bare "
+        "number means milliseconds. RATE is bits per second with decimal suffixes (100M). The "
+        "relay stops on Ctrl-C or SIGTERM, or at --count-limit / --duration, and prints a "
+        "summary; exit status 0.",
     )
 )
-_EXAMPLES = "\n\n".join(
-    (
-        "Examples:",
-        "5% random loss and 20 ms +- 5 ms delay on the way to a receiver on port 9001:\n"
-        "  udpxfer recv --bind 9001 &\n"
-        "  udpxfer impair --listen 9000 --to 9001 --loss 5% --delay 20ms --jitter 5ms &\n"
-        "  udpxfer send FILE --to 127.0.0.1:9000",
-        "Bursty loss (1% chance to enter a burst, bursts of 4 datagrams on average) both ways, "
-        "a 100 Mbit/s bottleneck with a 64 KiB buffer, reproducible, ground truth logged:\n"
-        "  udpxfer impair --listen 9000 --to 9001 --direction both --gilbert 1%,25% "
-        "--rate 100M --queue 64K --seed 7 --log lab.jsonl",
-    )
-)
+_EXAMPLES = """Examples:
+
+\b
+# 5% random loss, 20 ms +- 5 ms delay, to a receiver on port 9001:
+udpxfer recv --bind 9001 &
+udpxfer impair --listen 9000 --to 9001 --loss 5% --delay 20ms --jitter 5ms &
+udpxfer send FILE --to 127.0.0.1:9000
+
+\b
+# Bursts (1% chance to enter one, 4 datagrams long on average) both ways,
+# a 100 Mbit/s bottleneck with a 64 KiB buffer, reproducible, logged:
+udpxfer impair --listen 9000 --to 9001 --direction both \\
+    --gilbert 1%,25% --rate 100M --queue 64K --seed 7 --log lab.jsonl
+"""
 
 
 @contextmanager
@@ -135,13 +137,15 @@ def impair(
     listen: Annotated[
         str,
         typer.Option(
-            help="Where senders send: HOST:PORT, \\[v6addr]:PORT or a bare PORT (all interfaces).",
+            metavar="ADDR",
+            help="Where senders send: HOST:PORT, [v6addr]:PORT or a bare PORT (all interfaces).",
             show_default=False,
         ),
     ],
     to: Annotated[
         str,
         typer.Option(
+            metavar="ADDR",
             help="Where datagrams are relayed to: HOST:PORT or a bare PORT (loopback).",
             show_default=False,
         ),
@@ -150,10 +154,13 @@ def impair(
         DirectionChoice,
         typer.Option(help="Impair client->target (forward), target->client (reverse) or both."),
     ] = DirectionChoice.FORWARD,
-    loss: Annotated[str, typer.Option(help="Random loss probability (0.05 or 5%).")] = "0",
+    loss: Annotated[
+        str, typer.Option(metavar="PROB", help="Random loss probability (0.05 or 5%).")
+    ] = "0",
     gilbert: Annotated[
         str | None,
         typer.Option(
+            metavar="P,R[,1-H[,1-K]]",
             help="Gilbert-Elliott burst loss p,r[,1-h[,1-k]] as netem gemodel: p good->bad, "
             "r bad->good, 1-h loss in the bad state (default 1), 1-k loss in the good state "
             "(default 0). Loss rate p/(p+r), mean burst 1/r datagrams.",
@@ -161,11 +168,17 @@ def impair(
         ),
     ] = None,
     delay: Annotated[
-        str, typer.Option(help="Added one-way delay (20ms, 0.5s, 250us; bare number: ms).")
+        str,
+        typer.Option(
+            metavar="DURATION", help="Added one-way delay (20ms, 0.5s, 250us; bare number: ms)."
+        ),
     ] = "0",
     jitter: Annotated[
         str,
-        typer.Option(help="Delay variation: +- this (uniform) or the standard deviation (normal)."),
+        typer.Option(
+            metavar="DURATION",
+            help="Delay variation: +- this (uniform) or the standard deviation (normal).",
+        ),
     ] = "0",
     jitter_distribution: Annotated[
         JitterDistribution, typer.Option(help="Shape of the jitter.")
@@ -181,29 +194,41 @@ def impair(
     reorder: Annotated[
         str,
         typer.Option(
+            metavar="PROB",
             help="Probability that a datagram is held back and sent after the next "
-            "--reorder-gap datagrams (or after --reorder-hold, if fewer follow)."
+            "--reorder-gap datagrams (or after --reorder-hold, if fewer follow).",
         ),
     ] = "0",
     reorder_gap: Annotated[
-        int, typer.Option(min=1, help="How many later datagrams overtake a reordered one.")
+        int,
+        typer.Option(metavar="N", min=1, help="How many later datagrams overtake a reordered one."),
     ] = 1,
     reorder_hold: Annotated[
-        str, typer.Option(help="Longest a reordered datagram waits for its followers.")
+        str,
+        typer.Option(
+            metavar="DURATION", help="Longest a reordered datagram waits for its followers."
+        ),
     ] = "100ms",
     duplicate: Annotated[
-        str, typer.Option(help="Probability that a datagram is sent twice.")
+        str, typer.Option(metavar="PROB", help="Probability that a datagram is sent twice.")
     ] = "0",
     corrupt: Annotated[
-        str, typer.Option(help="Probability that one random bit of a datagram is flipped.")
+        str,
+        typer.Option(
+            metavar="PROB", help="Probability that one random bit of a datagram is flipped."
+        ),
     ] = "0",
     rate: Annotated[
         str,
-        typer.Option(help="Bottleneck in bits per second over UDP payloads (100M, 1.5G; 0: none)."),
+        typer.Option(
+            metavar="RATE",
+            help="Bottleneck in bits per second over UDP payloads (100M, 1.5G; 0: none).",
+        ),
     ] = "0",
     queue: Annotated[
         str | None,
         typer.Option(
+            metavar="N|SIZE",
             help="Bottleneck buffer, tail drop beyond it: a count of datagrams or bytes with a "
             f"unit (64K, 1500B); 0: unlimited. Needs --rate. [default: {DEFAULT_QUEUE_LIMIT}]",
             show_default=False,
@@ -212,6 +237,7 @@ def impair(
     seed: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             help="Seed of every random decision: the same seed and datagrams give the same "
             "decisions. Default: a random one, printed.",
             show_default=False,
@@ -220,6 +246,7 @@ def impair(
     log: Annotated[
         Path | None,
         typer.Option(
+            metavar="PATH",
             help="Write one record per datagram (the ground truth) to this file: JSON Lines, "
             "or CSV if it ends in .csv. Costs some throughput.",
             show_default=False,
@@ -228,6 +255,7 @@ def impair(
     count_limit: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             min=1,
             help="Stop after this many datagrams arrived (both ways), once they have left.",
             show_default=False,
@@ -235,7 +263,9 @@ def impair(
     ] = None,
     duration: Annotated[
         float | None,
-        typer.Option(min=0.0, help="Stop after this many seconds.", show_default=False),
+        typer.Option(
+            metavar="SECONDS", min=0.0, help="Stop after this many seconds.", show_default=False
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")] = False,
 ) -> None:
@@ -267,7 +297,7 @@ def impair(
         listen_address = _parsed(
             "--listen", lambda text: parse_address(text, default_host=ALL_INTERFACES), listen
         )
-        target = _parsed("--to", lambda text: parse_address(text, default_host=LOOPBACK), to)
+        target = _parsed("--to", lambda text: parse_peer_address(text, default_host=LOOPBACK), to)
         if seed is None:
             seed = secrets.randbits(32)
         record_log = RecordLog(log) if log is not None else None

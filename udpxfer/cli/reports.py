@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from udpxfer.cli.app import app, fail, guarded
-from udpxfer.report import load_report
+from udpxfer.reading import load_report
 
 
 class FormatChoice(StrEnum):
@@ -24,6 +24,7 @@ def report(
     paths: Annotated[
         list[Path],
         typer.Argument(
+            metavar="REPORT",
             help="A report (.json) or trace (.npz); two or more to compare them side by side.",
             show_default=False,
         ),
@@ -32,11 +33,14 @@ def report(
         FormatChoice,
         typer.Option("--format", "-f", help="md: Markdown with PNG plots; html: one page."),
     ] = FormatChoice.html,
-    out: Annotated[Path, typer.Option("--out", help="Directory to write into.")] = Path("reports"),
+    out: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Directory to write into.")
+    ] = Path("reports"),
     original: Annotated[
         Path | None,
         typer.Option(
             "--original",
+            metavar="FILE",
             help="The sent file, to show beside the received one (images, e.g. a JPEG).",
         ),
     ] = None,
@@ -74,10 +78,12 @@ def report(
 def demo(
     file: Annotated[
         Path | None,
-        typer.Option("--file", help="Send this file instead of the bundled photo.jpg."),
+        typer.Option(
+            "--file", metavar="FILE", help="Send this file instead of the bundled photo.jpg."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Where reports go.")] = Path("reports"),
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the impairment.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the impairment.")] = 1,
 ) -> None:
     """Show the whole job on loopback: a sample file through a lossy relay, both modes.
 

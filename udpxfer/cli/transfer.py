@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import json
 import signal
-import sys
 import threading
+import time
+from collections.abc import Callable
 from contextlib import suppress
 from enum import StrEnum
 from pathlib import Path
@@ -13,20 +14,36 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from tqdm import tqdm
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
+from udpxfer.cli.progress import TransferBar, show_progress
+from udpxfer.companions.runtime import counted
 from udpxfer.driver import ReceiverServer, TransferResult, send_file
 from udpxfer.errors import TransferError
-from udpxfer.files import ensure_writable_dir
+from udpxfer.output import STDOUT, check_target, is_directory_target
 from udpxfer.receiver import ReceiverConfig, ReceiverSession
-from udpxfer.report import peer_text, summary_lines
+from udpxfer.report import peer_text, send_report, summary_lines, write_report
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
-from udpxfer.units import format_rate, format_size, parse_address, parse_rate, parse_size
-from udpxfer.wire import DEFAULT_CHUNK_BYTES, Mode
+from udpxfer.stream import (
+    DEFAULT_INTERVAL_S,
+    MIN_INTERVAL_S,
+    IntervalMeter,
+    receiver_record,
+    sender_record,
+)
+from udpxfer.units import (
+    format_rate,
+    format_size,
+    parse_address,
+    parse_peer_address,
+    parse_rate,
+    parse_size,
+)
+from udpxfer.wire import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Mode
 
 DEFAULT_PORT = 9000
+DEFAULT_IDLE_TIMEOUT_S = 10.0  # recv and tcp recv alike
 
 
 class ModeChoice(StrEnum):
@@ -36,37 +53,59 @@ class ModeChoice(StrEnum):
     blast = "blast"
 
 
-def show_progress(quiet: bool) -> bool:
-    """Progress bars only on a terminal and when not asked to be quiet."""
-    return not quiet and sys.stderr.isatty()
+def _human(to_stderr: bool) -> Callable[[str], None]:
+    """Where human lines go: stderr when stdout carries JSON (``--report -``, a stream)."""
+
+    def say(line: str) -> None:
+        typer.echo(line, err=to_stderr)
+
+    return say
+
+
+def _json_line(doc: dict[str, Any]) -> None:
+    typer.echo(json.dumps(doc, allow_nan=False))
+
+
+def _interval(json_stream: bool, interval: float) -> float | None:
+    if interval < MIN_INTERVAL_S:
+        fail(f"--interval must be at least {MIN_INTERVAL_S} s")
+    return interval if json_stream else None
+
+
+_ADDR_SEND_HELP = "Receiver address: HOST:PORT, [v6addr]:PORT, or a bare PORT (loopback)."
+_STREAM_HELP = (
+    "Print one JSON object per --interval on stdout while the transfer runs (bytes, chunks, "
+    "loss, rate, window, RTT; per interval and cumulative), then the final report as the "
+    "last line. Human output goes to stderr."
+)
+_INTERVAL_HELP = "Seconds between two --json-stream records (at least 0.1)."
 
 
 @app.command()
 def send(
-    file: Annotated[Path, typer.Argument(help="The file to send.", show_default=False)],
-    to: Annotated[
-        str,
-        typer.Option(
-            "--to",
-            help="Receiver address: HOST:PORT, \\[v6addr]:PORT, or a bare PORT (loopback).",
-        ),
-    ] = str(DEFAULT_PORT),
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The file to send.", show_default=False)
+    ],
+    to: Annotated[str, typer.Option("--to", metavar="ADDR", help=_ADDR_SEND_HELP)] = str(
+        DEFAULT_PORT
+    ),
     chunk_size: Annotated[
         str,
         typer.Option(
             "--chunk-size",
-            help="Payload bytes per datagram (64K-style suffixes accepted). The default fits "
-            "a 1500-byte Ethernet MTU under IPv6 with udpxfer's 44-byte header.",
+            metavar="SIZE",
+            help=f"Payload bytes per datagram (e.g. 1200, 8K; at most {MAX_CHUNK_BYTES}). The "
+            "default fits a 1500-byte Ethernet MTU under IPv6 with udpxfer's 44-byte header.",
         ),
     ] = str(DEFAULT_CHUNK_BYTES),
     rate: Annotated[
         str,
         typer.Option(
             "--rate",
-            help="Pace sending to this many bits per second (100M = 10^8 bit/s, counting "
-            "whole UDP payloads). 0: as fast as the receiver's window and a delay-based "
-            "congestion window allow (no relay or bottleneck on the path overflows); "
-            "with a rate, the pace is yours.",
+            metavar="RATE",
+            help="Pace sending to RATE bits per second (100M = 10^8 bit/s, counting whole UDP "
+            "payloads; 12.5MB/s in bytes works too). 0: as fast as the receiver's window and "
+            "a delay-based congestion window allow; with a rate, the pace is yours.",
         ),
     ] = "0",
     mode: Annotated[
@@ -80,13 +119,32 @@ def send(
     timeout: Annotated[
         float,
         typer.Option(
-            "--timeout", help="Reliable mode: give up after this many seconds of silence."
+            "--timeout",
+            metavar="SECONDS",
+            help="Reliable mode: give up after this many seconds without an answer.",
         ),
     ] = 10.0,
     name: Annotated[
         str | None,
-        typer.Option("--name", help="Name to announce instead of the file's own name."),
+        typer.Option(
+            "--name", metavar="NAME", help="Name to announce instead of the file's own name."
+        ),
     ] = None,
+    report: Annotated[
+        str | None,
+        typer.Option(
+            "--report",
+            metavar="PATH",
+            help="Write the sender's JSON report (udpxfer.send-report/1) to PATH; - for "
+            "stdout (then nothing else goes there). An existing file is never replaced: "
+            "the report gets a -1, -2 name beside it.",
+            show_default=False,
+        ),
+    ] = None,
+    json_stream: Annotated[bool, typer.Option("--json-stream", help=_STREAM_HELP)] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", help=_INTERVAL_HELP)
+    ] = DEFAULT_INTERVAL_S,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Send one FILE to a `udpxfer recv` over UDP.
@@ -104,112 +162,156 @@ def send(
             rate_bps=parse_rate(rate),
             give_up_s=timeout,
         )
-        address = parse_address(to, default_host=LOOPBACK)
+        address = parse_peer_address(to, default_host=LOOPBACK)
+        report_target = check_target(report, what="--report") if report is not None else None
+        every = _interval(json_stream, interval)
         if not file.exists():
             fail(f"{file}: no such file")
-        bar = _SendBar(file, address_text=str(address), enabled=show_progress(quiet))
+        machine = json_stream or report_target == STDOUT
+        watch = _SendWatch(file, str(address), bar=show_progress(quiet), stream_every=every)
+        started = time.time()
         try:
-            session = send_file(file, address, config, on_progress=bar.update, name=name)
+            session = send_file(file, address, config, on_progress=watch.update, name=name)
         finally:
-            bar.close()
-        _report_send(session, str(address))
+            watch.close()
+        doc = send_report(session, source=file, peer=str(address), started_unix_s=started)
+        if report_target is not None:
+            written = write_report(doc, report_target)
+            if written != STDOUT and not quiet:
+                typer.echo(f"report    {written}", err=machine)
+        if json_stream and report_target != STDOUT:
+            _json_line(doc)
+        _conclude_send(session, doc, say=_human(machine))
 
 
-class _SendBar:
-    """tqdm bar of the bytes the receiver confirmed."""
+class _SendWatch:
+    """The sender's progress callback: its bar and its ``--json-stream`` records."""
 
-    def __init__(self, file: Path, *, address_text: str, enabled: bool) -> None:
-        self._bar: tqdm[Any] | None = None
-        if enabled:
-            self._bar = tqdm(
-                total=file.stat().st_size,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=f"{file.name} -> {address_text}",
-                leave=False,
-            )
+    def __init__(
+        self,
+        file: Path,
+        address_text: str,
+        *,
+        bar: bool,
+        stream_every: float | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._bar = TransferBar(f"{file.name} -> {address_text}", file.stat().st_size, enabled=bar)
+        self._every = stream_every
+        self._clock = clock
+        self._meter: IntervalMeter | None = None
 
     def update(self, session: SenderSession) -> None:
-        if self._bar is None:
+        self._bar.set(
+            min(session.size, session.acked_held * session.chunk_size),
+            f"resent {session.chunks_resent}",
+        )
+        if self._every is None:
             return
-        done = min(session.size, session.acked_held * session.chunk_size)
-        self._bar.n = done
-        self._bar.set_postfix(resent=session.chunks_resent, refresh=False)
-        self._bar.refresh()
+        now = self._clock()
+        if self._meter is None:
+            self._meter = IntervalMeter("send", self._every, session.started_at)
+        if self._meter.due(now) or session.finished:
+            _json_line(sender_record(self._meter, session, now))
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._bar.close()
 
 
-def _report_send(session: SenderSession, address: str) -> None:
+def _conclude_send(
+    session: SenderSession, doc: dict[str, Any], *, say: Callable[[str], None]
+) -> None:
     outcome = session.outcome
-    # Blast mode: the time to send everything, not the wait for the receiver's verdict.
-    end = session.sent_all_at if session.mode is Mode.BLAST else session.finished_at
-    elapsed = (end or session.finished_at or session.started_at) - session.started_at
-    rate = session.size * 8 / elapsed if elapsed > 0 else 0.0
-    head = f"{session.meta.name} ({format_size(session.size)}) -> {address}"
-    detail = (
-        f"{session.chunk_count} chunks, {session.chunks_resent} resent in "
-        f"{session.repair_rounds} repair rounds, {elapsed:.3f} s, {format_rate(rate)}"
-    )
+    timing = doc["timing"]
+    head = f"{session.meta.name} ({format_size(session.size)}) -> {doc['peer']}"
+    chunks = counted(session.chunk_count, "chunk")
+    rounds = counted(session.repair_rounds, "repair round")
     if outcome is None:
         raise TransferError(f"{head}: the transfer did not finish")
     if session.mode is Mode.BLAST:
+        # Blast: the time to send everything, not the wait for the receiver's verdict.
+        rate = timing["first_pass_rate_bps"] or 0.0
+        detail = f"{chunks} in {timing['send_duration_s']:.3f} s, sent at {format_rate(rate)}"
         verdicts = {
             "complete": "the receiver verified the SHA-256",
             "incomplete": "the receiver reports chunks missing",
             "sent": "no verdict from the receiver",
         }
-        typer.echo(f"sent {head}: {detail}; {verdicts.get(outcome.outcome, outcome.outcome)}")
+        say(f"sent {head}: {detail}; {verdicts.get(outcome.outcome, outcome.outcome)}")
         raise typer.Exit(EXIT_OK)
     if outcome.outcome == "complete":
-        typer.echo(f"sent {head}: verified by the receiver; {detail}")
+        rate = timing["goodput_bps"] or 0.0
+        say(
+            f"sent {head}: verified by the receiver; {chunks}, {session.chunks_resent} resent "
+            f"in {rounds}; {timing['duration_s']:.3f} s until the verdict, "
+            f"goodput {format_rate(rate)}"
+        )
         raise typer.Exit(EXIT_OK)
     raise TransferError(f"{head}: {outcome.reason or outcome.outcome}")
 
 
 class _RecvObserver:
-    """tqdm bars and summaries for the receiver."""
+    """Bars, summaries and ``--json-stream`` records for the receiver."""
 
-    def __init__(self, *, bars: bool, quiet: bool) -> None:
+    def __init__(
+        self,
+        *,
+        bars: bool,
+        quiet: bool,
+        say: Callable[[str], None],
+        stream_every: float | None,
+        report_on_stdout: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._bars_enabled = bars
         self._quiet = quiet
-        self._bars: dict[ReceiverSession, tqdm[Any]] = {}
+        self._say = say
+        self._every = stream_every
+        self._report_on_stdout = report_on_stdout
+        self._clock = clock
+        self._bars: dict[ReceiverSession, TransferBar] = {}
+        self._meters: dict[ReceiverSession, IntervalMeter] = {}
 
     def transfer_started(self, session: ReceiverSession) -> None:
         meta = session.meta
         if meta is None:
             return
         if not self._quiet:
-            typer.echo(
-                f"receiving {meta.name} ({format_size(meta.size)}, {meta.chunk_count} chunks, "
-                f"{meta.mode.label}) from {peer_text(session.peer)}"
+            self._say(
+                f"receiving {meta.name} ({format_size(meta.size)}, "
+                f"{counted(meta.chunk_count, 'chunk')}, {meta.mode.label}) "
+                f"from {peer_text(session.peer)}"
             )
         if self._bars_enabled:
-            self._bars[session] = tqdm(
-                total=meta.size,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=meta.name[:40],
-                leave=False,
-            )
+            self._bars[session] = TransferBar(meta.name, meta.size)
+        if self._every is not None:
+            self._meters[session] = IntervalMeter("recv", self._every, session.started_at)
 
     def progress(self, session: ReceiverSession) -> None:
         bar = self._bars.get(session)
         if bar is not None and session.meta is not None:
-            bar.n = min(session.meta.size, session.held_count * session.meta.chunk_size)
-            bar.refresh()
+            lost = max(0, session.transmissions_seen - session.data_received + session.duplicates)
+            bar.set(
+                session.held_count * session.meta.chunk_size,
+                f"lost {lost} resent {session.retransmitted}",
+            )
+        meter = self._meters.get(session)
+        if meter is not None and meter.due(now := self._clock()):
+            _json_line(receiver_record(meter, session, now))
 
     def transfer_ended(self, session: ReceiverSession, result: TransferResult) -> None:
         bar = self._bars.pop(session, None)
         if bar is not None:
             bar.close()
+        meter = self._meters.pop(session, None)
+        if meter is not None:
+            _json_line(receiver_record(meter, session, self._clock()))
+            if not self._report_on_stdout:
+                _json_line(result.report)
         for line in summary_lines(result.report):
-            typer.echo(line)
-        typer.echo(f"report    {result.report_path}")
+            self._say(line)
+        where = "stdout" if result.report_path == STDOUT else str(result.report_path)
+        self._say(f"report    {where}")
 
 
 @app.command()
@@ -218,28 +320,35 @@ def recv(
         str,
         typer.Option(
             "--bind",
-            help="Address to listen on: HOST:PORT, \\[v6addr]:PORT, or a bare PORT (all "
+            metavar="ADDR",
+            help="Address to listen on: HOST:PORT, [v6addr]:PORT, or a bare PORT (all "
             "interfaces, IPv4 and IPv6).",
         ),
     ] = str(DEFAULT_PORT),
     out: Annotated[
-        Path, typer.Option("--out", help="Directory to write received files into.")
+        Path,
+        typer.Option("--out", metavar="DIR", help="Directory to write received files into."),
     ] = Path("received"),
     report: Annotated[
         str | None,
         typer.Option(
             "--report",
-            help="Where to write the JSON report: a directory (an existing one, or a path "
-            "ending in /) or a file path (later transfers get -1, -2 suffixes). "
-            "Default: reports/<time>-<name>.json.",
+            metavar="PATH",
+            help="Where to write each transfer's JSON report: a file (never replaced: an "
+            "existing name gets -1, -2...), a directory (an existing one, or PATH/), - for "
+            "stdout (one report per line, nothing else there), or a FIFO. "
+            "Default: reports/<UTC time>-<name>.json.",
+            show_default=False,
         ),
     ] = None,
     trace: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--trace",
+            metavar="PATH",
             help="Save each transfer's per-datagram trace (chunk, times, pass, flags) to this "
-            ".npz file (later transfers get -1, -2 suffixes); `udpxfer report` renders it.",
+            ".npz file (never replaced: -1, -2 names); `udpxfer report` renders it.",
+            show_default=False,
         ),
     ] = None,
     once: Annotated[
@@ -247,18 +356,33 @@ def recv(
     ] = False,
     idle_timeout: Annotated[
         float,
-        typer.Option("--idle-timeout", help="Give a transfer up after this many silent seconds."),
-    ] = 5.0,
+        typer.Option(
+            "--idle-timeout",
+            metavar="SECONDS",
+            help="Give a transfer up after this many silent seconds.",
+        ),
+    ] = DEFAULT_IDLE_TIMEOUT_S,
     grace: Annotated[
         float,
         typer.Option(
-            "--grace", help="Blast mode: seconds to wait after the sender's END for late chunks."
+            "--grace",
+            metavar="SECONDS",
+            help="Blast mode: seconds to wait after the sender's END for late chunks.",
         ),
     ] = 0.5,
     max_size: Annotated[
         str | None,
-        typer.Option("--max-size", help="Refuse files larger than this (e.g. 10G)."),
+        typer.Option(
+            "--max-size",
+            metavar="SIZE",
+            help="Refuse files larger than SIZE (e.g. 10G). Default: no limit but free space.",
+            show_default=False,
+        ),
     ] = None,
+    json_stream: Annotated[bool, typer.Option("--json-stream", help=_STREAM_HELP)] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", help=_INTERVAL_HELP)
+    ] = DEFAULT_INTERVAL_S,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars or start messages.")
     ] = False,
@@ -281,14 +405,25 @@ def recv(
             blast_grace_s=grace,
             max_file_bytes=parse_size(max_size) if max_size else None,
         )
+        report_target = check_target(report, what="--report") if report is not None else None
+        trace_target = _trace_target(trace)
+        every = _interval(json_stream, interval)
+        machine = json_stream or report_target == STDOUT
+        say = _human(machine)
         server = ReceiverServer(
             parse_address(bind, default_host=ALL_INTERFACES),
             out,
-            report_path=_report_target(report),
-            trace_path=trace,
+            report_path=report_target,
+            trace_path=trace_target,
             once=once,
             config=config,
-            observer=_RecvObserver(bars=show_progress(quiet), quiet=quiet),
+            observer=_RecvObserver(
+                bars=show_progress(quiet),
+                quiet=quiet,
+                say=say,
+                stream_every=every,
+                report_on_stdout=report_target == STDOUT,
+            ),
         )
         host, port = server.address
         buffers = server.transport.buffers
@@ -303,23 +438,20 @@ def recv(
         stop = threading.Event()
         with _sigterm_sets(stop):
             if not quiet:
-                typer.echo(f"listening on {'[' + host + ']' if ':' in host else host}:{port}")
+                say(f"listening on {'[' + host + ']' if ':' in host else host}:{port}")
             results = server.serve(stop)
         if once:
             ok = bool(results) and results[-1].verified
             raise typer.Exit(EXIT_OK if ok else EXIT_INCOMPLETE)
 
 
-def _report_target(text: str | None) -> Path | None:
-    """``--report``: a trailing slash means a directory, created if need be."""
+def _trace_target(text: str | None) -> Path | None:
+    """``--trace``: a file path (the trace is binary: no stdout, no directory)."""
     if text is None:
         return None
-    path = Path(text)
-    if text.endswith(("/", os.sep)) or path.is_dir():
-        ensure_writable_dir(path)
-    else:
-        ensure_writable_dir(path.parent)  # fail now, not after the first transfer
-    return path
+    if is_directory_target(text):
+        fail(f"--trace {text}: is a directory; give a file path such as {text.rstrip('/')}/run.npz")
+    return check_target(text, what="--trace", allow_stdout=False)
 
 
 class _sigterm_sets:
