@@ -67,6 +67,8 @@ def ensure_writable_dir(directory: Path) -> Path:
     Raises:
         UsageError: it cannot be created or written.
     """
+    if os.path.lexists(directory) and not directory.is_dir():
+        raise UsageError(f"{directory} is a file, not a directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -18,6 +18,70 @@ from udpxfer.ranges import as_lists, missing_ranges
 from udpxfer.report import SCHEMA, ChunkSection, FileSection, TransferReport
 from udpxfer.trace import DUPLICATE, RESENT, Trace
 
+_NUMBER = (int, float)
+# The keys a report must have for a summary or a page (DESIGN.md's contract; the JSON Schema in
+# docs/schema/report.schema.json requires the same, which the tests check).
+REQUIRED: dict[str, Any] = {
+    "transport": str,
+    "mode": str,
+    "file": {
+        "name": str,
+        "size": int,
+        "path": str,
+        "complete": bool,
+        "verified": bool,
+        "sha256_expected": (str, type(None)),
+        "sha256_actual": (str, type(None)),
+    },
+    "chunks": dict.fromkeys(
+        (
+            "size",
+            "total",
+            "received",
+            "missing",
+            "duplicates",
+            "out_of_order",
+            "corrupt",
+            "retransmitted",
+        ),
+        int,
+    ),
+    "gaps": list,
+    "first_pass_gaps": list,
+    "loss": {"rate": _NUMBER},
+    "timing": {"duration_s": _NUMBER, "goodput_bps": _NUMBER},
+    "datagrams": {"received": int, "rejected": int},
+}
+
+
+def report_problem(
+    doc: dict[str, Any], required: dict[str, Any] = REQUIRED, where: str = ""
+) -> str:
+    """What makes ``doc`` unusable as a report (a missing key, a wrong type), or ``""``."""
+    for key, expected in required.items():
+        name = f"{where}{key}"
+        if key not in doc:
+            return f"no {name!r} key"
+        value = doc[key]
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                return f"{name!r} is not an object"
+            problem = report_problem(value, expected, f"{name}.")
+            if problem:
+                return problem
+        elif isinstance(value, bool) and expected in (int, _NUMBER):
+            return f"{name!r} is not a number"
+        elif not isinstance(value, expected):
+            return f"{name!r} has the wrong type ({type(value).__name__})"
+    for key in ("gaps", "first_pass_gaps"):
+        ranges = doc.get(key, [])
+        if not where and not all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(i, int) for i in r)
+            for r in ranges
+        ):
+            return f"{key!r} is not a list of [first, last] pairs"
+    return ""
+
 
 def report_from_trace(trace: Trace, *, source: Path) -> dict[str, Any]:
     """A report rebuilt from a trace alone (no file name, path or hashes are known)."""
@@ -76,6 +140,9 @@ def load_report(path: Path) -> tuple[dict[str, Any], Trace | None]:
         raise UsageError(f"{path} is not a JSON report: {exc}") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise UsageError(f"{path} is not a udpxfer report (schema {SCHEMA})")
+    problem = report_problem(doc)
+    if problem:
+        raise UsageError(f"{path} is a damaged report: {problem}")
     trace: Trace | None = None
     trace_path = doc.get("trace_path")
     if isinstance(trace_path, str):

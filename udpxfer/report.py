@@ -22,7 +22,7 @@ from udpxfer.receiver import ReceiverSession
 from udpxfer.sender import SenderSession
 from udpxfer.sockets import format_sockaddr
 from udpxfer.trace import Trace
-from udpxfer.units import format_rate, format_size
+from udpxfer.units import format_rate, format_size, plural
 from udpxfer.wire import Mode, Verdict
 
 SCHEMA = "udpxfer.report/1"
@@ -200,7 +200,11 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     elif file["complete"]:
         verdict = "complete, SHA-256 MISMATCH"
     else:
-        verdict = f"INCOMPLETE ({doc.get('outcome', 'incomplete')})"
+        outcome = doc.get("outcome") or "incomplete"
+        reason = doc.get("reason") or ""
+        verdict = "INCOMPLETE"
+        if outcome != "incomplete" or reason:
+            verdict += f" ({': '.join(part for part in (outcome, reason) if part)})"
     lines = [
         f"file      {file['name']} ({format_size(file['size'])}) -> {file['path']}",
         f"verdict   {verdict}",
@@ -219,15 +223,17 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     if isinstance(bursts, dict) and bursts.get("count"):
         text = (
             f"bursts    {bursts['count']} (mean {bursts['mean_length']:.2f}, "
-            f"max {bursts['max_length']} chunks)"
+            f"max {plural(bursts['max_length'], 'chunk')})"
         )
         if isinstance(gilbert, dict) and gilbert.get("p") is not None and gilbert.get("r"):
             text += f"; Gilbert-Elliott p={gilbert['p']:.4f} r={gilbert['r']:.4f}"
         if isinstance(ci, list) and len(ci) == 2:
             text += f"; loss 95% CI {ci[0] * 100:.2f}-{ci[1] * 100:.2f}%"
         lines.append(text)
+    span = "first chunk to verified hash" if file["verified"] else "first to last chunk"
     lines.append(
-        f"timing    {timing['duration_s']:.3f} s, goodput {format_rate(timing['goodput_bps'])}"
+        f"timing    {timing['duration_s']:.3f} s ({span}), "
+        f"goodput {format_rate(timing['goodput_bps'])} of file data"
     )
     pdv = timing.get("pdv_ms")
     if timing.get("jitter_ms") is not None and isinstance(pdv, dict) and pdv.get("p99") is not None:

@@ -77,6 +77,9 @@ def _from_buffer(
 
 def _read_fields(handle: BinaryIO) -> dict[str, Any]:
     """The ``Trace`` fields stored in an open ``.npz`` file (``ValueError`` if it is not one)."""
+    if handle.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+        raise ValueError("not an .npz archive")
+    handle.seek(0)
     loaded = np.load(handle, allow_pickle=False)
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise ValueError("not an .npz archive")
@@ -254,4 +257,6 @@ class Trace:
             pickle.UnpicklingError,
         ) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "pickle" in reason:  # numpy's advice to load it unsafely is not ours to give
+                reason = "it holds Python objects, which udpxfer never loads"
             raise UsageError(f"bad trace file {path}: {reason}") from None

@@ -205,3 +205,8 @@ def parse_probability(text: str) -> float:
             f"bad probability {text!r}: must be from 0 to 1 (write 5% for a percentage)"
         )
     return value
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 chunk``, ``2 chunks``: a count and its noun, in the number it takes."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tqdm import tqdm
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_INTERRUPTED, guarded, tcp_app, udp_app
+from udpxfer.cli.progress import TransferBar, show_progress
+from udpxfer.cli.transfer import DEFAULT_IDLE_TIMEOUT_S
 from udpxfer.companions import echo, palindrome_tcp, tcp_transfer, udp_echo
 from udpxfer.companions.rtt import PingStats
 from udpxfer.companions.runtime import (
@@ -26,6 +27,7 @@ from udpxfer.companions.runtime import (
 )
 from udpxfer.companions.tcp_receiver import run_tcp_receiver
 from udpxfer.errors import UsageError
+from udpxfer.output import STDOUT, check_target
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import (
     Address,
@@ -57,15 +59,12 @@ def _write_stdout(data: bytes) -> None:
 
 
 def _progress(quiet: bool) -> ProgressFactory:
-    """tqdm bars on stderr, unless ``--quiet`` or stderr is not a terminal."""
-    if quiet or not sys.stderr.isatty():
+    """Bars on stderr, unless ``--quiet`` or stderr is not a terminal."""
+    if not show_progress(quiet):
         return NoProgress
 
     def bar(label: str, total: int) -> Progress:
-        bar: Progress = tqdm(
-            total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=False
-        )
-        return bar
+        return TransferBar(label, total)
 
     return bar
 
@@ -364,16 +363,19 @@ def tcp_recv(
         Path, typer.Option(metavar="DIR", help="Directory for received files (created if needed).")
     ] = Path("received"),
     report: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             metavar="PATH",
-            help="Where to write the JSON report (later transfers get -1, -2... names). "
+            help="Where to write each transfer's JSON report: a file (never replaced: an "
+            "existing name gets -1, -2...), a directory (an existing one, or PATH/), - for "
+            "stdout (one report per line; the log goes to stderr), or a FIFO. "
             "Default: reports/<UTC time>-<name>.json.",
             show_default=False,
         ),
     ] = None,
     once: Annotated[
-        bool, typer.Option(help="Exit after one transfer; the exit status is its verdict.")
+        bool,
+        typer.Option("--once", help="Exit after one transfer; the exit status is its verdict."),
     ] = False,
     idle_timeout: Annotated[
         float,
@@ -382,7 +384,7 @@ def tcp_recv(
             min=0.1,
             help="Seconds of sender silence before a transfer is abandoned.",
         ),
-    ] = 10.0,
+    ] = DEFAULT_IDLE_TIMEOUT_S,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Receive files sent with "udpxfer tcp send" and write a JSON report for each.
@@ -392,13 +394,14 @@ def tcp_recv(
     With --once the exit status is that transfer's: 0 verified, 1 not.
     Ctrl-C or SIGTERM: exit 0 when idle, 130 during a transfer.
     """
-    log = timestamped(typer.echo)
     with guarded():
+        target = check_target(report, what="--report") if report is not None else None
+        log = timestamped(lambda line: typer.echo(line, err=target == STDOUT))
         result = run_tcp_receiver(
             _bind(bind),
             out,
             log=log,
-            report=report,
+            report=target,
             once=once,
             idle_timeout_s=idle_timeout,
             progress=_progress(quiet),

@@ -50,7 +50,8 @@ def report(
     PATHS are JSON reports (from udpxfer recv) or .npz traces (recv --trace).
     Two or more are compared side by side.
 
-    Plots: loss map over chunk index and over time; burst lengths against
+    Pages are named after the input: run.json or run.npz gives OUT/run.html
+    (or run.md). Plots: loss map over chunk index and over time; burst lengths against
     the geometric law of a memoryless channel; goodput and delay variation.
 
     Example: udpxfer report reports/demo-blast.json --format html
@@ -62,7 +63,7 @@ def report(
         if len(loaded) > 1:
             written = render_comparison([doc for doc, _ in loaded], out, fmt.value)
         elif fmt is FormatChoice.md:
-            written = render_markdown(loaded[0][0], out, loaded[0][1])
+            written = render_markdown(loaded[0][0], out, loaded[0][1], stem=paths[0].stem)
         else:
             doc, trace = loaded[0]
             images = None
@@ -70,7 +71,7 @@ def report(
                 if not original.is_file():
                     fail(f"{original}: no such file")
                 images = (original, Path(doc["file"]["path"]))
-            written = render_html(doc, out, trace, images=images)
+            written = render_html(doc, out, trace, images=images, stem=paths[0].stem)
         typer.echo(str(written))
 
 

@@ -17,7 +17,6 @@ import typer
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
 from udpxfer.cli.progress import TransferBar, show_progress
-from udpxfer.companions.runtime import counted
 from udpxfer.driver import ReceiverServer, TransferResult, send_file
 from udpxfer.errors import TransferError
 from udpxfer.output import STDOUT, check_target, is_directory_target
@@ -39,6 +38,7 @@ from udpxfer.units import (
     parse_peer_address,
     parse_rate,
     parse_size,
+    plural,
 )
 from udpxfer.wire import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Mode
 
@@ -224,8 +224,8 @@ def _conclude_send(
     outcome = session.outcome
     timing = doc["timing"]
     head = f"{session.meta.name} ({format_size(session.size)}) -> {doc['peer']}"
-    chunks = counted(session.chunk_count, "chunk")
-    rounds = counted(session.repair_rounds, "repair round")
+    chunks = plural(session.chunk_count, "chunk")
+    rounds = plural(session.repair_rounds, "repair round")
     if outcome is None:
         raise TransferError(f"{head}: the transfer did not finish")
     if session.mode is Mode.BLAST:
@@ -279,7 +279,7 @@ class _RecvObserver:
         if not self._quiet:
             self._say(
                 f"receiving {meta.name} ({format_size(meta.size)}, "
-                f"{counted(meta.chunk_count, 'chunk')}, {meta.mode.label}) "
+                f"{plural(meta.chunk_count, 'chunk')}, {meta.mode.label}) "
                 f"from {peer_text(session.peer)}"
             )
         if self._bars_enabled:

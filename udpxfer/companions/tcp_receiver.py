@@ -42,6 +42,7 @@ from udpxfer.files import (
     ensure_writable_dir,
     safe_name,
 )
+from udpxfer.output import STDOUT, check_target
 from udpxfer.report import (
     ChunkSection,
     FileSection,
@@ -228,7 +229,7 @@ class _Receiver:
             self.log(f"report    NOT WRITTEN: {exc}")
             return
         self.result.report_paths.append(path)
-        self.log(f"report    {path}")
+        self.log(f"report    {'stdout' if path == STDOUT else path}")
 
     def _report_path(self, name: str, started: float) -> Path:
         """``--report`` for the first transfer, fresh names after: never overwrite a report."""
@@ -306,7 +307,7 @@ def run_tcp_receiver(
     if report is None:
         ensure_writable_dir(reports_dir)
     else:
-        ensure_writable_dir(report if report.is_dir() else report.parent)
+        check_target(str(report), what="report")
     receiver = _Receiver(
         out_dir=out_dir,
         report=report,
