@@ -58,7 +58,7 @@ def check_target(text: str, *, what: str, allow_stdout: bool = True) -> Path:
         return path
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         mode = None  # nothing there (or a dangling symlink): a fresh file
     except OSError as exc:
         raise UsageError(f"{what} {path}: {exc.strerror}") from None
@@ -109,6 +109,11 @@ def is_stream(path: Path) -> bool:
     except OSError:
         return False
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def is_stdout(path: Path) -> bool:
+    """True when ``path`` is ``-`` or leads to this process's own stdout (``/dev/stdout``)."""
+    return path == STDOUT or _std_stream(path) is sys.stdout.buffer
 
 
 def _reason(exc: OSError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
 from udpxfer.cli.progress import TransferBar, show_progress
 from udpxfer.driver import ReceiverServer, TransferResult, send_file
 from udpxfer.errors import TransferError
-from udpxfer.output import STDOUT, check_target, is_directory_target
+from udpxfer.output import check_target, is_directory_target, is_stdout
 from udpxfer.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.report import peer_text, send_report, summary_lines, write_report
 from udpxfer.sender import SenderConfig, SenderSession
@@ -167,7 +168,8 @@ def send(
         every = _interval(json_stream, interval)
         if not file.exists():
             fail(f"{file}: no such file")
-        machine = json_stream or report_target == STDOUT
+        on_stdout = report_target is not None and is_stdout(report_target)
+        machine = json_stream or on_stdout
         watch = _SendWatch(file, str(address), bar=show_progress(quiet), stream_every=every)
         started = time.time()
         try:
@@ -177,9 +179,9 @@ def send(
         doc = send_report(session, source=file, peer=str(address), started_unix_s=started)
         if report_target is not None:
             written = write_report(doc, report_target)
-            if written != STDOUT and not quiet:
+            if not on_stdout and not quiet:
                 typer.echo(f"report    {written}", err=machine)
-        if json_stream and report_target != STDOUT:
+        if json_stream and not on_stdout:
             _json_line(doc)
         _conclude_send(session, doc, say=_human(machine))
 
@@ -305,12 +307,12 @@ class _RecvObserver:
             bar.close()
         meter = self._meters.pop(session, None)
         if meter is not None:
-            _json_line(receiver_record(meter, session, self._clock()))
-            if not self._report_on_stdout:
-                _json_line(result.report)
+            end = session.finished_at if session.finished_at is not None else self._clock()
+            _json_line(receiver_record(meter, session, end))
+            _json_line(result.report)
         for line in summary_lines(result.report):
             self._say(line)
-        where = "stdout" if result.report_path == STDOUT else str(result.report_path)
+        where = "stdout" if self._report_on_stdout else str(result.report_path)
         self._say(f"report    {where}")
 
 
@@ -408,12 +410,18 @@ def recv(
         report_target = check_target(report, what="--report") if report is not None else None
         trace_target = _trace_target(trace)
         every = _interval(json_stream, interval)
-        machine = json_stream or report_target == STDOUT
+        on_stdout = report_target is not None and is_stdout(report_target)
+        machine = json_stream or on_stdout
         say = _human(machine)
+        server_target = report_target
+        if json_stream and on_stdout:
+            # The stream prints each report as its last line, after the final record; the
+            # server's own copy (which it would write before the observer hears) is dropped.
+            server_target = Path(os.devnull)
         server = ReceiverServer(
             parse_address(bind, default_host=ALL_INTERFACES),
             out,
-            report_path=report_target,
+            report_path=server_target,
             trace_path=trace_target,
             once=once,
             config=config,
@@ -422,7 +430,7 @@ def recv(
                 quiet=quiet,
                 say=say,
                 stream_every=every,
-                report_on_stdout=report_target == STDOUT,
+                report_on_stdout=on_stdout,
             ),
         )
         host, port = server.address
