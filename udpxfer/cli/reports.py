@@ -83,7 +83,9 @@ def demo(
             "--file", metavar="FILE", help="Send this file instead of the bundled photo.jpg."
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Where reports go.")] = Path("reports"),
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where reports go.")] = Path(
+        "reports"
+    ),
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the impairment.")] = 1,
 ) -> None:
     """Show the whole job on loopback: a sample file through a lossy relay, both modes.
