@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from schemas import is_udpxfer_document, validate  # noqa: E402
+from schemas import is_udpxfer_document, validate
 
 VALIDATED: list[Path] = []
 

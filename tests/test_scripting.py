@@ -38,7 +38,8 @@ def receiver(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int
         text=True,
     )
     try:
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         machine = "-" in args or "--json-stream" in args or "/dev/stdout" in args
         stream = proc.stderr if machine else proc.stdout
         ready, _, _ = select.select([stream], [], [], WAIT_S)
@@ -75,7 +76,8 @@ def test_report_dash_puts_one_json_document_on_stdout_and_nothing_else(
     sender = json.loads(sent.stdout)
     validate(received)
     validate(sender)
-    assert received["file"]["verified"] and sender["file"]["verified"]
+    assert received["file"]["verified"]
+    assert sender["file"]["verified"]
     assert sender["session_id"] == received["session_id"]
     assert sender["verdict"] == "verified"
     assert sender["chunks"]["sent"] == received["chunks"]["total"]
@@ -109,7 +111,8 @@ def test_json_stream_lines_parse_are_monotonic_and_end_with_the_report(
             assert record["start_s"] <= record["end_s"]
         ends = [r["end_s"] for r in records]
         totals = [r["total"]["bytes"] for r in records]
-        assert ends == sorted(ends) and totals == sorted(totals)
+        assert ends == sorted(ends)
+        assert totals == sorted(totals)
         assert sum(r["interval"]["bytes"] for r in records) == totals[-1]
         assert [r["start_s"] for r in records[1:]] == ends[:-1]  # intervals tile the time
     recv_records = [json.loads(line) for line in out.splitlines()[:-1]]
@@ -143,7 +146,8 @@ def test_report_at_a_symlink_leaves_link_and_target_alone(tmp_path: Path, sample
         run("send", str(sample), "--to", f"127.0.0.1:{port}", cwd=tmp_path)
         code, out, _ = finish(proc)
     assert code == 0
-    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert link.is_symlink()
+    assert os.readlink(link) == str(target)
     assert target.read_text() == "keep me\n"
     assert json.loads((tmp_path / "latest-1.json").read_text())["file"]["verified"]
     assert f"report    {tmp_path / 'latest-1.json'}" in out
@@ -172,9 +176,11 @@ def test_unwritable_report_or_trace_fails_at_start(tmp_path: Path) -> None:
             f"udpxfer: error: {blocker} is a file, not a directory"
         ]
     done = run("recv", "--bind", "127.0.0.1:0", "--trace", "-", cwd=tmp_path, timeout=20)
-    assert done.returncode == 2 and "give a file path" in done.stderr
+    assert done.returncode == 2
+    assert "give a file path" in done.stderr
     sent = run("send", "x", "--report", f"{blocker}/r.json", cwd=tmp_path, timeout=20)
-    assert sent.returncode == 2 and "is a file, not a directory" in sent.stderr
+    assert sent.returncode == 2
+    assert "is a file, not a directory" in sent.stderr
 
 
 def test_tcp_recv_report_dash(tmp_path: Path, sample: Path) -> None:
@@ -200,4 +206,5 @@ def test_tcp_recv_report_dash(tmp_path: Path, sample: Path) -> None:
     assert (code, sent.returncode) == (0, 0), err
     doc: dict[str, Any] = json.loads(out)
     validate(doc)
-    assert doc["transport"] == "tcp" and doc["file"]["verified"]
+    assert doc["transport"] == "tcp"
+    assert doc["file"]["verified"]
