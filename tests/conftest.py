@@ -20,7 +20,7 @@ VALIDATED: list[Path] = []
 def _reports_match_their_schema(request: pytest.FixtureRequest) -> Iterator[None]:
     """After each test that used ``tmp_path``, every udpxfer report (receiver or sender) it
     left there must validate against docs/schema/."""
-    if "tmp_path" not in request.fixturenames:
+    if "tmp_path" not in request.fixturenames or request.node.get_closest_marker("damaged_reports"):
         yield
         return
     root: Path = request.getfixturevalue("tmp_path")

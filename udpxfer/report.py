@@ -202,9 +202,9 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     else:
         outcome = doc.get("outcome") or "incomplete"
         reason = doc.get("reason") or ""
-        verdict = "INCOMPLETE"
-        if outcome != "incomplete" or reason:
-            verdict += f" ({': '.join(part for part in (outcome, reason) if part)})"
+        # "INCOMPLETE (incomplete)" says nothing twice: the outcome only where it adds to it.
+        said = [part for part in (outcome, reason) if part and part != "incomplete"]
+        verdict = f"INCOMPLETE ({': '.join(said)})" if said else "INCOMPLETE"
     lines = [
         f"file      {file['name']} ({format_size(file['size'])}) -> {file['path']}",
         f"verdict   {verdict}",
