@@ -185,15 +185,39 @@ def report_path(
     return unique_path(target.parent, target.name)
 
 
-def _format_ranges(ranges: list[list[int]], limit: int = 8) -> str:
-    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit]]
-    if len(ranges) > limit:
-        parts.append(f"... ({len(ranges) - limit} more)")
-    return ", ".join(parts) if parts else "none"
+SUMMARY_COLUMNS = 80
+_INDENT = " " * 10  # the width of "chunks    ": continuation lines line up under the values
+
+
+def _format_ranges(ranges: list[list[int]], width: int) -> str:
+    """``22-23, 43-48, 80`` cut to ``width`` characters with ``... (N more)``."""
+    if not ranges:
+        return "none"
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges]
+    for shown in range(len(parts), 0, -1):
+        tail = "" if shown == len(parts) else f", ... ({len(parts) - shown} more)"
+        text = ", ".join(parts[:shown]) + tail
+        if len(text) <= width:
+            return text
+    return f"{len(parts)} ranges"
+
+
+def _fill(head: str, pieces: list[str], sep: str = ", ") -> list[str]:
+    """``head`` and ``pieces`` joined into lines of at most ``SUMMARY_COLUMNS``, the later
+    lines indented under the first one's values."""
+    lines, line = [], head + pieces[0]
+    for piece in pieces[1:]:
+        if len(line) + len(sep) + len(piece) > SUMMARY_COLUMNS:
+            lines.append(line + sep.rstrip())
+            line = _INDENT + piece
+        else:
+            line += sep + piece
+    return [*lines, line]
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
-    """A short human summary of a report: file, verdict, chunks, gaps, loss, goodput."""
+    """A short human summary of a report, in lines of at most 80 columns (the file's path
+    aside): file, verdict, chunks, gaps, loss, bursts, timing, delay."""
     file, chunks, timing = doc["file"], doc["chunks"], doc["timing"]
     if file["verified"]:
         verdict = "complete, SHA-256 verified"
@@ -208,38 +232,53 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     lines = [
         f"file      {file['name']} ({format_size(file['size'])}) -> {file['path']}",
         f"verdict   {verdict}",
-        f"chunks    {chunks['received']}/{chunks['total']} received, {chunks['missing']} missing, "
-        f"{chunks['retransmitted']} resent, {chunks['duplicates']} duplicate, "
-        f"{chunks['out_of_order']} out of order, {chunks['corrupt']} corrupt",
+        *_fill(
+            "chunks    ",
+            [
+                f"{chunks['received']}/{chunks['total']} received",
+                f"{chunks['missing']} missing",
+                f"{chunks['retransmitted']} resent",
+                f"{chunks['duplicates']} duplicate",
+                f"{chunks['out_of_order']} out of order",
+                f"{chunks['corrupt']} corrupt",
+            ],
+        ),
     ]
+    room = SUMMARY_COLUMNS - len(_INDENT)
     if doc["transport"] == "udp":
-        lines.append(f"gaps      {_format_ranges(doc['gaps'])}")
-        lines.append(
-            f"loss      {doc['loss']['rate'] * 100:.3f}% on the first pass "
-            f"({_format_ranges(doc['first_pass_gaps'])})"
-        )
+        lines.append(f"gaps      {_format_ranges(doc['gaps'], room)}")
+        first = f"loss      {doc['loss']['rate'] * 100:.3f}% on the first pass"
+        if doc["first_pass_gaps"] != doc["gaps"]:
+            first += (
+                f" ({_format_ranges(doc['first_pass_gaps'], SUMMARY_COLUMNS - len(first) - 3)})"
+            )
+        lines.append(first)
     loss = doc.get("loss", {})
     bursts, gilbert, ci = loss.get("bursts"), loss.get("gilbert"), loss.get("ci95")
     if isinstance(bursts, dict) and bursts.get("count"):
-        text = (
-            f"bursts    {bursts['count']} (mean {bursts['mean_length']:.2f}, "
+        pieces = [
+            f"{bursts['count']} (mean {bursts['mean_length']:.2f}, "
             f"max {plural(bursts['max_length'], 'chunk')})"
-        )
+        ]
         if isinstance(gilbert, dict) and gilbert.get("p") is not None and gilbert.get("r"):
-            text += f"; Gilbert-Elliott p={gilbert['p']:.4f} r={gilbert['r']:.4f}"
+            pieces.append(f"Gilbert-Elliott p={gilbert['p']:.4f} r={gilbert['r']:.4f}")
         if isinstance(ci, list) and len(ci) == 2:
-            text += f"; loss 95% CI {ci[0] * 100:.2f}-{ci[1] * 100:.2f}%"
-        lines.append(text)
+            pieces.append(f"loss 95% CI {ci[0] * 100:.2f}-{ci[1] * 100:.2f}%")
+        lines += _fill("bursts    ", pieces, "; ")
     span = "first chunk to verified hash" if file["verified"] else "first to last chunk"
     lines.append(
         f"timing    {timing['duration_s']:.3f} s ({span}), "
-        f"goodput {format_rate(timing['goodput_bps'])} of file data"
+        f"goodput {format_rate(timing['goodput_bps'])}"
     )
     pdv = timing.get("pdv_ms")
     if timing.get("jitter_ms") is not None and isinstance(pdv, dict) and pdv.get("p99") is not None:
-        lines.append(
-            f"delay     jitter {timing['jitter_ms']:.3f} ms (RFC 3550), delay variation "
-            f"p50 {pdv['p50']:.3f} / p95 {pdv['p95']:.3f} / p99 {pdv['p99']:.3f} ms"
+        lines += _fill(
+            "delay     ",
+            [
+                f"jitter {timing['jitter_ms']:.3f} ms (RFC 3550)",
+                f"PDV p50/p95/p99 {pdv['p50']:.3f}/{pdv['p95']:.3f}/{pdv['p99']:.3f} ms",
+            ],
+            "; ",
         )
     return lines
 

@@ -15,6 +15,7 @@ import typer
 import typer.core
 
 from udpxfer import __version__
+from udpxfer.cli.progress import clear_line
 from udpxfer.errors import TransferError, UdpxferError
 
 EXIT_OK = 0
@@ -94,6 +95,7 @@ def guarded() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        clear_line()  # the terminal echoed ^C where a bar was: start a clean line
         typer.echo("udpxfer: interrupted", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except TransferError as exc:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -28,23 +29,39 @@ def _short(label: str, width: int = LABEL_CHARS) -> str:
     return label if len(label) <= width else label[: width - 1] + "~"
 
 
+class _Bar(tqdm):  # type: ignore[type-arg]
+    """tqdm with one more field, ``{info}``: ``{postfix}`` would put ", " before our text."""
+
+    info = ""
+
+    @property
+    def format_dict(self) -> MutableMapping[str, Any]:
+        fields = super().format_dict
+        fields["info"] = self.info
+        return fields
+
+
 class TransferBar:
     """One transfer's bar: ``label  42%|████    | 1.2 MiB 85.2 Mbit/s extra``."""
 
-    def __init__(self, label: str, total_bytes: int, *, enabled: bool = True) -> None:
+    def __init__(
+        self, label: str, total_bytes: int, *, enabled: bool = True, file: TextIO | None = None
+    ) -> None:
         self._total = total_bytes
         self._started = time.monotonic()
         self._done = 0
-        self._bar: tqdm[Any] | None = None
+        self._bar: _Bar | None = None
         if enabled:
-            columns = min(MAX_COLUMNS, shutil.get_terminal_size((80, 24)).columns)
-            self._bar = tqdm(
+            # Room for the "^C" a terminal echoes after the bar: on a full-width line it would
+            # wrap, and the bar could no longer be erased.
+            columns = min(MAX_COLUMNS, shutil.get_terminal_size((80, 24)).columns) - 3
+            self._bar = _Bar(
                 total=max(1, total_bytes),
                 desc=_short(label),
-                bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}",
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {info}",
                 ncols=columns,
                 leave=False,
-                file=sys.stderr,
+                file=file or sys.stderr,
             )
 
     def set(self, done_bytes: int, extra: str = "") -> None:
@@ -56,7 +73,7 @@ class TransferBar:
         rate = self._done * 8 / elapsed if elapsed > 0 else 0.0
         text = f"{format_size(self._done)} {format_rate(rate)}"
         self._bar.n = self._done if self._total else 1
-        self._bar.set_postfix_str(f"{text} {extra}".rstrip(), refresh=False)
+        self._bar.info = f"{text} {extra}".rstrip()
         self._bar.refresh()
 
     def update(self, n: int) -> None:
@@ -64,7 +81,21 @@ class TransferBar:
         self.set(self._done + n)
 
     def close(self) -> None:
-        """Remove the bar, leaving a clean line for what follows."""
+        """Remove the bar, leaving a clean line for what follows (also when Ctrl-C came in
+        the middle of a refresh, which tqdm's own clearing can miss)."""
         if self._bar is not None:
+            handle = self._bar.fp
             self._bar.close()
             self._bar = None
+            clear_line(handle)
+
+
+def clear_line(handle: TextIO | None = None) -> None:
+    """On a terminal, erase the current line (a bar, an echoed ^C) and go to its start."""
+    handle = handle or sys.stderr
+    try:
+        if handle.isatty():
+            handle.write("\r\x1b[2K")
+            handle.flush()
+    except (OSError, ValueError):
+        return  # closed or gone: nothing to clean
