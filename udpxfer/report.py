@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -215,20 +216,25 @@ def _fill(head: str, pieces: list[str], sep: str = ", ") -> list[str]:
     return [*lines, line]
 
 
+def verdict_text(doc: Mapping[str, Any]) -> str:
+    """``complete, SHA-256 verified``, ``INCOMPLETE (timeout: ...)``: a report's verdict."""
+    file = doc.get("file") or {}
+    if file.get("verified"):
+        return "complete, SHA-256 verified"
+    if file.get("complete"):
+        return "complete, SHA-256 MISMATCH"
+    outcome = doc.get("outcome") or "incomplete"
+    reason = doc.get("reason") or ""
+    # "INCOMPLETE (incomplete)" says nothing twice: the outcome only where it adds to it.
+    said = [part for part in (outcome, reason) if part and part != "incomplete"]
+    return f"INCOMPLETE ({': '.join(said)})" if said else "INCOMPLETE"
+
+
 def summary_lines(doc: dict[str, Any]) -> list[str]:
     """A short human summary of a report, in lines of at most 80 columns (the file's path
     aside): file, verdict, chunks, gaps, loss, bursts, timing, delay."""
     file, chunks, timing = doc["file"], doc["chunks"], doc["timing"]
-    if file["verified"]:
-        verdict = "complete, SHA-256 verified"
-    elif file["complete"]:
-        verdict = "complete, SHA-256 MISMATCH"
-    else:
-        outcome = doc.get("outcome") or "incomplete"
-        reason = doc.get("reason") or ""
-        # "INCOMPLETE (incomplete)" says nothing twice: the outcome only where it adds to it.
-        said = [part for part in (outcome, reason) if part and part != "incomplete"]
-        verdict = f"INCOMPLETE ({': '.join(said)})" if said else "INCOMPLETE"
+    verdict = verdict_text(doc)
     lines = [
         f"file      {file['name']} ({format_size(file['size'])}) -> {file['path']}",
         f"verdict   {verdict}",
