@@ -117,7 +117,7 @@ def test_unwritable_output_directory(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = run("recv", "--bind", "127.0.0.1:0", "--out", str(blocker / "sub"), cwd=tmp_path)
-    assert_one_line_error(result, "cannot create directory")
+    assert_one_line_error(result, f"{blocker} is a file, not a directory")
 
 
 def test_send_and_recv_exit_zero_and_write_the_report(tmp_path: Path, sample: Path) -> None:
