@@ -6,8 +6,10 @@ import json
 import os
 import random
 import select
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -197,7 +199,8 @@ def test_tcp_recv_report_dash(tmp_path: Path, sample: Path) -> None:
             line = proc.stderr.readline()
             if "listening on 127.0.0.1:" in line:
                 port = int(line.split("listening on 127.0.0.1:")[1].split()[0].rstrip(")"))
-        sent = run("tcp", "send", str(sample), "--to", f"127.0.0.1:{port}", cwd=tmp_path)
+        sent = run("tcp", "send", str(sample), "--to", f"127.0.0.1:{port}", "--report", "-",
+                   cwd=tmp_path)  # fmt: skip
         code, out, err = finish(proc)
     finally:
         if proc.poll() is None:
@@ -208,3 +211,36 @@ def test_tcp_recv_report_dash(tmp_path: Path, sample: Path) -> None:
     validate(doc)
     assert doc["transport"] == "tcp"
     assert doc["file"]["verified"]
+    sender = json.loads(sent.stdout)  # all of stdout: the summary went to stderr
+    validate(sender)
+    assert (sender["transport"], sender["verdict"]) == ("tcp", "verified")
+    assert sender["file"]["sha256_expected"] == doc["file"]["sha256_expected"]
+    assert "receiver verified" in sent.stderr
+
+
+def test_tcp_send_writes_its_report_when_the_receiver_drops_it(
+    tmp_path: Path, sample: Path
+) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(WAIT_S)
+
+    def accept_and_drop() -> None:
+        conn, _ = server.accept()
+        conn.recv(100)
+        conn.close()
+
+    thread = threading.Thread(target=accept_and_drop)
+    thread.start()
+    try:
+        port = server.getsockname()[1]
+        report = tmp_path / "tcp-send.json"
+        sent = run("tcp", "send", str(sample), "--to", f"127.0.0.1:{port}", "--report",
+                   str(report), cwd=tmp_path)  # fmt: skip
+    finally:
+        thread.join(WAIT_S)
+        server.close()
+    assert sent.returncode == 1, sent.stderr
+    doc = json.loads(report.read_text())
+    validate(doc)
+    assert (doc["outcome"], doc["verdict"], doc["file"]["verified"]) == ("failed", None, False)
+    assert doc["reason"] in sent.stderr

@@ -7,6 +7,7 @@ summary, and exit 0. Clients exit 130 when interrupted.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -26,8 +27,9 @@ from udpxfer.companions.runtime import (
     timestamped,
 )
 from udpxfer.companions.tcp_receiver import run_tcp_receiver
-from udpxfer.errors import UsageError
-from udpxfer.output import STDOUT, check_target
+from udpxfer.errors import TransferError, UsageError
+from udpxfer.output import STDOUT, check_target, is_stdout
+from udpxfer.report import write_report
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import (
     Address,
@@ -338,6 +340,15 @@ def tcp_send(
             help="Seconds the receiver may stall (connect, read, verdict) before we give up.",
         ),
     ] = 30.0,
+    report: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Write the sender's JSON report (udpxfer.send-report/1) to PATH; - for "
+            "stdout (then nothing else goes there). An existing file is never replaced.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Send one file over TCP to "udpxfer tcp recv", for TCP-vs-UDP comparisons.
@@ -346,12 +357,62 @@ def tcp_send(
     A broken connection or a rejected file exits 1, with one line on stderr.
     """
     with guarded():
-        result = tcp_transfer.send_file(file, _to(to), timeout_s=timeout, progress=_progress(quiet))
+        target = check_target(report, what="--report") if report is not None else None
+        on_stdout = target is not None and is_stdout(target)
+        address = _to(to)
+        counted = _CountingProgress(_progress(quiet))
+        started, t0 = time.time(), time.monotonic()
+        result: tcp_transfer.SendResult | None = None
+        reason = ""
+        try:
+            result = tcp_transfer.send_file(file, address, timeout_s=timeout, progress=counted)
+        except TransferError as exc:
+            reason = str(exc)
+            raise
+        finally:
+            if target is not None and (result is not None or counted.started):
+                doc = tcp_transfer.tcp_send_report(
+                    file,
+                    str(address),
+                    sent_bytes=counted.done,
+                    duration_s=time.monotonic() - t0,
+                    started_unix_s=started,
+                    result=result,
+                    reason=reason if result is None else "",
+                )
+                written = write_report(doc, target)
+                if not on_stdout and not quiet:
+                    typer.echo(f"report    {written}", err=result is None)
     rate = result.size * 8 / result.duration_s if result.duration_s > 0 else 0.0
     typer.echo(
         f"sent {result.name} ({format_size(result.size)}) in {result.duration_s:.3f} s "
-        f"({format_rate(rate)}); receiver verified {result.verdict}"
+        f"({format_rate(rate)}); receiver verified {result.verdict}",
+        err=on_stdout,
     )
+
+
+class _CountingProgress:
+    """A progress factory that also counts the bytes done (for the sender's report)."""
+
+    def __init__(self, inner: ProgressFactory) -> None:
+        self._inner = inner
+        self.started = False
+        self.done = 0
+
+    def __call__(self, label: str, total: int) -> Progress:
+        self.started = True
+        bar = self._inner(label, total)
+        outer = self
+
+        class _Counted:
+            def update(self, n: int) -> object:
+                outer.done += n
+                return bar.update(n)
+
+            def close(self) -> object:
+                return bar.close()
+
+        return _Counted()
 
 
 @tcp_app.command("recv")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -17,20 +16,18 @@ from typing import Annotated, Any
 import typer
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
-from udpxfer.cli.progress import TransferBar, show_progress
-from udpxfer.driver import ReceiverServer, TransferResult, send_file
+from udpxfer.cli.progress import show_progress
+from udpxfer.cli.watch import RecvObserver, SendWatch, human, json_line
+from udpxfer.driver import ReceiverServer, send_file
 from udpxfer.errors import TransferError
 from udpxfer.output import check_target, is_directory_target, is_stdout
-from udpxfer.receiver import ReceiverConfig, ReceiverSession
-from udpxfer.report import peer_text, send_report, summary_lines, write_report
+from udpxfer.receiver import ReceiverConfig
+from udpxfer.report import send_report, write_report
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.stream import (
     DEFAULT_INTERVAL_S,
     MIN_INTERVAL_S,
-    IntervalMeter,
-    receiver_record,
-    sender_record,
 )
 from udpxfer.units import (
     format_rate,
@@ -52,19 +49,6 @@ class ModeChoice(StrEnum):
 
     reliable = "reliable"
     blast = "blast"
-
-
-def _human(to_stderr: bool) -> Callable[[str], None]:
-    """Where human lines go: stderr when stdout carries JSON (``--report -``, a stream)."""
-
-    def say(line: str) -> None:
-        typer.echo(line, err=to_stderr)
-
-    return say
-
-
-def _json_line(doc: dict[str, Any]) -> None:
-    typer.echo(json.dumps(doc, allow_nan=False))
 
 
 def _interval(json_stream: bool, interval: float) -> float | None:
@@ -170,7 +154,7 @@ def send(
             fail(f"{file}: no such file")
         on_stdout = report_target is not None and is_stdout(report_target)
         machine = json_stream or on_stdout
-        watch = _SendWatch(file, str(address), bar=show_progress(quiet), stream_every=every)
+        watch = SendWatch(file, str(address), bar=show_progress(quiet), stream_every=every)
         started = time.time()
         try:
             session = send_file(file, address, config, on_progress=watch.update, name=name)
@@ -182,42 +166,8 @@ def send(
             if not on_stdout and not quiet:
                 typer.echo(f"report    {written}", err=machine)
         if json_stream and not on_stdout:
-            _json_line(doc)
-        _conclude_send(session, doc, say=_human(machine))
-
-
-class _SendWatch:
-    """The sender's progress callback: its bar and its ``--json-stream`` records."""
-
-    def __init__(
-        self,
-        file: Path,
-        address_text: str,
-        *,
-        bar: bool,
-        stream_every: float | None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._bar = TransferBar(f"{file.name} -> {address_text}", file.stat().st_size, enabled=bar)
-        self._every = stream_every
-        self._clock = clock
-        self._meter: IntervalMeter | None = None
-
-    def update(self, session: SenderSession) -> None:
-        self._bar.set(
-            min(session.size, session.acked_held * session.chunk_size),
-            f"resent {session.chunks_resent}",
-        )
-        if self._every is None:
-            return
-        now = self._clock()
-        if self._meter is None:
-            self._meter = IntervalMeter("send", self._every, session.started_at)
-        if self._meter.due(now) or session.finished:
-            _json_line(sender_record(self._meter, session, now))
-
-    def close(self) -> None:
-        self._bar.close()
+            json_line(doc)
+        _conclude_send(session, doc, say=human(machine))
 
 
 def _conclude_send(
@@ -250,70 +200,6 @@ def _conclude_send(
         )
         raise typer.Exit(EXIT_OK)
     raise TransferError(f"{head}: {outcome.reason or outcome.outcome}")
-
-
-class _RecvObserver:
-    """Bars, summaries and ``--json-stream`` records for the receiver."""
-
-    def __init__(
-        self,
-        *,
-        bars: bool,
-        quiet: bool,
-        say: Callable[[str], None],
-        stream_every: float | None,
-        report_on_stdout: bool,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._bars_enabled = bars
-        self._quiet = quiet
-        self._say = say
-        self._every = stream_every
-        self._report_on_stdout = report_on_stdout
-        self._clock = clock
-        self._bars: dict[ReceiverSession, TransferBar] = {}
-        self._meters: dict[ReceiverSession, IntervalMeter] = {}
-
-    def transfer_started(self, session: ReceiverSession) -> None:
-        meta = session.meta
-        if meta is None:
-            return
-        if not self._quiet:
-            self._say(
-                f"receiving {meta.name} ({format_size(meta.size)}, "
-                f"{plural(meta.chunk_count, 'chunk')}, {meta.mode.label}) "
-                f"from {peer_text(session.peer)}"
-            )
-        if self._bars_enabled:
-            self._bars[session] = TransferBar(meta.name, meta.size)
-        if self._every is not None:
-            self._meters[session] = IntervalMeter("recv", self._every, session.started_at)
-
-    def progress(self, session: ReceiverSession) -> None:
-        bar = self._bars.get(session)
-        if bar is not None and session.meta is not None:
-            lost = max(0, session.transmissions_seen - session.data_received + session.duplicates)
-            bar.set(
-                session.held_count * session.meta.chunk_size,
-                f"lost {lost} resent {session.retransmitted}",
-            )
-        meter = self._meters.get(session)
-        if meter is not None and meter.due(now := self._clock()):
-            _json_line(receiver_record(meter, session, now))
-
-    def transfer_ended(self, session: ReceiverSession, result: TransferResult) -> None:
-        bar = self._bars.pop(session, None)
-        if bar is not None:
-            bar.close()
-        meter = self._meters.pop(session, None)
-        if meter is not None:
-            end = session.finished_at if session.finished_at is not None else self._clock()
-            _json_line(receiver_record(meter, session, end))
-            _json_line(result.report)
-        for line in summary_lines(result.report):
-            self._say(line)
-        where = "stdout" if self._report_on_stdout else str(result.report_path)
-        self._say(f"report    {where}")
 
 
 @app.command()
@@ -412,7 +298,7 @@ def recv(
         every = _interval(json_stream, interval)
         on_stdout = report_target is not None and is_stdout(report_target)
         machine = json_stream or on_stdout
-        say = _human(machine)
+        say = human(machine)
         server_target = report_target
         if json_stream and on_stdout:
             # The stream prints each report as its last line, after the final record; the
@@ -425,7 +311,7 @@ def recv(
             trace_path=trace_target,
             once=once,
             config=config,
-            observer=_RecvObserver(
+            observer=RecvObserver(
                 bars=show_progress(quiet),
                 quiet=quiet,
                 say=say,
