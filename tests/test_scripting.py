@@ -185,9 +185,12 @@ def test_unwritable_report_or_trace_fails_at_start(tmp_path: Path) -> None:
     assert "is a file, not a directory" in sent.stderr
 
 
-def test_tcp_recv_report_dash(tmp_path: Path, sample: Path) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["report", "json-stream"])
+def test_tcp_recv_and_send_report_dash(tmp_path: Path, sample: Path, stream: bool) -> None:
+    extra = ["--json-stream", "--interval", "0.1"] if stream else []
     proc = subprocess.Popen(
-        [*UDPXFER, "tcp", "recv", "--bind", "127.0.0.1:0", "--once", "--report", "-", "-q"],
+        [*UDPXFER, "tcp", "recv", "--bind", "127.0.0.1:0", "--once", "--report", "-", "-q",
+         *extra],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -200,18 +203,28 @@ def test_tcp_recv_report_dash(tmp_path: Path, sample: Path) -> None:
             if "listening on 127.0.0.1:" in line:
                 port = int(line.split("listening on 127.0.0.1:")[1].split()[0].rstrip(")"))
         sent = run("tcp", "send", str(sample), "--to", f"127.0.0.1:{port}", "--report", "-",
-                   cwd=tmp_path)  # fmt: skip
+                   *extra, cwd=tmp_path)  # fmt: skip
         code, out, err = finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
     assert (code, sent.returncode) == (0, 0), err
-    doc: dict[str, Any] = json.loads(out)
+    *records, last = (json.loads(line) for line in out.splitlines())
+    *sent_records, sender = (json.loads(line) for line in sent.stdout.splitlines())
+    assert bool(records) == bool(sent_records) == stream  # else stdout is the report alone
+    for record in (*records, *sent_records):
+        validate(record)
+        assert record["transport"] == "tcp"
+        assert record["interval"]["datagrams"] is None
+    for side in (records, sent_records):
+        if side:
+            assert side[-1]["total"]["bytes"] == sample.stat().st_size
+            assert sum(r["interval"]["bytes"] for r in side) == sample.stat().st_size
+    doc: dict[str, Any] = last
     validate(doc)
     assert doc["transport"] == "tcp"
     assert doc["file"]["verified"]
-    sender = json.loads(sent.stdout)  # all of stdout: the summary went to stderr
     validate(sender)
     assert (sender["transport"], sender["verdict"]) == ("tcp", "verified")
     assert sender["file"]["sha256_expected"] == doc["file"]["sha256_expected"]

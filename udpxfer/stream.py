@@ -7,6 +7,7 @@ transfer began (``total``); the command prints the final report as the last line
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,32 +30,37 @@ class IntervalMeter:
     interval_s: float
     started_at: float  # the session's start, on the driver's clock
     _last_at: float | None = None
-    _last: dict[str, int] = field(default_factory=dict)
+    _last: dict[str, int | None] = field(default_factory=dict)
 
     def due(self, now: float) -> bool:
         """True when an interval has passed since the last record."""
         last = self.started_at if self._last_at is None else self._last_at
         return now - last >= self.interval_s
 
-    def record(self, totals: dict[str, int], now: float, **extra: Any) -> dict[str, Any]:
-        """The record for the interval ending ``now``, given the cumulative ``totals``."""
+    def record(self, totals: dict[str, int | None], now: float, **extra: Any) -> dict[str, Any]:
+        """The record for the interval ending ``now``, given the cumulative ``totals`` (None:
+        a counter that means nothing here, such as datagrams over TCP)."""
         start = self.started_at if self._last_at is None else self._last_at
         span = max(0.0, now - start)
         elapsed = max(0.0, now - self.started_at)
-        interval = {key: totals[key] - self._last.get(key, 0) for key in _COUNTERS}
+        interval = {key: _delta(totals[key], self._last.get(key)) for key in _COUNTERS}
         self._last, self._last_at = dict(totals), now
         return {
             "schema": STREAM_SCHEMA,
             "side": self.side,
             "start_s": round(start - self.started_at, 6),
             "end_s": round(elapsed, 6),
-            "interval": {**interval, "rate_bps": _rate(interval["bytes"], span)},
+            "interval": {**interval, "rate_bps": _rate(interval["bytes"] or 0, span)},
             "total": {
                 **{key: totals[key] for key in _COUNTERS},
-                "rate_bps": _rate(totals["bytes"], elapsed),
+                "rate_bps": _rate(totals["bytes"] or 0, elapsed),
             },
             **extra,
         }
+
+
+def _delta(now: int | None, before: int | None) -> int | None:
+    return None if now is None else now - (before or 0)
 
 
 def _rate(nbytes: int, seconds: float) -> float:
@@ -66,7 +72,7 @@ def sender_record(meter: IntervalMeter, session: SenderSession, now: float) -> d
     ``lost`` is what the receiver's last STATUS says did not arrive."""
     lost, seen = session.reported_loss
     chunks = session.first_pass_sent
-    totals = {
+    totals: dict[str, int | None] = {
         "bytes": min(session.size, chunks * session.chunk_size)
         + session.chunks_resent * session.chunk_size,
         "chunks": chunks,
@@ -95,7 +101,7 @@ def receiver_record(meter: IntervalMeter, session: ReceiverSession, now: float) 
     seen = session.transmissions_seen
     arrived = session.data_received - session.duplicates
     lost = max(0, seen - arrived)
-    totals = {
+    totals: dict[str, int | None] = {
         "bytes": min(size, session.held_count * session.chunk_size),
         "chunks": session.held_count,
         "datagrams": session.data_received,
@@ -112,3 +118,37 @@ def receiver_record(meter: IntervalMeter, session: ReceiverSession, now: float) 
         window=session.window,
         rtt_ms=None,  # the receiver does not time round trips
     )
+
+
+class ByteStream:
+    """``--json-stream`` records of a byte stream (a TCP transfer): bytes and rates only, the
+    datagram counters null. ``update(n)`` as a progress display is told; ``close()`` emits the
+    last record."""
+
+    def __init__(
+        self,
+        side: str,
+        name: str,
+        interval_s: float,
+        emit: Callable[[dict[str, Any]], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self._meter = IntervalMeter(side, interval_s, clock())
+        self._name, self._emit, self._clock = name, emit, clock
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = self._clock()
+        if self._meter.due(now):
+            self._emit(self._record(now))
+
+    def close(self) -> None:
+        self._emit(self._record(self._clock()))
+
+    def _record(self, now: float) -> dict[str, Any]:
+        totals: dict[str, int | None] = dict.fromkeys(_COUNTERS)
+        totals["bytes"] = self.done
+        return self._meter.record(
+            totals, now, transport="tcp", name=self._name, loss_rate=None, window=None, rtt_ms=None
+        )

@@ -6,6 +6,7 @@ summary, and exit 0. Clients exit 130 when interrupted.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ import typer
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_INTERRUPTED, guarded, tcp_app, udp_app
 from udpxfer.cli.progress import TransferBar, show_progress
-from udpxfer.cli.transfer import DEFAULT_IDLE_TIMEOUT_S
+from udpxfer.cli.transfer import DEFAULT_IDLE_TIMEOUT_S, INTERVAL_HELP, STREAM_HELP, stream_interval
+from udpxfer.cli.watch import json_line
 from udpxfer.companions import echo, palindrome_tcp, tcp_transfer, udp_echo
 from udpxfer.companions.rtt import PingStats
 from udpxfer.companions.runtime import (
@@ -28,9 +30,10 @@ from udpxfer.companions.runtime import (
 )
 from udpxfer.companions.tcp_receiver import run_tcp_receiver
 from udpxfer.errors import TransferError, UsageError
-from udpxfer.output import STDOUT, check_target, is_stdout
+from udpxfer.output import check_target, is_stdout
 from udpxfer.report import write_report
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
+from udpxfer.stream import DEFAULT_INTERVAL_S, ByteStream
 from udpxfer.units import (
     Address,
     format_rate,
@@ -349,6 +352,10 @@ def tcp_send(
             show_default=False,
         ),
     ] = None,
+    json_stream: Annotated[bool, typer.Option("--json-stream", help=STREAM_HELP)] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", help=INTERVAL_HELP)
+    ] = DEFAULT_INTERVAL_S,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Send one file over TCP to "udpxfer tcp recv", for TCP-vs-UDP comparisons.
@@ -359,8 +366,9 @@ def tcp_send(
     with guarded():
         target = check_target(report, what="--report") if report is not None else None
         on_stdout = target is not None and is_stdout(target)
+        every = stream_interval(json_stream, interval)
         address = _to(to)
-        counted = _CountingProgress(_progress(quiet))
+        counted = _CountingProgress(_streaming(_progress(quiet), "send", every))
         started, t0 = time.time(), time.monotonic()
         result: tcp_transfer.SendResult | None = None
         reason = ""
@@ -382,13 +390,51 @@ def tcp_send(
                 )
                 written = write_report(doc, target)
                 if not on_stdout and not quiet:
-                    typer.echo(f"report    {written}", err=result is None)
+                    typer.echo(f"report    {written}", err=result is None or json_stream)
+            if json_stream and not on_stdout and (result is not None or counted.started):
+                json_line(
+                    tcp_transfer.tcp_send_report(
+                        file,
+                        str(address),
+                        sent_bytes=counted.done,
+                        duration_s=time.monotonic() - t0,
+                        started_unix_s=started,
+                        result=result,
+                        reason=reason if result is None else "",
+                    )
+                )
     rate = result.size * 8 / result.duration_s if result.duration_s > 0 else 0.0
     typer.echo(
         f"sent {result.name} ({format_size(result.size)}) in {result.duration_s:.3f} s "
         f"({format_rate(rate)}); receiver verified {result.verdict}",
-        err=on_stdout,
+        err=on_stdout or json_stream,
     )
+
+
+def _streaming(inner: ProgressFactory, side: str, every: float | None) -> ProgressFactory:
+    """``inner``'s displays, each also printing ``--json-stream`` records when ``every``."""
+    if every is None:
+        return inner
+
+    def factory(label: str, total: int) -> Progress:
+        return _Tee(inner(label, total), ByteStream(side, label, every, json_line, time.monotonic))
+
+    return factory
+
+
+class _Tee:
+    """Two progress displays as one."""
+
+    def __init__(self, first: Progress, second: Progress) -> None:
+        self._displays = (first, second)
+
+    def update(self, n: int) -> None:
+        for display in self._displays:
+            display.update(n)
+
+    def close(self) -> None:
+        for display in self._displays:
+            display.close()
 
 
 class _CountingProgress:
@@ -446,6 +492,10 @@ def tcp_recv(
             help="Seconds of sender silence before a transfer is abandoned.",
         ),
     ] = DEFAULT_IDLE_TIMEOUT_S,
+    json_stream: Annotated[bool, typer.Option("--json-stream", help=STREAM_HELP)] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", help=INTERVAL_HELP)
+    ] = DEFAULT_INTERVAL_S,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Receive files sent with "udpxfer tcp send" and write a JSON report for each.
@@ -457,15 +507,19 @@ def tcp_recv(
     """
     with guarded():
         target = check_target(report, what="--report") if report is not None else None
-        log = timestamped(lambda line: typer.echo(line, err=target == STDOUT))
+        on_stdout = target is not None and is_stdout(target)
+        every = stream_interval(json_stream, interval)
+        log = timestamped(lambda line: typer.echo(line, err=on_stdout or json_stream))
         result = run_tcp_receiver(
             _bind(bind),
             out,
             log=log,
-            report=target,
+            # With the stream, each report is its last line: not a second copy on stdout.
+            report=Path(os.devnull) if json_stream and on_stdout else target,
             once=once,
             idle_timeout_s=idle_timeout,
-            progress=_progress(quiet),
+            progress=_streaming(_progress(quiet), "recv", every),
+            on_report=json_line if json_stream else None,
         )
     log(result.summary())
     if result.interrupted:

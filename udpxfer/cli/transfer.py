@@ -51,19 +51,20 @@ class ModeChoice(StrEnum):
     blast = "blast"
 
 
-def _interval(json_stream: bool, interval: float) -> float | None:
+def stream_interval(json_stream: bool, interval: float) -> float | None:
+    """``--interval`` checked; the seconds between records, or None without ``--json-stream``."""
     if interval < MIN_INTERVAL_S:
         fail(f"--interval must be at least {MIN_INTERVAL_S} s")
     return interval if json_stream else None
 
 
 _ADDR_SEND_HELP = "Receiver address: HOST:PORT, [v6addr]:PORT, or a bare PORT (loopback)."
-_STREAM_HELP = (
+STREAM_HELP = (
     "Print one JSON object per --interval on stdout while the transfer runs (bytes, chunks, "
     "loss, rate, window, RTT; per interval and cumulative), then the final report as the "
     "last line. Human output goes to stderr."
 )
-_INTERVAL_HELP = "Seconds between two --json-stream records (at least 0.1)."
+INTERVAL_HELP = "Seconds between two --json-stream records (at least 0.1)."
 
 
 @app.command()
@@ -126,9 +127,9 @@ def send(
             show_default=False,
         ),
     ] = None,
-    json_stream: Annotated[bool, typer.Option("--json-stream", help=_STREAM_HELP)] = False,
+    json_stream: Annotated[bool, typer.Option("--json-stream", help=STREAM_HELP)] = False,
     interval: Annotated[
-        float, typer.Option("--interval", metavar="SECONDS", help=_INTERVAL_HELP)
+        float, typer.Option("--interval", metavar="SECONDS", help=INTERVAL_HELP)
     ] = DEFAULT_INTERVAL_S,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -149,7 +150,7 @@ def send(
         )
         address = parse_peer_address(to, default_host=LOOPBACK)
         report_target = check_target(report, what="--report") if report is not None else None
-        every = _interval(json_stream, interval)
+        every = stream_interval(json_stream, interval)
         if not file.exists():
             fail(f"{file}: no such file")
         on_stdout = report_target is not None and is_stdout(report_target)
@@ -267,9 +268,9 @@ def recv(
             show_default=False,
         ),
     ] = None,
-    json_stream: Annotated[bool, typer.Option("--json-stream", help=_STREAM_HELP)] = False,
+    json_stream: Annotated[bool, typer.Option("--json-stream", help=STREAM_HELP)] = False,
     interval: Annotated[
-        float, typer.Option("--interval", metavar="SECONDS", help=_INTERVAL_HELP)
+        float, typer.Option("--interval", metavar="SECONDS", help=INTERVAL_HELP)
     ] = DEFAULT_INTERVAL_S,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars or start messages.")
@@ -295,7 +296,7 @@ def recv(
         )
         report_target = check_target(report, what="--report") if report is not None else None
         trace_target = _trace_target(trace)
-        every = _interval(json_stream, interval)
+        every = stream_interval(json_stream, interval)
         on_stdout = report_target is not None and is_stdout(report_target)
         machine = json_stream or on_stdout
         say = human(machine)

@@ -108,6 +108,7 @@ class _Receiver:
     idle_timeout_s: float
     log: Log
     progress: ProgressFactory
+    on_report: Callable[[dict[str, Any]], None] | None = None
     report_used: bool = False
     result: ReceiverResult = field(default_factory=ReceiverResult)
     stop: asyncio.Event | None = None
@@ -221,6 +222,8 @@ class _Receiver:
     def _finish(self, state: TransferState) -> None:
         state.report = doc = tcp_report(state, time.perf_counter() - state.t0)
         self.result.reports.append(doc)
+        if self.on_report is not None:
+            self.on_report(doc)
         for line in summary_lines(doc):
             self.log(line)
         try:
@@ -290,6 +293,7 @@ def run_tcp_receiver(
     once: bool = False,
     idle_timeout_s: float = 10.0,
     progress: ProgressFactory = NoProgress,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
     ready: Ready | None = None,
     handle_signals: bool = True,
 ) -> ReceiverResult:
@@ -299,6 +303,7 @@ def run_tcp_receiver(
         report: where the (first) report goes; a directory means fresh names inside it.
         reports_dir: where reports go without ``report``.
         idle_timeout_s: a sender silent this long is abandoned (its file stays ``.partial``).
+        on_report: called with each transfer's report when it ends (``--json-stream``).
 
     Raises:
         UsageError: the address is in use, or a directory cannot be written.
@@ -316,6 +321,7 @@ def run_tcp_receiver(
         idle_timeout_s=idle_timeout_s,
         log=log,
         progress=progress,
+        on_report=on_report,
     )
 
     async def main(stop: asyncio.Event) -> ReceiverResult:
