@@ -157,17 +157,27 @@ def send(
         machine = json_stream or on_stdout
         watch = SendWatch(file, str(address), bar=show_progress(quiet), stream_every=every)
         started = time.time()
+
+        def publish(session: SenderSession) -> dict[str, Any]:
+            doc = send_report(session, source=file, peer=str(address), started_unix_s=started)
+            if report_target is not None:
+                written = write_report(doc, report_target)
+                if not on_stdout and not quiet:
+                    typer.echo(f"report    {written}", err=machine)
+            if json_stream and not on_stdout:
+                json_line(doc)
+            return doc
+
         try:
             session = send_file(file, address, config, on_progress=watch.update, name=name)
+        except KeyboardInterrupt:
+            watch.close()
+            if watch.session is not None:  # the session, aborted: its report all the same
+                publish(watch.session)
+            raise
         finally:
             watch.close()
-        doc = send_report(session, source=file, peer=str(address), started_unix_s=started)
-        if report_target is not None:
-            written = write_report(doc, report_target)
-            if not on_stdout and not quiet:
-                typer.echo(f"report    {written}", err=machine)
-        if json_stream and not on_stdout:
-            json_line(doc)
+        doc = publish(session)
         _conclude_send(session, doc, say=human(machine))
 
 

@@ -49,8 +49,10 @@ class SendWatch:
         self._every = stream_every
         self._clock = clock
         self._meter: IntervalMeter | None = None
+        self.session: SenderSession | None = None  # the last one seen, for an interrupted run
 
     def update(self, session: SenderSession) -> None:
+        self.session = session
         self._bar.set(
             min(session.size, session.acked_held * session.chunk_size),
             f"resent {session.chunks_resent}",
