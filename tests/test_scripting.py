@@ -177,6 +177,10 @@ def test_unwritable_report_or_trace_fails_at_start(tmp_path: Path) -> None:
         assert done.stderr.strip().splitlines() == [
             f"udpxfer: error: {blocker} is a file, not a directory"
         ]
+    stdout_trace = run("recv", "--bind", "127.0.0.1:0", "--trace", "/dev/stdout", cwd=tmp_path,
+                       timeout=20)  # fmt: skip
+    assert stdout_trace.returncode == 2
+    assert "is stdout, which is not possible here" in stdout_trace.stderr
     done = run("recv", "--bind", "127.0.0.1:0", "--trace", "-", cwd=tmp_path, timeout=20)
     assert done.returncode == 2
     assert "give a file path" in done.stderr

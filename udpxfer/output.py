@@ -54,7 +54,10 @@ def check_target(text: str, *, what: str, allow_stdout: bool = True) -> Path:
     if is_directory_target(text):
         ensure_writable_dir(path)
         return path
-    if _std_stream(path) is not None:
+    stream = _std_stream(path)
+    if stream is not None:
+        if not allow_stdout and stream is sys.stdout.buffer:
+            raise UsageError(f"{what}: {path} is stdout, which is not possible here")
         return path
     try:
         mode = os.stat(path).st_mode
