@@ -36,6 +36,9 @@ def test_help_fits_80_columns_and_names_what_options_take(words: tuple[str, ...]
     # Python types are no metavars: an option says ADDR, SIZE, RATE, SECONDS, PATH...
     assert not re.search(r"<(str|bool|int|float|path|list\[[^>]*\])[^>]*>", text), text
     assert "\\[" not in text  # no escapes left over from rich markup
+    if "Commands:" in text:  # each command's one-line help whole, not cut with "..."
+        commands = text.split("Commands:", 1)[1].strip().splitlines()
+        assert not [line for line in commands if line.rstrip().endswith("...")]
 
 
 def test_impair_examples_paste_as_they_are() -> None:

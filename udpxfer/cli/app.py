@@ -37,7 +37,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 tcp_app = typer.Typer(
-    help="TCP companions: echo and palindrome servers/clients, file transfer for comparisons.",
+    help="TCP companions: echo, palindrome, file transfer.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )

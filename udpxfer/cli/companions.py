@@ -77,7 +77,7 @@ def _progress(quiet: bool) -> ProgressFactory:
 # ---------------------------------------------------------------- TCP echo
 
 
-@tcp_app.command("echo-server")
+@tcp_app.command("echo-server", short_help="Echo each client's bytes back, many at once.")
 def echo_server(
     bind: Annotated[str, typer.Option(metavar="ADDR", help=_BIND_HELP)] = str(echo.DEFAULT_PORT),
 ) -> None:
@@ -95,7 +95,7 @@ def echo_server(
     log(stats.summary("TCP echo server"))
 
 
-@tcp_app.command("echo-client")
+@tcp_app.command("echo-client", short_help="Send typed lines to an echo server.")
 def echo_client(
     to: Annotated[str, typer.Option(metavar="ADDR", help=_TO_HELP)] = str(echo.DEFAULT_PORT),
     timeout: Annotated[
@@ -127,7 +127,9 @@ def echo_client(
 # ---------------------------------------------------------------- palindrome
 
 
-@tcp_app.command("palindrome-server")
+@tcp_app.command(
+    "palindrome-server", short_help="Say whether each line a client sends is a palindrome."
+)
 def palindrome_server(
     bind: Annotated[str, typer.Option(metavar="ADDR", help=_BIND_HELP)] = str(
         palindrome_tcp.DEFAULT_PORT
@@ -167,7 +169,7 @@ def palindrome_server(
     log(stats.summary("Palindrome server", "request answered"))
 
 
-@tcp_app.command("palindrome-client")
+@tcp_app.command("palindrome-client", short_help="Ask a palindrome server about strings.")
 def palindrome_client(
     strings: Annotated[
         list[str] | None,
@@ -212,7 +214,7 @@ def palindrome_client(
 # ---------------------------------------------------------------- UDP echo
 
 
-@udp_app.command("echo-server")
+@udp_app.command("echo-server", short_help="Echo every datagram back, logging each.")
 def udp_echo_server(
     bind: Annotated[str, typer.Option(metavar="ADDR", help=_BIND_HELP)] = str(
         udp_echo.DEFAULT_PORT
@@ -239,7 +241,7 @@ def udp_echo_server(
     log(stats.summary("UDP echo server", "datagram echoed"))
 
 
-@udp_app.command("echo-client")
+@udp_app.command("echo-client", short_help="Time echoes from a UDP echo server, like ping.")
 def udp_echo_client(
     buffers: Annotated[
         list[str] | None,
@@ -324,7 +326,7 @@ def udp_echo_client(
 # ---------------------------------------------------------------- TCP file transfer
 
 
-@tcp_app.command("send")
+@tcp_app.command("send", short_help="Send one file over TCP to `udpxfer tcp recv`.")
 def tcp_send(
     file: Annotated[
         Path, typer.Argument(metavar="FILE", help="The file to send.", show_default=False)
@@ -461,7 +463,7 @@ class _CountingProgress:
         return _Counted()
 
 
-@tcp_app.command("recv")
+@tcp_app.command("recv", short_help="Receive files over TCP, a JSON report for each.")
 def tcp_recv(
     bind: Annotated[str, typer.Option(metavar="ADDR", help=_BIND_HELP)] = str(
         tcp_transfer.DEFAULT_PORT

@@ -132,7 +132,11 @@ def _stop_on_signals(relay: Relay, caught: list[str]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@app.command(help=_HELP, epilog=_EXAMPLES)
+@app.command(
+    help=_HELP,
+    epilog=_EXAMPLES,
+    short_help="Relay UDP, impairing it like a bad network (netem).",
+)
 def impair(
     listen: Annotated[
         str,

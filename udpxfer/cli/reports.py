@@ -19,7 +19,7 @@ class FormatChoice(StrEnum):
     html = "html"
 
 
-@app.command()
+@app.command(short_help="Render reports as Markdown or one HTML page with plots.")
 def report(
     paths: Annotated[
         list[Path],
@@ -75,7 +75,7 @@ def report(
         typer.echo(str(written))
 
 
-@app.command()
+@app.command(short_help="A sample file through a lossy relay on loopback.")
 def demo(
     file: Annotated[
         Path | None,

@@ -213,7 +213,7 @@ def _conclude_send(
     raise TransferError(f"{head}: {outcome.reason or outcome.outcome}")
 
 
-@app.command()
+@app.command(short_help="Receive files over UDP, writing a JSON report for each.")
 def recv(
     bind: Annotated[
         str,
