@@ -7,6 +7,7 @@ import os
 import random
 import select
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -261,3 +262,27 @@ def test_tcp_send_writes_its_report_when_the_receiver_drops_it(
     validate(doc)
     assert (doc["outcome"], doc["verdict"], doc["file"]["verified"]) == ("failed", None, False)
     assert doc["reason"] in sent.stderr
+
+
+def test_report_into_a_fifo_reaches_its_reader(tmp_path: Path, sample: Path) -> None:
+    fifo = tmp_path / "reports.fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()  # blocks in open() until the receiver opens the FIFO to write
+    try:
+        with receiver(tmp_path, "--report", str(fifo)) as (proc, port):
+            run("send", str(sample), "--to", f"127.0.0.1:{port}", cwd=tmp_path)
+            code, out, _ = finish(proc)
+    finally:
+        if reader.is_alive():
+            with open(fifo, "wb"):  # let a reader still waiting go
+                pass
+        reader.join(WAIT_S)
+    assert code == 0
+    doc = json.loads(got[0])
+    validate(doc)
+    assert doc["file"]["verified"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the FIFO, not replaced by a file
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("reports-")]
+    assert f"report    {fifo}" in out
