@@ -7,14 +7,14 @@ import os
 import pickle
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import Ran
+from cli_helpers import run_in_process as run
 from companion_helpers import WAIT_S, background, running
 from test_analysis import gilbert_elliott_losses, synthetic_trace
 from test_render import make_report
@@ -24,16 +24,8 @@ from udpxfer.errors import UsageError
 from udpxfer.impair import GilbertElliott
 from udpxfer.report import summary_lines
 
-UDPXFER = [sys.executable, "-m", "udpxfer"]
 
-
-def run(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*UDPXFER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+def one_line_error(result: Ran) -> str:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -146,7 +138,7 @@ def test_pages_are_named_after_their_input(
     trace.save(tmp_path / "run-b.npz")
     out = tmp_path / "pages"
     for name in ("run-a.json", "run-b.npz"):
-        done = run("report", name, "--out", str(out), cwd=tmp_path, timeout=60)
+        done = run("report", name, "--out", str(out), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.glob("*.html")) == ["run-a.html", "run-b.html"]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import run_in_process
 from schemas import validate
 
 UDPXFER = [sys.executable, "-m", "udpxfer"]
@@ -172,20 +173,22 @@ def test_unwritable_report_or_trace_fails_at_start(tmp_path: Path) -> None:
     blocker = tmp_path / "plain-file"
     blocker.write_text("")
     for option in ("--report", "--trace"):
-        done = run("recv", "--bind", "127.0.0.1:0", option, f"{blocker}/x/run.npz", cwd=tmp_path,
-                   timeout=20)  # fmt: skip
+        done = run_in_process(
+            "recv", "--bind", "127.0.0.1:0", option, f"{blocker}/x/run.npz", cwd=tmp_path
+        )
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().splitlines() == [
             f"udpxfer: error: {blocker} is a file, not a directory"
         ]
+    # The real stdout of a process of its own: what /dev/stdout leads to is the point.
     stdout_trace = run("recv", "--bind", "127.0.0.1:0", "--trace", "/dev/stdout", cwd=tmp_path,
                        timeout=20)  # fmt: skip
     assert stdout_trace.returncode == 2
     assert "is stdout, which is not possible here" in stdout_trace.stderr
-    done = run("recv", "--bind", "127.0.0.1:0", "--trace", "-", cwd=tmp_path, timeout=20)
+    done = run_in_process("recv", "--bind", "127.0.0.1:0", "--trace", "-", cwd=tmp_path)
     assert done.returncode == 2
     assert "give a file path" in done.stderr
-    sent = run("send", "x", "--report", f"{blocker}/r.json", cwd=tmp_path, timeout=20)
+    sent = run_in_process("send", "x", "--report", f"{blocker}/r.json", cwd=tmp_path)
     assert sent.returncode == 2
     assert "is a file, not a directory" in sent.stderr
 
