@@ -15,7 +15,10 @@ from udpxfer.cli import app
 from udpxfer.companions.tcp_info import decode_tcp_info
 from udpxfer.errors import UsageError
 from udpxfer.impair import Direction, GilbertElliott, Impairment
-from udpxfer.lab import compare_report
+from udpxfer.lab import (
+    compare_report,
+    netns,
+)
 from udpxfer.lab.compare import CompareConfig
 from udpxfer.lab.netns import (
     Backend,
@@ -49,13 +52,15 @@ def test_tun_lab_names_carry_prefix_and_pid() -> None:
     assert data["backend"] == "tun"
     assert data["mtu"] == 1500
     assert data["impairment"]["forward"] == "loss 0.01"
-    assert [h["address"] for h in data["hosts"]] == ["10.201.1.1", "10.201.2.1"]
+    # Addresses that exist only inside the lab's own namespaces (no traffic leaves them).
+    assert [h["address"] for h in data["hosts"]] == [netns.ADDRESS_A, netns.ADDRESS_B]
 
 
 def test_tun_path_is_point_to_point_at_mtu_1500() -> None:
     spec = describe_lab(Backend.TUN, Impairment(), Impairment(), seed=0, pid=42)
     cmds = [" ".join(c) for c in path_commands(spec)]
-    assert "ip -n udpxfer-42-a addr add 10.201.1.1 peer 10.201.2.1 dev udpxfer42a" in cmds
+    a, b = netns.ADDRESS_A, netns.ADDRESS_B
+    assert f"ip -n udpxfer-42-a addr add {a} peer {b} dev udpxfer42a" in cmds
     assert any("udpxfer42b mtu 1500" in c for c in cmds)
     assert [c for c in namespace_commands(spec) if c[:3] == ["ip", "netns", "add"]] == [
         ["ip", "netns", "add", "udpxfer-42-a"],
@@ -73,7 +78,7 @@ def test_netem_lab_routes_through_a_router_namespace() -> None:
         "tc -n udpxfer-7-r qdisc add dev udpxfer7q root netem limit 1000 delay 20ms loss "
         "random 2%" in cmds
     )
-    assert "ip -n udpxfer-7-a route add default via 10.201.1.254" in cmds
+    assert f"ip -n udpxfer-7-a route add default via {netns.ROUTER_A_SIDE}" in cmds
     assert any("type veth peer name udpxfer7p netns udpxfer-7-r" in c for c in cmds)
 
 
