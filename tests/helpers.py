@@ -101,8 +101,14 @@ def run_pair(
     name: str = "file.bin",
     max_time_s: float = 600.0,
     max_steps: int = 5_000_000,
+    batched: bool = True,
 ) -> PairResult:
-    """Run a sender and a receiver against each other on a fake clock until both are done."""
+    """Run a sender and a receiver against each other on a fake clock until both are done.
+
+    With ``batched`` (the driver's way), datagrams that arrive at the same moment reach the
+    receiver as GRO-style buffers (``gro_buffers``) through ``receive_buffer``; without it,
+    one by one through ``receive_datagram``.
+    """
     forward = forward or Link(random.Random(0))
     reverse = reverse or Link(random.Random(1))
     now = 1.0  # a real clock is never at zero (a zero echo means "none" on the wire)
@@ -153,12 +159,16 @@ def run_pair(
         now = max(now, min(timers))
         if now > max_time_s:
             raise AssertionError(f"transfer did not finish within {max_time_s} s of fake time")
+        arrived: list[bytes] = []
         while in_flight and in_flight[0][0] <= now:
             _, _, direction, datagram = heapq.heappop(in_flight)
             if direction == "fwd":
-                endpoint.receive_datagram(datagram, PEER, now)
-            else:
-                sender.receive_datagram(datagram, now)
+                arrived.append(datagram)
+                continue
+            deliver(endpoint, arrived, now, stored, batched)
+            arrived = []
+            sender.receive_datagram(datagram, now)
+        deliver(endpoint, arrived, now, stored, batched)
         timer = sender.get_timer()
         if timer is not None and timer <= now:
             sender.handle_timer(now)
@@ -168,6 +178,48 @@ def run_pair(
     else:
         raise AssertionError("simulation did not settle")
     return PairResult(sender, endpoint, session, stored, ended, now)
+
+
+def gro_buffers(datagrams: list[bytes]) -> list[tuple[bytearray, int, int]]:
+    """Datagrams in order as UDP GRO would coalesce them: runs of equal sizes (the last of a
+    run may be shorter), at most 64 segments and 65,000 bytes a run.
+
+    Returns (buffer, length, segment size) triples; a run of one has segment size 0.
+    """
+    out: list[tuple[bytearray, int, int]] = []
+    start = 0
+    while start < len(datagrams):
+        size = len(datagrams[start])
+        end = start + 1
+        limit = start + max(1, min(64, 65000 // max(size, 1)))
+        while end < min(limit, len(datagrams)) and len(datagrams[end]) == size and size:
+            end += 1
+        if end < min(limit, len(datagrams)) and 0 < len(datagrams[end]) < size:
+            end += 1
+        run = b"".join(datagrams[start:end])
+        out.append((bytearray(run), len(run), size if end - start > 1 else 0))
+        start = end
+    return out
+
+
+def deliver(
+    endpoint: ReceiverEndpoint, datagrams: list[bytes], now: float, stored: bytearray, batched: bool
+) -> None:
+    """Hand datagrams to the endpoint, batched or one by one; store the chunks it returns."""
+    if not batched:
+        for datagram in datagrams:
+            endpoint.receive_datagram(datagram, PEER, now)
+        return
+    for buffer, length, segment in gro_buffers(datagrams):
+        for run in endpoint.receive_buffer(buffer, length, segment, PEER, now):
+            batch, size = run.batch, run.session.chunk_size
+            for position in run.positions.tolist():
+                start = batch.payload_start(position)
+                offset = int(batch.index[position]) * size
+                payload = buffer[start : start + int(batch.payload_bytes[position])]
+                if len(stored) < offset + len(payload):
+                    stored.extend(bytes(offset + len(payload) - len(stored)))
+                stored[offset : offset + len(payload)] = payload
 
 
 # -- real sockets on loopback -----------------------------------------------------------

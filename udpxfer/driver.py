@@ -29,17 +29,19 @@ from udpxfer.files import (
     unique_path,
 )
 from udpxfer.ranges import Bitmap, missing_ranges
-from udpxfer.sender import SenderConfig, SenderSession
-from udpxfer.transport import UdpTransport
+from udpxfer.sender import DataRun, SenderConfig, SenderSession
+from udpxfer.transport import MAX_DATAGRAM, UdpTransport
 from udpxfer.units import Address
-from udpxfer.wire import NONCE_BYTES, Mode, block_chunks_for, chunk_count_for
+from udpxfer.wire import HEADER_BYTES, NONCE_BYTES, Mode, block_chunks_for, chunk_count_for
 
 if TYPE_CHECKING:
+    from udpxfer.endpoint import StoreRun
     from udpxfer.receiver import ReceiverConfig, ReceiverSession
 
 Clock = Callable[[], float]
 PROGRESS_INTERVAL_S = 0.1
-_RECV_BURST = 256  # datagrams handled between two looks at timers and feedback
+_RECV_BURST = 256  # receives handled between two looks at timers
+RING_BUFFERS = 16  # receive buffers whose chunks are gathered before they are written
 _HASH_POLL_S = 0.005  # how often an idle loop looks for finished hashes
 STATE_SAVE_INTERVAL_S = 1.0  # resume sidecars are rewritten this often
 MAX_BLOCK_REPAIRS = 8  # times a transfer may fetch bad blocks again before it is a mismatch
@@ -172,9 +174,9 @@ def _run_sender(
     try:
         while not session.finished:
             now = clock()
-            batch = session.datagrams_to_send(now)
+            batch = session.transmit(now)
             if batch:
-                transport.send_many(batch)
+                _send(transport, batch)
                 session.batch_left(clock())
             heard = False
             while (incoming := transport.recv_batch()) is not None:
@@ -197,13 +199,28 @@ def _run_sender(
             transport.wait(None if timer is None else timer - now)
     except KeyboardInterrupt:
         session.abort("sender interrupted", clock())
-        transport.send_many(session.datagrams_to_send(clock()))
+        _send(transport, session.transmit(clock()))
         raise
-    transport.send_many(session.datagrams_to_send(clock()))  # a final ABORT, if any
+    _send(transport, session.transmit(clock()))  # a final ABORT, if any
     while session.next_event() is not None:
         pass  # the outcome is kept on the session
     if on_progress is not None:
         on_progress(session)
+
+
+def _send(transport: UdpTransport, items: list[bytes | DataRun]) -> None:
+    """Send a session's output in order: control datagrams as they are, DATA runs gathered."""
+    plain: list[bytes] = []
+    for item in items:
+        if isinstance(item, DataRun):
+            if plain:
+                transport.send_many(plain)
+                plain = []
+            transport.send_gathered(item.pieces, item.count, item.segment)
+        else:
+            plain.append(item)
+    if plain:
+        transport.send_many(plain)
 
 
 # -- receiving --------------------------------------------------------------------------
@@ -294,6 +311,9 @@ class ReceiverServer:
         self._marks = (0, 0, 0)  # endpoint (received, rejected, unauthenticated) at the last report
         self._reports_written = 0
         self._next_progress = 0.0
+        # Receive buffers: chunks are written straight from them, a ring's worth at a time.
+        self._ring = [memoryview(bytearray(MAX_DATAGRAM)) for _ in range(RING_BUFFERS)]
+        self._slot = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -418,19 +438,32 @@ class ReceiverServer:
 
     def _loop(self, stop: threading.Event | None) -> None:
         endpoint, transport, clock = self.endpoint, self.transport, self.clock
-        receive, queue = endpoint.receive_datagram, endpoint.events
+        queue = endpoint.events
+        ring = self._ring
         while stop is None or not stop.is_set():
             handled = 0
-            while handled < _RECV_BURST and (batch := transport.recv_batch()) is not None:
+            while handled < _RECV_BURST:
+                buffer = ring[self._slot]
+                got = transport.recv_into(buffer)
+                if got is None:
+                    break
+                length, segment, addr, kernel_ns = got
                 now = clock()
-                segments, addr, queued_s = batch
-                for segment in segments:
-                    receive(segment, addr, now, queued_s)
-                    if queue:
-                        self._handle_events(now)
-                self._write_gathered()
+                queued_s = max(0.0, (time.time_ns() - kernel_ns) / 1e9) if kernel_ns else 0.0
+                for run in endpoint.receive_buffer(buffer, length, segment, addr, now, queued_s):
+                    self._store_run(run, buffer, now)
+                if queue:
+                    self._handle_events(now)
+                self._slot += 1
+                if self._slot == len(ring):
+                    # Every buffer of the ring holds chunks not yet written: write them all
+                    # (one pwritev per run) before the first buffer is received into again.
+                    self._slot = 0
+                    self._write_gathered()
                 self._flush()  # feedback leaves at once: its delay is the sender's signal
                 handled += 1
+            if handled:
+                self._write_gathered()
             if self._hashing:
                 self._take_hashes()
             now = clock()
@@ -452,6 +485,23 @@ class ReceiverServer:
                 longest = _HASH_POLL_S if self._hashing else 0.25
                 wait = longest if timer is None else min(longest, max(0.0, timer - clock()))
                 transport.wait(wait)
+
+    def _store_run(self, run: StoreRun, buffer: memoryview, now: float) -> None:
+        """Gather the new chunks of one receive for writing (straight from ``buffer``)."""
+        session, batch, positions = run.session, run.batch, run.positions
+        partial = self._files.get(session) or self._open(session, now)
+        if partial is None:
+            return
+        step, chunk_size = batch.segment, session.chunk_size
+        starts = (batch.rows[positions] * step + HEADER_BYTES).tolist()
+        ends = (batch.payload_bytes[positions]).tolist()
+        offsets = (batch.index[positions] * chunk_size).tolist()
+        write = partial.write_at
+        try:
+            for start, length, offset in zip(starts, ends, offsets, strict=True):
+                write(offset, buffer[start : start + length])
+        except TransportError as exc:
+            session.close(now, str(exc))
 
     def _done_with(self, session: ReceiverSession, now: float) -> bool:
         """A transfer's report is written and its linger (answering repeated ENDs) is over."""

@@ -19,6 +19,10 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
+from udpxfer.batch import DataBatch, decode_batch_untrusted
 from udpxfer.errors import AuthenticationFailed, MalformedPacket
 from udpxfer.events import Event
 from udpxfer.receiver import (
@@ -55,6 +59,19 @@ MAX_TRACKED_ADDRESSES = 16384  # budgets kept at once (oldest forgotten first)
 _DATA = int(PacketType.DATA)
 _META = int(PacketType.META)
 _ORPHANS = (int(PacketType.DATA), int(PacketType.END), int(PacketType.ABORT))
+_ROW_OVERHEAD = 44  # header and check around a keyless DATA payload (wire.HEADER_BYTES + 4)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRun:
+    """New chunks of one session in a receive buffer, for the driver to write.
+
+    ``positions`` index the rows of ``batch`` (``DataBatch.payload_start``, ``batch.index``).
+    """
+
+    session: ReceiverSession
+    batch: DataBatch
+    positions: npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +217,53 @@ class ReceiverEndpoint:
             return
         if not session.receive_packet(packet, now, size):
             self.rejected += 1
+
+    def receive_buffer(
+        self,
+        buffer: bytes | bytearray | memoryview,
+        length: int,
+        segment: int,
+        peer: Peer,
+        now: float,
+        queued_s: float = 0.0,
+    ) -> list[StoreRun]:
+        """Handle one receive: ``length`` bytes of datagrams ``segment`` bytes apart (a UDP
+        GRO run; 0: one datagram), all from ``peer``; never raises for any content.
+
+        The keyless DATA of a transfer in progress are decoded and applied as one batch; the
+        chunks they bring are returned for the caller to store (views into ``buffer``: keep
+        it unchanged until they are written). Every other datagram takes the row path,
+        ``receive_datagram``, in buffer order.
+        """
+        view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+        batch = decode_batch_untrusted(view, length, segment)
+        stores: list[StoreRun] = []
+        slow = batch.slow
+        if len(batch):
+            sessions = batch.session
+            first = int(sessions[0])
+            session = self.sessions.get((peer, first))
+            if (
+                session is not None
+                and session.state is ReceiverState.RECEIVING
+                and session.seal is CRC
+                and bool((sessions == sessions[0]).all())
+            ):
+                n = len(batch)
+                self.received += n
+                self._budget(peer).received += int(batch.payload_bytes.sum()) + n * _ROW_OVERHEAD
+                session.datagrams += n
+                new = session.on_data_batch(batch, now, queued_s)
+                self.rejected += session.rejected_rows
+                if new.size:
+                    stores.append(StoreRun(session, batch, new))
+            else:
+                slow = sorted([*slow, *batch.rows.tolist()])
+        step = batch.segment
+        for row in slow:
+            start = row * step
+            self.receive_datagram(view[start : min(start + step, length)], peer, now, queued_s)
+        return stores
 
     def datagrams_to_send(self, now: float | None = None) -> list[tuple[bytes, Peer]]:
         """Feedback for every peer: (datagram, peer) pairs, within each address's budget."""

@@ -59,6 +59,16 @@ class Pacer:
         self._refill(now)
         return self._tokens > 0
 
+    def allowance(self, now: float, datagram_bytes: int) -> int:
+        """How many datagrams of ``datagram_bytes`` may leave back to back at ``now``: each
+        while the bucket is above zero, as ``ready`` and ``consume`` one by one would."""
+        if not self.rate_bps:
+            return 1 << 30
+        self._refill(now)
+        if self._tokens <= 0:
+            return 0
+        return -(-int(self._tokens) // max(1, datagram_bytes)) or 1
+
     def consume(self, n_bytes: int) -> None:
         """Account for a datagram of ``n_bytes`` that was released."""
         if self.rate_bps:

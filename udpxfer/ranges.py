@@ -69,6 +69,41 @@ class Bitmap:
         """Clear the bit of ``index`` (inside the map)."""
         self.bits[index >> 3] &= ~(1 << (index & 7)) & 0xFF
 
+    def set_range(self, first: int, last: int) -> None:
+        """Set the bits of ``first .. last`` (inside the map), whole bytes at a time."""
+        bits, end = self.bits, last + 1
+        head, tail = first >> 3, end >> 3
+        if head == tail:
+            bits[head] |= ((1 << (end - first)) - 1) << (first & 7)
+            return
+        if first & 7:
+            bits[head] |= (0xFF << (first & 7)) & 0xFF
+            head += 1
+        bits[head:tail] = b"\xff" * (tail - head)
+        if end & 7:
+            bits[tail] |= (1 << (end & 7)) - 1
+
+    def any_in_range(self, first: int, last: int) -> bool:
+        """True when any bit of ``first .. last`` (inside the map) is set."""
+        head, end = first >> 3, last + 1
+        word = int.from_bytes(self.bits[head : (end + 7) >> 3], "little") >> (first & 7)
+        return bool(word & ((1 << (end - first)) - 1))
+
+    def first_clear(self, start: int) -> int:
+        """The first index at or after ``start`` whose bit is clear (``size`` if none)."""
+        full = b"\xff" * 64
+        byte = start >> 3
+        # Bits of the first byte below ``start`` count as set.
+        while byte < len(self.bits):
+            head = self.bits[byte] | ((1 << (start & 7)) - 1 if byte == start >> 3 else 0)
+            if head != 0xFF:
+                free = ~head & 0xFF
+                return min(self.size, (byte << 3) + (free & -free).bit_length() - 1)
+            byte += 1
+            while self.bits[byte : byte + 64] == full:
+                byte += 64
+        return self.size
+
     def flags(self) -> npt.NDArray[np.uint8]:
         """One 0/1 byte per index, for vectorised work (reports, analysis)."""
         import numpy as np
@@ -176,6 +211,22 @@ class RangeQueue:
         self.length -= 1
         _insert(self._taken, index, index)
         return index
+
+    def pop_run(self, limit: int) -> tuple[int, int]:
+        """Up to ``limit`` (at least 1) consecutive indexes from the front, marked as taken.
+
+        Returns ``(first, count)``: indexes ``first .. first + count - 1``.
+        """
+        head = self._queue[0]
+        first = head[0]
+        count = max(1, min(limit, head[1] - first + 1))
+        if first + count > head[1]:
+            del self._queue[0]
+        else:
+            head[0] = first + count
+        self.length -= count
+        _insert(self._taken, first, first + count - 1)
+        return first, count
 
     def push_front(self, index: int) -> None:
         """Put back an index just popped (it could not be sent yet)."""

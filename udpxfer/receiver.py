@@ -18,9 +18,12 @@ from array import array
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum, auto
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
+from udpxfer.batch import DataBatch
 from udpxfer.events import (
     ChunkReceived,
     Event,
@@ -57,6 +60,8 @@ from udpxfer.wire import (
 )
 
 Peer = Hashable
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
 Payload = bytes | memoryview
 ChunkSink = Callable[["ReceiverSession", int, Payload], None]
 _RESENT = int(Flags.RESENT)
@@ -67,6 +72,7 @@ TRACE_DUPLICATE = 2  # the chunk was already held when this datagram arrived
 # Per-datagram cost in a socket buffer beyond the payload (sk_buff and slab rounding); an
 # estimate on the safe side so that the advertised window never overfills the buffer.
 _BUFFER_OVERHEAD_BYTES = 1200
+_ARANGE = np.arange(1 << 12, dtype=np.int64)  # row positions of a batch (at most 64 rows)
 # A DATA stamp further than this from the transfer's META stamp is no clock of that sender.
 MAX_STAMP_SPREAD_NS = 7 * 86400 * 10**9
 MAX_HAVE_DATAGRAMS = 16
@@ -121,6 +127,23 @@ class TraceRecorder:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def extend(
+        self,
+        index: I64,
+        tx: I64,
+        sent_ns: I64,
+        arrival_ns: int,
+        pass_no: npt.NDArray[np.integer[Any]],
+        flags: npt.NDArray[np.integer[Any]],
+    ) -> None:
+        """Append a batch of records (columns of equal length)."""
+        self.index.frombytes(index.astype(np.int64, copy=False).tobytes())
+        self.tx.frombytes(tx.astype(np.int64, copy=False).tobytes())
+        self.sent_ns.frombytes(sent_ns.astype(np.int64, copy=False).tobytes())
+        self.arrival_ns.frombytes(np.full(index.size, arrival_ns, dtype=np.int64).tobytes())
+        self.pass_no.frombytes(pass_no.astype(np.uint8, copy=False).tobytes())
+        self.flags.frombytes(flags.astype(np.uint8, copy=False).tobytes())
 
 
 class ReceiverSession:
@@ -178,6 +201,7 @@ class ReceiverSession:
         self.tx_sent = -1  # data datagrams the sender says it sent (from END)
         self.window = 0
         self.bytes_in_round = 0  # bytes received since the last END was answered
+        self.rejected_rows = 0  # rows of the last on_data_batch with no place in this file
 
         self._events = events
         self._store = store
@@ -606,6 +630,142 @@ class ReceiverSession:
         if flags & _ACK_REQUESTED:
             self._send_status(sent_ns, now, queued_s)
         return True
+
+    def on_data_batch(self, batch: DataBatch, now: float, queued_s: float = 0.0) -> I64:
+        """DATA rows of this session from one receive buffer, at once (``on_data`` per row,
+        vectorised; a property test holds the two to the same state).
+
+        Returns the positions (into ``batch``) of the new chunks to store, in buffer order;
+        how many rows had no place in this file is left in ``rejected_rows``.
+        """
+        n = len(batch)
+        index = batch.index
+        first, last = int(index[0]), int(index[-1])
+        stamps = batch.sent_ns
+        if (
+            last - first == n - 1
+            and self.state is ReceiverState.RECEIVING
+            and last < self._chunk_count
+            and self._sizes_fit(batch, last)
+            and abs(int(stamps.min()) - self._stamp_origin) <= MAX_STAMP_SPREAD_NS
+            and abs(int(stamps.max()) - self._stamp_origin) <= MAX_STAMP_SPREAD_NS
+            and np.array_equal(index, _ARANGE[:n] + first)
+            and not self.held.any_in_range(first, last)
+        ):
+            return self._new_run(batch, first, last, now, queued_s)
+        return self._rows(batch, now, queued_s)
+
+    def _sizes_fit(self, batch: DataBatch, last: int) -> bool:
+        """Every row of an ascending run ending at chunk ``last`` has its chunk's length
+        (a batch's rows all have one length but its last row, which may be shorter)."""
+        sizes = batch.payload_bytes
+        final = self._last_len if last == self._chunk_count - 1 else self._chunk_size
+        return int(sizes[-1]) == final and (sizes.size == 1 or int(sizes[0]) == self._chunk_size)
+
+    def _new_run(self, batch: DataBatch, first: int, last: int, now: float, queued_s: float) -> I64:
+        """The common case: chunks ``first .. last`` in order, none held yet."""
+        n = last - first + 1
+        tx, flags = batch.tx, batch.flags
+        self.rejected_rows = 0
+        self.last_heard = self.last_data_at = now
+        self.data_received += n
+        self.bytes_in_round += int(batch.payload_bytes.sum())
+        resent_flags = flags & _RESENT
+        if self.trace is not None:
+            self.trace.extend(
+                batch.index, tx, batch.sent_ns, int(now * 1e9), batch.pass_no, resent_flags
+            )
+        tx_first = int(tx[0])
+        if not (tx_first > self._highest_tx and np.array_equal(tx, _ARANGE[:n] + tx_first)):
+            before = np.maximum.accumulate(np.concatenate(([self._highest_tx], tx[:-1])))
+            self.out_of_order += int(np.count_nonzero(tx <= before))
+        self._highest_tx = max(self._highest_tx, int(tx.max()))
+        resent = int(np.count_nonzero(resent_flags))
+        self.retransmitted += resent
+        if resent == 0:
+            self.first_pass.set_range(first, last)
+            self.sent_upto = max(self.sent_upto, last + 1)
+        elif resent < n:
+            self._first_pass_rows(batch.index[resent_flags == 0])
+        self.held.set_range(first, last)
+        self.held_count += n
+        if first <= self.contiguous <= last:
+            self.contiguous = self.held.first_clear(self.contiguous)
+        if self.held_count == self._chunk_count:
+            self._all_held()
+        self._ack_rows(batch, flags, now, queued_s)
+        return _ARANGE[:n]
+
+    def _rows(self, batch: DataBatch, now: float, queued_s: float) -> I64:
+        """Any mix of rows (reordered, repeated, out of range): ``on_data``'s rules, at once."""
+        count = self._chunk_count
+        index, sent_ns = batch.index, batch.sent_ns
+        expected = np.where(index < count - 1, self._chunk_size, self._last_len)
+        valid = (
+            (index < count)
+            & (batch.payload_bytes == expected)
+            & (np.abs(sent_ns - self._stamp_origin) <= MAX_STAMP_SPREAD_NS)
+        )
+        kept = np.flatnonzero(valid)
+        self.rejected_rows = len(batch) - kept.size
+        if kept.size == 0:
+            return kept
+        if kept.size != len(batch):
+            batch = batch.take(valid)
+            index, sent_ns = batch.index, batch.sent_ns
+        tx, flags = batch.tx, batch.flags
+        n = kept.size
+        self.last_heard = now
+        self.data_received += n
+        self.bytes_in_round += int(batch.payload_bytes.sum())
+        bits = np.frombuffer(self.held.bits, dtype=np.uint8)
+        masks = np.left_shift(1, index & 7).astype(np.uint8)
+        bytes_at = index >> 3
+        duplicate = (bits[bytes_at] & masks) != 0
+        receiving = self.state is ReceiverState.RECEIVING
+        if receiving:
+            # A chunk twice in one buffer: its second copy is a duplicate too.
+            _, once = np.unique(index, return_index=True)
+            repeated = np.ones(n, dtype=bool)
+            repeated[once] = False
+            duplicate |= repeated
+        resent = (flags & _RESENT) != 0
+        if self.trace is not None:
+            marks = np.where(duplicate, TRACE_DUPLICATE, 0).astype(np.uint8)
+            trace_flags = (flags & _RESENT) | marks
+            self.trace.extend(index, tx, sent_ns, int(now * 1e9), batch.pass_no, trace_flags)
+        # Out of order: a new chunk whose transmission number is not above every earlier one.
+        before = np.maximum.accumulate(np.concatenate(([self._highest_tx], tx[:-1])))
+        self.out_of_order += int(np.count_nonzero((tx <= before) & ~duplicate))
+        self._highest_tx = max(self._highest_tx, int(tx.max()))
+        n_resent = int(np.count_nonzero(resent))
+        self.retransmitted += n_resent
+        if n_resent != n:
+            self._first_pass_rows(index[~resent])
+        self.duplicates += int(np.count_nonzero(duplicate))
+        new = kept[~duplicate] if receiving else kept[:0]
+        if new.size:
+            np.bitwise_or.at(bits, bytes_at[~duplicate], masks[~duplicate])
+            self.held_count += new.size
+            self.last_data_at = now
+            if self.contiguous in index[~duplicate]:
+                self.contiguous = self.held.first_clear(self.contiguous)
+            if self.held_count == count:
+                self._all_held()
+        self._ack_rows(batch, flags, now, queued_s)
+        return new
+
+    def _first_pass_rows(self, fresh: I64) -> None:
+        """First transmissions of these chunks arrived."""
+        first_bits = np.frombuffer(self.first_pass.bits, dtype=np.uint8)
+        np.bitwise_or.at(first_bits, fresh >> 3, np.left_shift(1, fresh & 7).astype(np.uint8))
+        self.sent_upto = max(self.sent_upto, int(fresh.max()) + 1)
+
+    def _ack_rows(self, batch: DataBatch, flags: U8, now: float, queued_s: float) -> None:
+        """Answer the last row that asked for feedback (one STATUS a flush is enough)."""
+        acks = np.flatnonzero(flags & _ACK_REQUESTED)
+        if acks.size:
+            self._send_status(int(batch.sent_ns[acks[-1]]), now, queued_s)
 
     def _on_manifest(self, manifest: Manifest) -> bool:
         """Block hashes; bounded by the datagram (at most ``MANIFEST_HASHES``) and the file."""

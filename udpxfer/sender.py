@@ -28,7 +28,9 @@ from udpxfer.ranges import RangeQueue, clamp_ranges
 from udpxfer.wire import (
     CRC,
     DEFAULT_CHUNK_BYTES,
+    HEADER,
     HEADER_BYTES,
+    MAGIC,
     MANIFEST_HASHES,
     MAX_CHUNK_BYTES,
     MAX_NAME_BYTES,
@@ -37,6 +39,7 @@ from udpxfer.wire import (
     NONCE_BYTES,
     SHA256_BYTES,
     TOKEN_BYTES,
+    VERSION,
     Abort,
     AbortCode,
     Done,
@@ -50,6 +53,7 @@ from udpxfer.wire import (
     Mode,
     Nack,
     Packet,
+    PacketType,
     RangeKind,
     Seal,
     Status,
@@ -58,7 +62,6 @@ from udpxfer.wire import (
     chunk_count_for,
     decode_header_untrusted,
     encode,
-    encode_data,
     parse_header_untrusted,
 )
 
@@ -169,6 +172,8 @@ class SenderSession:
         self._key_problem: tuple[str, float] | None = None
         self.refused_by_network = False  # the driver saw ICMP port unreachable
         self.resumed = 0  # chunks the receiver already held (HAVE)
+        self._have_expected = 0  # chunks a resuming receiver's HELLO said it holds
+        self._have_wait_until: float | None = None  # until then, wait for its HAVE
         self._first = RangeQueue(self.chunk_count)
         if self.chunk_count:
             self._first.add(0, self.chunk_count - 1)
@@ -229,15 +234,33 @@ class SenderSession:
 
     # -- the sans-IO interface -------------------------------------------------------------
 
-    def datagrams_to_send(self, now: float) -> list[bytes]:
-        """Datagrams to send now, at most ``config.batch`` of data; call until empty."""
-        out = self._pending
+    def transmit(self, now: float) -> list[bytes | DataRun]:
+        """What to send now, in order: control datagrams, and DATA as runs of datagrams
+        built as pieces for one gathered (UDP GSO) send each; at most ``config.batch`` DATA
+        datagrams a call; call until empty."""
+        out: list[bytes | DataRun] = list(self._pending)
         self._pending = []
-        if self.state is SenderState.SENDING or self.state is SenderState.REPAIRING:
+        if self.state is SenderState.REPAIRING or (
+            self.state is SenderState.SENDING and self._have_wait_until is None
+        ):
             self._fill(out, now)
-        for datagram in out:
-            self.bytes_sent += len(datagram)
-        self.datagrams_sent += len(out)
+        for item in out:
+            if isinstance(item, DataRun):
+                self.bytes_sent += item.total_bytes
+                self.datagrams_sent += item.count
+            else:
+                self.bytes_sent += len(item)
+                self.datagrams_sent += 1
+        return out
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """``transmit`` as whole datagrams, one bytes object each (tests, simple drivers)."""
+        out: list[bytes] = []
+        for item in self.transmit(now):
+            if isinstance(item, DataRun):
+                out.extend(item.datagrams())
+            else:
+                out.append(item)
         return out
 
     def batch_left(self, now: float) -> None:
@@ -365,6 +388,11 @@ class SenderSession:
             self.state = SenderState.SENDING
             self._meta_at = None
             self._send_manifest(0, len(self._manifest) - 1, now)
+            if hello.flags & HelloFlags.RESUMING and hello.held:
+                # HAVE datagrams follow this HELLO: wait a moment for them, so that no chunk
+                # the receiver holds travels again (a lost HAVE costs only duplicates).
+                self._have_expected = min(hello.held, self.chunk_count)
+                self._have_wait_until = now + self._handshake_interval()
 
     def _on_have(self, have: Have, now: float) -> None:
         """Chunks the receiver already holds from an earlier transfer: not sent again."""
@@ -375,6 +403,8 @@ class SenderSession:
             before = self._first.length
             self._first.discard(first, last)
             self.resumed += before - self._first.length
+        if self.resumed >= self._have_expected:
+            self._have_wait_until = None
 
     def _on_status(self, packet: Status, now: float, queued_s: float) -> None:
         self._on_feedback(now, packet.echo_ns)
@@ -419,6 +449,8 @@ class SenderSession:
             deadlines.append(self._key_problem[1])
         if self.mode is Mode.BLAST and not self._feedback and not self._open_loop:
             deadlines.append(self.started_at + self.config.open_loop_after_s)
+        if self._have_wait_until is not None:
+            deadlines.append(self._have_wait_until)
         if self._has_data_to_send():
             release = self._pacer.next_release()
             if release is not None:
@@ -445,6 +477,8 @@ class SenderSession:
                 now, "timeout", f"no answer from the receiver for {silent:.0f} s", fail=True
             )
             return
+        if self._have_wait_until is not None and now >= self._have_wait_until:
+            self._have_wait_until = None  # the HAVE was lost: send, duplicates are harmless
         if self._meta_at is not None and now >= self._meta_at:
             # Handshake: META again (with the token, once the receiver gave one).
             self._queue_control(self._meta(1, now))
@@ -510,7 +544,7 @@ class SenderSession:
 
     def _has_data_to_send(self) -> bool:
         if self.state is SenderState.SENDING:
-            return True
+            return self._have_wait_until is None
         return self.state is SenderState.REPAIRING and bool(self._repair)
 
     def _window_open(self, now: float) -> bool:
@@ -540,56 +574,80 @@ class SenderSession:
             return True
         return False
 
-    def _fill(self, out: list[bytes], now: float) -> None:
-        """Append up to ``batch`` data datagrams allowed by window and pacing."""
+    def _fill(self, out: list[bytes | DataRun], now: float) -> None:
+        """Append up to ``batch`` data datagrams allowed by window and pacing, as runs of
+        consecutive chunks (one header per datagram, payloads as views of the file)."""
         config = self.config
-        view, size, chunk_size = self._view, self.size, self.chunk_size
-        sid, sent_ns = self.session_id, int(now * 1e9)
-        pacer = self._pacer
-        ack_every = max(1, self._window // 8)
         repairing = self.state is SenderState.REPAIRING
-        pass_no = self._round + 1 if repairing else 0
-        flags = int(Flags.RESENT) if repairing else 0
         queue = self._repair if repairing else self._first
-        seal = self._seal
-        for _ in range(config.batch):
+        pacer = self._pacer
+        datagram_bytes = HEADER_BYTES + self._seal.trailer_bytes + self.chunk_size
+        left = config.batch
+        while left > 0:
             if not queue:
                 if not repairing:
                     self._next_index = self.chunk_count
                 self._end_pass(now)
                 return
-            index = queue.pop()
-            if not pacer.ready(now) or not self._window_open(now):
-                queue.push_front(index)
+            if not pacer.ready(now):
                 return
-            tx = self._tx
-            in_flight = tx - self._highest_acked
-            ack = tx % ack_every == 0 or in_flight >= self._window
+            room = self._room()
+            if room <= 0:
+                if not self._window_open(now):
+                    return
+                room = max(1, self._room())
+            first, count = queue.pop_run(min(left, room, pacer.allowance(now, datagram_bytes)))
+            run = self._data_run(first, count, repairing, now)
+            out.append(run)
+            pacer.consume(run.total_bytes)
+            left -= count
+            if repairing:
+                self.chunks_resent += count
+            else:
+                self._next_index = first + count
+            every = config.meta_every
+            crossed = (self._tx // every) != ((self._tx - count) // every)
+            if self._probing or (not self._feedback and crossed):
+                out.append(self._meta(self._tx // every, now))
+            self._probing = False
+
+    def _room(self) -> int:
+        """Datagrams the window lets out now (unbounded with no feedback path: open loop)."""
+        if self._open_loop:
+            return self.config.batch
+        return self._window - (self._tx - self._highest_acked - 1)
+
+    def _data_run(self, first: int, count: int, repairing: bool, now: float) -> DataRun:
+        """DATA datagrams for chunks ``first .. first+count-1`` as pieces for one gathered
+        send: a packed header each, the payload as a view of the file, the trailer."""
+        view, size, chunk_size = self._view, self.size, self.chunk_size
+        sid, sent_ns, seal = self.session_id, int(now * 1e9), self._seal
+        flags = (int(Flags.RESENT) if repairing else 0) | seal.flags
+        pass_no = min(self._round + 1, 255) if repairing else 0
+        window, acked = self._window, self._highest_acked
+        ack_every = max(1, window // 8)
+        pack, seal_data = HEADER.pack, seal.seal
+        pieces: list[bytes | memoryview] = []
+        tx = self._tx
+        congestion = self._congestion
+        for index in range(first, first + count):
+            ack = tx % ack_every == 0 or tx - acked >= window
             if ack:
                 self._unsent_stamp = sent_ns
-                if self._congestion is not None:
-                    self._congestion.on_sent(sent_ns, tx, now)
+                if congestion is not None:
+                    congestion.on_sent(sent_ns, tx, now)
+            header = pack(
+                MAGIC, VERSION, _DATA, flags | _ACK if ack else flags, pass_no, sid, index, tx,
+                sent_ns,
+            )  # fmt: skip
             start = index * chunk_size
-            datagram = encode_data(
-                sid,
-                index,
-                tx,
-                view[start : min(start + chunk_size, size)],
-                pass_no=pass_no,
-                flags=flags | int(Flags.ACK_REQUESTED) if ack else flags,
-                sent_ns=sent_ns,
-                seal=seal,
-            )
-            out.append(datagram)
-            pacer.consume(len(datagram))
-            self._tx = tx + 1
-            if repairing:
-                self.chunks_resent += 1
-            else:
-                self._next_index = index + 1
-            if self._probing or (not self._feedback and self._tx % config.meta_every == 0):
-                out.append(self._meta(self._tx // config.meta_every, now))
-            self._probing = False
+            pieces.append(header)
+            pieces.extend(seal_data(0, tx, header, view[start : min(start + chunk_size, size)]))
+            tx += 1
+        self._tx = tx
+        overhead = HEADER_BYTES + seal.trailer_bytes
+        last = overhead + min(chunk_size, size - (first + count - 1) * chunk_size)
+        return DataRun(pieces, count, overhead + chunk_size if count > 1 else last, last)
 
     def _end_pass(self, now: float) -> None:
         if self.sent_all_at is None:
@@ -717,6 +775,35 @@ class SenderSession:
 
 
 _HELLO = 8  # PacketType.HELLO
+_DATA = int(PacketType.DATA)
+_ACK = int(Flags.ACK_REQUESTED)
+
+
+@dataclass(frozen=True, slots=True)
+class DataRun:
+    """DATA datagrams of consecutive chunks as pieces for a gathered send.
+
+    ``pieces`` are the datagrams back to back (header, body, trailer, header, ...), all
+    ``segment`` bytes long but the last, which may be shorter (the file's last chunk).
+    """
+
+    pieces: list[bytes | memoryview]
+    count: int
+    segment: int  # bytes of each datagram but the last
+    last_bytes: int  # bytes of the last datagram
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all its datagrams."""
+        return (self.count - 1) * self.segment + self.last_bytes
+
+    def datagrams(self) -> list[bytes]:
+        """The datagrams, each as one bytes object (copies)."""
+        whole = b"".join(self.pieces)
+        step = self.segment
+        return [whole[start : start + step] for start in range(0, len(whole), step)]
+
+
 _REFUSALS = (AbortCode.BUSY, AbortCode.REFUSED)
 
 

@@ -338,7 +338,12 @@ class UdpTransport:
         relay = self.send_wait_s is not None
         for _ in range(3):
             try:
-                if addr is None:
+                if isinstance(datagram, list):  # pieces of one datagram: a gathered send
+                    if addr is None:
+                        self.sock.sendmsg(datagram)
+                    else:
+                        self.sock.sendmsg(datagram, (), 0, addr)
+                elif addr is None:
                     self.sock.send(datagram)
                 else:
                     self.sock.sendto(datagram, addr)
@@ -359,8 +364,9 @@ class UdpTransport:
                 if exc.errno == errno.ENOBUFS or relay:
                     break  # the interface queue is full, or a relay's datagram cannot go
                 if exc.errno == errno.EMSGSIZE:
+                    size = sum(map(len, datagram)) if isinstance(datagram, list) else len(datagram)
                     raise UsageError(
-                        f"datagram of {len(datagram)} bytes is too large for the path: "
+                        f"datagram of {size} bytes is too large for the path: "
                         "use a smaller --chunk-size"
                     ) from None
                 raise TransportError(f"send failed: {exc.strerror}") from exc
@@ -374,6 +380,26 @@ class UdpTransport:
             return
         for start, end, _size in gso_runs(datagrams):
             self.send_run(datagrams[start:end], addr)
+
+    def send_gathered(
+        self, pieces: Sequence[Buffer], count: int, segment: int, addr: SockAddr | None = None
+    ) -> None:
+        """Send ``count`` datagrams given as pieces back to back (all ``segment`` bytes but
+        the last), straight from the pieces: GSO runs of up to ``GSO_MAX_SEGMENTS`` each, or
+        one gathered send per datagram without offload."""
+        per = len(pieces) // count if count else 0
+        if count > 1 and self.gso and segment:
+            step = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
+            for start in range(0, count, step):
+                end = min(count, start + step)
+                run = pieces[start * per : end * per]
+                if end - start > 1 and self._send_segmented(run, segment, addr):
+                    continue
+                for one in range(start, end):
+                    self.send(list(pieces[one * per : (one + 1) * per]), addr)
+            return
+        for one in range(count):
+            self.send(list(pieces[one * per : (one + 1) * per]), addr)
 
     def send_run(self, run: Sequence[Buffer], addr: SockAddr | None = None) -> None:
         """Send a run that one GSO call can carry (see ``gso_runs``) without copying it.

@@ -25,11 +25,11 @@ equal-sized segments can be decoded by a numpy structured view in one step.
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
+from udpxfer.checksum import crc32
 from udpxfer.errors import MalformedPacket
 
 MAGIC = b"UDPX"
@@ -347,7 +347,7 @@ class Seal:
         self, space: int, pn: int, header: bytes, body: bytes | memoryview
     ) -> list[bytes | memoryview]:
         """Body and trailer pieces to send after ``header``."""
-        check = zlib.crc32(body, zlib.crc32(header))
+        check = crc32(body, crc32(header))
         return [body, _CHECK.pack(check)]
 
     def open_untrusted(self, header: Header) -> memoryview:
@@ -359,7 +359,7 @@ class Seal:
         if header.keyed:
             raise CorruptPacket("keyed datagram, and no key is configured", header.session)
         (check,) = _CHECK.unpack(header.trailer)
-        if zlib.crc32(header.prefix) != check:
+        if crc32(header.prefix) != check:
             raise CorruptPacket("integrity check failed", header.session)
         return header.body
 

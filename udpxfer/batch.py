@@ -1,0 +1,194 @@
+"""Decoding a whole receive buffer of DATA datagrams at once (STYLE.md section 9).
+
+A UDP GRO receive hands over up to 64 datagrams back to back, all ``segment`` bytes long but
+the last, which may be shorter. Wire v2 puts a fixed 40-byte header at the start of each and
+one integrity check over one contiguous span at its end, so a numpy structured view with a
+stride of ``segment`` reads every header of the buffer in one step; only the CRC-32 is one
+call per datagram (zlib, 0.3 us for 1400 bytes).
+
+``decode_batch_untrusted`` splits the rows into the fast ones (well-formed keyless DATA with a
+valid check) and the rest, which the caller hands one by one to the row decoder
+(``wire.decode_untrusted``, via the endpoint's ``receive_datagram``): that path stays the one
+truth for everything unusual (junk, control packets, keyed datagrams, a failed check), and a
+property test holds the two to the same answers. Sans-IO: bytes in, arrays out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from udpxfer.checksum import crc32
+from udpxfer.wire import (
+    CRC_BYTES,
+    HEADER_BYTES,
+    MAGIC,
+    MAX_PN,
+    MAX_STAMP_NS,
+    VERSION,
+    Flags,
+    PacketType,
+)
+
+_MAGIC = int.from_bytes(MAGIC, "big")
+_DATA = int(PacketType.DATA)
+_DATA_FLAGS = int(Flags.RESENT | Flags.ACK_REQUESTED)  # keyless DATA takes no other bits
+_MIN_BYTES = HEADER_BYTES + CRC_BYTES
+# The first header word: magic (32 bits), version, type, flags, pass (8 bits each). Keyless
+# DATA has these bits fixed; only the two DATA flags and the pass number may vary.
+_FIXED_MASK = np.uint64(~((_DATA_FLAGS << 8) | 0xFF) & 0xFFFFFFFFFFFFFFFF)
+_FIXED_DATA = np.uint64((_MAGIC << 32) | (VERSION << 24) | (_DATA << 16))
+_ROWS = np.arange(1 << 12, dtype=np.int64)
+
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True, slots=True)
+class DataBatch:
+    """The fast rows of a receive buffer, in buffer order, as columns.
+
+    ``rows`` are the positions of the datagrams in the buffer (datagram ``r`` starts at byte
+    ``r * segment``); ``payload_bytes`` is each one's payload length; its payload starts at
+    ``r * segment + HEADER_BYTES``. ``slow`` lists, in order, the rows for the row decoder.
+    """
+
+    segment: int
+    rows: I64
+    session: npt.NDArray[np.uint64]
+    index: I64
+    tx: I64
+    sent_ns: I64
+    pass_no: U8
+    flags: U8
+    payload_bytes: I64
+    slow: list[int]
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def take(self, keep: npt.NDArray[np.bool_]) -> DataBatch:
+        """The rows where ``keep`` is true (``slow`` unchanged)."""
+        return DataBatch(
+            self.segment,
+            self.rows[keep],
+            self.session[keep],
+            self.index[keep],
+            self.tx[keep],
+            self.sent_ns[keep],
+            self.pass_no[keep],
+            self.flags[keep],
+            self.payload_bytes[keep],
+            self.slow,
+        )
+
+    def payload_start(self, position: int) -> int:
+        """Where the payload of the ``position``-th fast row starts in the buffer."""
+        return int(self.rows[position]) * self.segment + HEADER_BYTES
+
+
+def row_count(length: int, segment: int) -> int:
+    """Datagrams in a receive of ``length`` bytes coalesced at ``segment`` bytes (0: one)."""
+    if length <= 0:
+        return 1 if length == 0 else 0
+    if segment <= 0 or segment >= length:
+        return 1
+    return -(-length // segment)
+
+
+def decode_batch_untrusted(
+    buffer: bytes | bytearray | memoryview, length: int, segment: int
+) -> DataBatch:
+    """Decode the first ``length`` bytes of ``buffer``, a run of datagrams ``segment`` bytes
+    apart (``segment`` 0 or at least ``length``: one datagram).
+
+    Never raises for any content: what the fast path does not take goes to ``slow``.
+    """
+    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    n = row_count(length, segment)
+    if segment <= 0 or segment >= length:
+        segment = max(length, 1)
+    last_bytes = length - (n - 1) * segment if n else 0
+    # Rows long enough to hold a header and a check (only the last can be shorter).
+    full = n if last_bytes >= _MIN_BYTES else n - 1
+    if segment < _MIN_BYTES:
+        full = 0
+    if full <= 0:
+        return _empty(segment, list(range(n)))
+    # One copy of the headers; read as five big-endian 64-bit words too: magic, version,
+    # type, flags and pass in the first; session, seq, pn and stamp in the others.
+    raw = np.ndarray((full, HEADER_BYTES), dtype=np.uint8, buffer=view, strides=(segment, 1))
+    raw = raw.copy()
+    words = raw.view(">u8").astype(np.uint64)
+    ok = (
+        ((words[:, 0] & _FIXED_MASK) == _FIXED_DATA)
+        & ((words[:, 2] | words[:, 3]) <= MAX_PN)  # no chunk index is near 2^62: int64 below
+        & (words[:, 4] <= MAX_STAMP_NS)
+    )
+    # The check: CRC-32 of header and payload, against the big-endian trailer.
+    span = segment - CRC_BYTES
+    short = full == n and last_bytes != segment  # the last datagram is shorter
+    whole = full - 1 if short else full  # rows of exactly ``segment`` bytes
+    spans = _spans(view, segment)[:whole]
+    trailers = np.ndarray(
+        (whole,), dtype=">u4", buffer=view, offset=span, strides=(segment,)
+    ).tolist()
+    if short:
+        spans.append(view[(n - 1) * segment : length - CRC_BYTES])
+        trailers.append(int.from_bytes(view[length - CRC_BYTES : length], "big"))
+    computed = list(map(crc32, spans))
+    if computed != trailers:
+        ok &= np.equal(computed, trailers)
+    if full == n and ok.all():
+        rows = _ROWS[:n]
+        slow: list[int] = []
+    else:
+        rows = np.flatnonzero(ok)
+        slow = sorted(set(range(n)) - set(rows.tolist()))
+        raw, words = raw[rows], words[rows]
+    sizes = np.full(rows.size, segment - _MIN_BYTES, dtype=np.int64)
+    if full == n and rows.size and rows[-1] == n - 1:
+        sizes[-1] = last_bytes - _MIN_BYTES
+    signed = words.view(np.int64)  # every value checked above to be below 2^63
+    return DataBatch(
+        segment,
+        rows,
+        words[:, 1],
+        signed[:, 2],
+        signed[:, 3],
+        signed[:, 4],
+        raw[:, 7],
+        raw[:, 6],
+        sizes,
+        slow,
+    )
+
+
+_span_cache: dict[int, tuple[memoryview, int, list[memoryview]]] = {}
+_SPAN_CACHE_ENTRIES = 64
+
+
+def _spans(view: memoryview, segment: int) -> list[memoryview]:
+    """The checked span of every datagram slot of ``view`` (all but the trailer), as views.
+
+    A receiver reads into the same few buffers over and over: the views of each buffer (the
+    same memoryview object each time) are made once; a new list is returned each time.
+    """
+    cached = _span_cache.get(id(view))
+    if cached is None or cached[0] is not view or cached[1] != segment:
+        if len(_span_cache) >= _SPAN_CACHE_ENTRIES:
+            _span_cache.clear()
+        span = segment - CRC_BYTES
+        views = [view[start : start + span] for start in range(0, len(view) - span + 1, segment)]
+        cached = _span_cache[id(view)] = (view, segment, views)
+    return list(cached[2])
+
+
+def _empty(segment: int, slow: list[int]) -> DataBatch:
+    i64 = np.empty(0, dtype=np.int64)
+    u8 = np.empty(0, dtype=np.uint8)
+    return DataBatch(segment, i64, np.empty(0, dtype=np.uint64), i64, i64, i64, u8, u8, i64, slow)
