@@ -40,7 +40,7 @@ local KNOWN_HELLO_FLAGS = 0x3f
 local RANGE_KINDS = { [0] = "chunks", [1] = "manifest blocks" }
 local MODES = { [0] = "reliable", [1] = "blast" }
 local VERDICTS = { [0] = "VERIFIED", [1] = "MISMATCH", [2] = "INCOMPLETE" }
-local ABORT_CODES = { [1] = "CANCELLED", [2] = "REFUSED", [3] = "PROTOCOL", [4] = "TIMEOUT", [5] = "BUSY" }
+local ABORT_CODES = { [1] = "CANCELLED", [2] = "REFUSED", [3] = "PROTOCOL", [4] = "TIMEOUT", [5] = "BUSY", [6] = "CLOSED" }
 local CHECK_STATUS = { [0] = "Bad", [1] = "Good", [2] = "Unverified" }
 
 -- Body sizes (fixed parts).

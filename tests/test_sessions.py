@@ -14,8 +14,11 @@ from udpxfer.events import ChunkReceived, TransferEnded, TransferStarted, Verify
 from udpxfer.receiver import ReceiverConfig, ReceiverState
 from udpxfer.sender import SenderConfig, SenderSession, SenderState
 from udpxfer.wire import (
+    Abort,
+    AbortCode,
     Data,
     End,
+    Have,
     Hello,
     HelloFlags,
     Meta,
@@ -444,3 +447,68 @@ def test_a_receiver_busy_verifying_still_answers_the_sender() -> None:
         sender.receive_datagram(encode(replies[0]), second)
     sender.handle_timer(12.0)  # 11 s after it started, 3 s after the last answer
     assert not sender.finished  # alive: no give-up while the receiver answers
+
+
+def test_sender_says_closed_after_the_verdict_and_the_receiver_stops_lingering() -> None:
+    result = run_pair(payload(CHUNK * 20), sender_config=RELIABLE)
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == "complete"
+    # The simulation ends when the endpoint has forgotten the session: with the sender's
+    # ABORT closed that is right after the verdict, not a whole linger later.
+    assert result.session is not None
+    finished = result.session.finished_at
+    assert finished is not None
+    assert result.elapsed_s < finished + ReceiverConfig().linger_s / 2
+
+
+def test_closed_before_the_verdict_changes_nothing() -> None:
+    """A forged ABORT closed in the middle of a transfer neither ends nor closes it."""
+    data = payload(CHUNK * 10)
+    sender = SenderSession(
+        data, name="f", sha256=hashlib.sha256(data).digest(), session_id=5, now=1.0,
+        config=RELIABLE,
+    )  # fmt: skip
+    endpoint = ReceiverEndpoint()
+    session = connect(sender, endpoint, 1.0)
+    forged = encode(Abort(5, AbortCode.CLOSED, "forged", 2, 0, 77))
+    endpoint.receive_datagram(forged, PEER, 2.0)
+    assert session.state is ReceiverState.RECEIVING
+    assert not session.closed
+
+
+def test_resuming_sender_waits_for_the_have_before_sending_data() -> None:
+    data = payload(CHUNK * 30)
+    sender = SenderSession(
+        data, name="f", sha256=hashlib.sha256(data).digest(), session_id=9, now=1.0,
+        config=RELIABLE,
+    )  # fmt: skip
+    sender.receive_datagram(encode(Hello(9, HelloFlags.RETRY, token=b"t" * 16, pn=1)), 1.0)
+    sender.datagrams_to_send(1.0)
+    accepted = Hello(9, HelloFlags.ACCEPTED | HelloFlags.RESUMING, held=10, window=64, pn=2)
+    sender.receive_datagram(encode(accepted), 1.0)
+    sent = [decode_untrusted(d) for d in sender.datagrams_to_send(1.0)]
+    assert not [p for p in sent if isinstance(p, Data)]  # nothing until the HAVE
+    sender.receive_datagram(encode(Have(9, ((0, 9),), 0, 0, 3)), 1.001)
+    indexes = [p.index for p in map(decode_untrusted, sender.datagrams_to_send(1.001))
+               if isinstance(p, Data)]  # fmt: skip
+    assert indexes
+    assert min(indexes) == 10
+    assert sender.resumed == 10
+
+
+def test_resuming_sender_goes_on_when_the_have_is_lost() -> None:
+    data = payload(CHUNK * 30)
+    sender = SenderSession(
+        data, name="f", sha256=hashlib.sha256(data).digest(), session_id=9, now=1.0,
+        config=RELIABLE,
+    )  # fmt: skip
+    sender.receive_datagram(encode(Hello(9, HelloFlags.RETRY, token=b"t" * 16, pn=1)), 1.0)
+    sender.datagrams_to_send(1.0)
+    accepted = Hello(9, HelloFlags.ACCEPTED | HelloFlags.RESUMING, held=10, window=64, pn=2)
+    sender.receive_datagram(encode(accepted), 1.0)
+    timer = sender.get_timer()
+    assert timer is not None
+    assert timer <= 2.0
+    sender.handle_timer(timer)
+    sent = [decode_untrusted(d) for d in sender.datagrams_to_send(timer)]
+    assert [p.index for p in sent if isinstance(p, Data)][:1] == [0]

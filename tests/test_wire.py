@@ -299,7 +299,7 @@ ILLEGAL = {
     "META mode 2": illegal(frame(1, 1, meta_body(1, 1, 1, b"n", mode=2)), "META mode"),
     "DONE verdict 3": illegal(frame(6, 1, struct.pack("!QBQ32s", 0, 3, 0, SHA)), "verdict"),
     "ABORT code 0": illegal(frame(7, 1, struct.pack("!BQH", 0, 0, 0)), "ABORT code"),
-    "ABORT code 6": illegal(frame(7, 1, struct.pack("!BQH", 6, 0, 0)), "ABORT code"),
+    "ABORT code 7": illegal(frame(7, 1, struct.pack("!BQH", 7, 0, 0)), "ABORT code"),
     "NACK kind 2": illegal(frame(5, 1, ranges_body(0, 2, [(0, 0)])), "range kind"),
     "HAVE of blocks": illegal(frame(10, 1, ranges_body(0, 1, [(0, 0)])), "chunks only"),
     "HELLO flag 0x40": illegal(

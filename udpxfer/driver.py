@@ -505,6 +505,8 @@ class ReceiverServer:
 
     def _done_with(self, session: ReceiverSession, now: float) -> bool:
         """A transfer's report is written and its linger (answering repeated ENDs) is over."""
+        if session.closed:
+            return True  # the sender said it has the verdict (or lingering is over)
         if session not in self.endpoint.sessions.values():
             return True
         finished = session.finished_at

@@ -399,6 +399,11 @@ class ReceiverSession:
         return self._chunk_size
 
     @property
+    def closed(self) -> bool:
+        """True once the session is over, lingering included."""
+        return self.state is ReceiverState.CLOSED
+
+    @property
     def is_transfer(self) -> bool:
         """True once valid metadata started a transfer."""
         return self.started
@@ -803,6 +808,11 @@ class ReceiverSession:
         self._send_nacks(End(self.session_id, self.rounds, 0, 0, self._last_sent_ns), now)
 
     def _on_abort(self, abort: Abort, now: float) -> None:
+        if abort.code is AbortCode.CLOSED:
+            # The sender has its verdict: lingering to answer its ENDs again is over.
+            if self.state is ReceiverState.FINISHED:
+                self.state = ReceiverState.CLOSED
+            return
         if self.meta is not None:
             self.sent_upto = max(self.sent_upto, min(abort.chunks_sent, self._chunk_count))
         if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:

@@ -60,6 +60,7 @@ from udpxfer.wire import (
     Verdict,
     block_chunks_for,
     chunk_count_for,
+    datagrams_per_run,
     decode_header_untrusted,
     encode,
     parse_header_untrusted,
@@ -106,7 +107,7 @@ class SenderConfig:
     end_spacing_s: float = 0.02
     verdict_wait_s: float = 3.0  # blast mode: how long to wait for the receiver's verdict
     open_loop_after_s: float = 1.0  # blast mode: go on without feedback after this long
-    batch: int = 64  # datagrams returned per datagrams_to_send call at most
+    batch: int = 128  # DATA datagrams returned per transmit call at most (whole GSO runs)
     min_rto_s: float = 0.05
     max_rto_s: float = 2.0
 
@@ -582,7 +583,9 @@ class SenderSession:
         queue = self._repair if repairing else self._first
         pacer = self._pacer
         datagram_bytes = HEADER_BYTES + self._seal.trailer_bytes + self.chunk_size
-        left = config.batch
+        # Whole GSO runs: every send, and so every receive at the other end, a full one.
+        per_run = datagrams_per_run(datagram_bytes)
+        left = max(per_run, config.batch // per_run * per_run)
         while left > 0:
             if not queue:
                 if not repairing:
@@ -735,9 +738,14 @@ class SenderSession:
         self.acked_held = done.held
         if self.mode is Mode.BLAST:
             if self._next_index >= self.chunk_count:
+                for _ in range(2):
+                    self._pending.append(self._abort(AbortCode.CLOSED, "verdict received", now))
                 outcome = "complete" if done.verdict is Verdict.VERIFIED else "incomplete"
                 self._finish(now, outcome, "")
             return
+        # Two copies of CLOSED: the receiver may stop lingering for a repeated END.
+        for _ in range(2):
+            self._pending.append(self._abort(AbortCode.CLOSED, "verdict received", now))
         if done.verdict is Verdict.VERIFIED:
             self._finish(now, "complete", "")
         elif done.verdict is Verdict.MISMATCH:

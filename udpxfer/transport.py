@@ -24,6 +24,9 @@ from typing import Any
 from udpxfer.errors import TransportError, UsageError
 from udpxfer.sockets import SockAddr, bind_socket, connect_udp
 from udpxfer.units import Address
+from udpxfer.wire import GSO_MAX_BYTES as GSO_MAX_BYTES  # re-exported: the relay's limits
+from udpxfer.wire import GSO_MAX_SEGMENTS as GSO_MAX_SEGMENTS
+from udpxfer.wire import datagrams_per_run
 
 RECV_BUFFER_BYTES = 32 << 20  # asked for; the kernel may cap it (net.core.rmem_max)
 SEND_BUFFER_BYTES = 8 << 20
@@ -40,8 +43,6 @@ _TRANSIENT = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.E
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
-GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (newer allow 128)
-GSO_MAX_BYTES = 65000  # the whole run must fit one IP packet: below 65,507 bytes over IPv4
 _GSO_UNSUPPORTED = {errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE}
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 # Kernel receive timestamps (socket(7) SO_TIMESTAMPNS: a struct timespec, CLOCK_REALTIME)
@@ -170,7 +171,7 @@ def gso_runs(datagrams: Sequence[Buffer]) -> list[tuple[int, int, int]]:
             runs.append((start, start + 1, 0))
             start += 1
             continue
-        limit = min(n, start + max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)))
+        limit = min(n, start + datagrams_per_run(size))
         end = start + 1
         while end < limit and len(datagrams[end]) == size:
             end += 1
@@ -389,7 +390,7 @@ class UdpTransport:
         one gathered send per datagram without offload."""
         per = len(pieces) // count if count else 0
         if count > 1 and self.gso and segment:
-            step = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
+            step = datagrams_per_run(segment)
             for start in range(0, count, step):
                 end = min(count, start + step)
                 run = pieces[start * per : end * per]

@@ -51,6 +51,10 @@ DEFAULT_CHUNK_BYTES = 1400
 DEFAULT_KEYED_CHUNK_BYTES = 1392
 PATH_DATAGRAM_BYTES = 1452
 SHA256_BYTES = 32
+# What one UDP GSO send (and so one GRO receive) carries at most on Linux: the sender cuts its
+# data into runs of this many datagrams so that each send, and each receive, is a full one.
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (newer allow 128)
+GSO_MAX_BYTES = 65000  # the whole run must fit one IP packet: below 65,507 bytes over IPv4
 NONCE_BYTES = 16
 TOKEN_BYTES = 16
 MAX_NAME_BYTES = 1024
@@ -160,6 +164,7 @@ class AbortCode(IntEnum):
     PROTOCOL = 3  # the peer broke the protocol
     TIMEOUT = 4  # the peer went silent
     BUSY = 5  # the receiver has no room for another transfer now
+    CLOSED = 6  # sender -> receiver after the verdict: it arrived, stop lingering
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +370,11 @@ class Seal:
 
 
 CRC = Seal()
+
+
+def datagrams_per_run(datagram_bytes: int) -> int:
+    """How many datagrams of ``datagram_bytes`` one GSO send carries."""
+    return max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(1, datagram_bytes)))
 
 
 def chunk_count_for(size: int, chunk_size: int) -> int:
