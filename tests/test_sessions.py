@@ -476,7 +476,8 @@ def test_closed_before_the_verdict_changes_nothing() -> None:
     assert not session.closed
 
 
-def test_resuming_sender_waits_for_the_have_before_sending_data() -> None:
+def resuming_sender() -> SenderSession:
+    """A sender whose receiver accepted it, resuming with 10 chunks held (its HAVE to come)."""
     data = payload(CHUNK * 30)
     sender = SenderSession(
         data, name="f", sha256=hashlib.sha256(data).digest(), session_id=9, now=1.0,
@@ -486,6 +487,11 @@ def test_resuming_sender_waits_for_the_have_before_sending_data() -> None:
     sender.datagrams_to_send(1.0)
     accepted = Hello(9, HelloFlags.ACCEPTED | HelloFlags.RESUMING, held=10, window=64, pn=2)
     sender.receive_datagram(encode(accepted), 1.0)
+    return sender
+
+
+def test_resuming_sender_waits_for_the_have_before_sending_data() -> None:
+    sender = resuming_sender()
     sent = [decode_untrusted(d) for d in sender.datagrams_to_send(1.0)]
     assert not [p for p in sent if isinstance(p, Data)]  # nothing until the HAVE
     sender.receive_datagram(encode(Have(9, ((0, 9),), 0, 0, 3)), 1.001)
@@ -497,15 +503,7 @@ def test_resuming_sender_waits_for_the_have_before_sending_data() -> None:
 
 
 def test_resuming_sender_goes_on_when_the_have_is_lost() -> None:
-    data = payload(CHUNK * 30)
-    sender = SenderSession(
-        data, name="f", sha256=hashlib.sha256(data).digest(), session_id=9, now=1.0,
-        config=RELIABLE,
-    )  # fmt: skip
-    sender.receive_datagram(encode(Hello(9, HelloFlags.RETRY, token=b"t" * 16, pn=1)), 1.0)
-    sender.datagrams_to_send(1.0)
-    accepted = Hello(9, HelloFlags.ACCEPTED | HelloFlags.RESUMING, held=10, window=64, pn=2)
-    sender.receive_datagram(encode(accepted), 1.0)
+    sender = resuming_sender()
     timer = sender.get_timer()
     assert timer is not None
     assert timer <= 2.0
