@@ -12,7 +12,7 @@ from helpers import PEER, gro_buffers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpxfer.batch import decode_batch_untrusted, row_count
+from udpxfer.batch import decode_batch_untrusted, payload_views, row_count
 from udpxfer.endpoint import ReceiverEndpoint
 from udpxfer.errors import MalformedPacket
 from udpxfer.receiver import EventSink, ReceiverConfig, ReceiverSession, ReceiverState
@@ -339,3 +339,15 @@ def test_flags_outside_data_take_the_row_path() -> None:
     assert batch.slow == [0]
     assert HEADER_BYTES == 40
     assert np.array_equal(batch.rows, np.empty(0, dtype=np.int64))
+
+
+def test_payload_views_are_the_payloads_of_the_chosen_rows() -> None:
+    rows = [encode_data(SESSION, i, i, bytes([i]) * CHUNK) for i in range(6)]
+    rows.append(encode_data(SESSION, 6, 6, b"\x06" * 9))  # a shorter last datagram
+    view = memoryview(bytearray(b"".join(rows)) + bytearray(100))
+    length = sum(map(len, rows))
+    batch = decode_batch_untrusted(view, length, len(rows[0]))
+    for positions in ([0, 1, 2, 3, 4, 5, 6], [1, 3, 6], [0, 2], [6]):
+        chosen = np.array(positions, dtype=np.int64)
+        got = [bytes(p) for p in payload_views(view, batch, chosen)]
+        assert got == [bytes([i]) * (CHUNK if i < 6 else 9) for i in positions]

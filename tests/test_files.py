@@ -489,3 +489,27 @@ def test_prefix_hasher_stops_when_the_file_closes(tmp_path: Path) -> None:
     partial.final_prefix(5_000)
     partial.close()  # the worker ends; nothing hangs
     assert partial.closed
+
+
+def test_write_run_gathers_more_pieces_than_one_system_call_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs longer than IOV_MAX go out in several calls; short writes go on where they
+    stopped; a run that does not continue the gathered one starts a new write."""
+    data = random.Random(7).randbytes(1300 * 10)
+    pieces = [data[i : i + 10] for i in range(0, len(data), 10)]  # 1300 pieces
+    real = os.pwritev
+    calls: list[int] = []
+
+    def short_pwritev(fd: int, buffers: Sequence[Any], offset: int) -> int:
+        calls.append(len(buffers))
+        return real(fd, buffers, offset) if len(calls) % 2 else real(fd, buffers[:1], offset)
+
+    monkeypatch.setattr(udpxfer.files.os, "pwritev", short_pwritev)
+    partial = PartialFile(tmp_path, "f.bin", len(data) + 100)
+    partial.write_run(0, pieces[:700], 7000)
+    partial.write_run(7000, pieces[700:], len(data) - 7000)
+    partial.write_run(len(data), [b"t" * 100], 100)
+    partial.close()
+    assert (tmp_path / "f.bin.partial").read_bytes() == data + b"t" * 100
+    assert max(calls) <= udpxfer.files.MAX_RUN_CHUNKS

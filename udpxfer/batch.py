@@ -168,24 +168,44 @@ def decode_batch_untrusted(
     )
 
 
-_span_cache: dict[int, tuple[memoryview, int, list[memoryview]]] = {}
-_SPAN_CACHE_ENTRIES = 64
+def payload_views(view: memoryview, batch: DataBatch, positions: I64) -> list[memoryview]:
+    """The payloads of the rows of ``batch`` at ``positions`` (increasing), as views of
+    ``view``, the buffer it was decoded from (for a gathered write straight from it)."""
+    step = batch.segment
+    slots = _views(view, step, HEADER_BYTES, step - CRC_BYTES)
+    rows = batch.rows[positions]
+    n = rows.size
+    # Rows 0 .. n-1 (the common case) take no work per row.
+    out = slots[:n] if n and int(rows[-1]) == n - 1 else [slots[row] for row in rows.tolist()]
+    if n and int(batch.payload_bytes[positions[-1]]) != step - _MIN_BYTES:
+        start = int(rows[-1]) * step + HEADER_BYTES  # the buffer's shorter last datagram
+        out[-1] = view[start : start + int(batch.payload_bytes[positions[-1]])]
+    return out
+
+
+_view_cache: dict[tuple[int, int, int], tuple[memoryview, list[memoryview]]] = {}
+_VIEW_CACHE_ENTRIES = 128
 
 
 def _spans(view: memoryview, segment: int) -> list[memoryview]:
-    """The checked span of every datagram slot of ``view`` (all but the trailer), as views.
+    """The checked span of every datagram slot of ``view`` (all but the trailer), as views."""
+    return list(_views(view, segment, 0, segment - CRC_BYTES))
+
+
+def _views(view: memoryview, segment: int, start: int, end: int) -> list[memoryview]:
+    """``view[slot * segment + start : slot * segment + end]`` for every slot that fits.
 
     A receiver reads into the same few buffers over and over: the views of each buffer (the
-    same memoryview object each time) are made once; a new list is returned each time.
+    same memoryview object each time) are made once and shared; do not change the list.
     """
-    cached = _span_cache.get(id(view))
-    if cached is None or cached[0] is not view or cached[1] != segment:
-        if len(_span_cache) >= _SPAN_CACHE_ENTRIES:
-            _span_cache.clear()
-        span = segment - CRC_BYTES
-        views = [view[start : start + span] for start in range(0, len(view) - span + 1, segment)]
-        cached = _span_cache[id(view)] = (view, segment, views)
-    return list(cached[2])
+    key = (id(view), segment, start)
+    cached = _view_cache.get(key)
+    if cached is None or cached[0] is not view:
+        if len(_view_cache) >= _VIEW_CACHE_ENTRIES:
+            _view_cache.clear()
+        views = [view[at + start : at + end] for at in range(0, len(view) - end + 1, segment)]
+        cached = _view_cache[key] = (view, views)
+    return cached[1]
 
 
 def _empty(segment: int, slow: list[int]) -> DataBatch:

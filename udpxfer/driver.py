@@ -32,7 +32,7 @@ from udpxfer.ranges import Bitmap, missing_ranges
 from udpxfer.sender import DataRun, SenderConfig, SenderSession
 from udpxfer.transport import MAX_DATAGRAM, UdpTransport
 from udpxfer.units import Address
-from udpxfer.wire import HEADER_BYTES, NONCE_BYTES, Mode, block_chunks_for, chunk_count_for
+from udpxfer.wire import NONCE_BYTES, Mode, block_chunks_for, chunk_count_for
 
 if TYPE_CHECKING:
     from udpxfer.endpoint import StoreRun
@@ -281,6 +281,7 @@ class ReceiverServer:
         # The receiving side (and its reports: numpy, the analysis) loads here, not with a
         # sender, which starts faster without it; and before the first transfer, not at its end.
         import udpxfer.report  # noqa: F401
+        from udpxfer.batch import payload_views
         from udpxfer.endpoint import Keying, ReceiverEndpoint
         from udpxfer.receiver import ReceiverConfig
 
@@ -314,6 +315,7 @@ class ReceiverServer:
         # Receive buffers: chunks are written straight from them, a ring's worth at a time.
         self._ring = [memoryview(bytearray(MAX_DATAGRAM)) for _ in range(RING_BUFFERS)]
         self._slot = 0
+        self._payload_views = payload_views
 
     @property
     def address(self) -> tuple[str, int]:
@@ -492,14 +494,19 @@ class ReceiverServer:
         partial = self._files.get(session) or self._open(session, now)
         if partial is None:
             return
-        step, chunk_size = batch.segment, session.chunk_size
-        starts = (batch.rows[positions] * step + HEADER_BYTES).tolist()
-        ends = (batch.payload_bytes[positions]).tolist()
-        offsets = (batch.index[positions] * chunk_size).tolist()
-        write = partial.write_at
+        chunk_size = session.chunk_size
+        payloads = self._payload_views(buffer, batch, positions)
+        index = batch.index[positions]
         try:
-            for start, length, offset in zip(starts, ends, offsets, strict=True):
-                write(offset, buffer[start : start + length])
+            first, last = int(index[0]), int(index[-1])
+            if last - first == index.size - 1 and (
+                index.size < 3 or bool((index[1:] - index[:-1] == 1).all())
+            ):  # one run of consecutive chunks (the usual)
+                n_bytes = int(batch.payload_bytes[positions].sum())
+                partial.write_run(first * chunk_size, payloads, n_bytes)
+                return
+            for chunk, payload in zip(index.tolist(), payloads, strict=True):
+                partial.write_at(chunk * chunk_size, payload)
         except TransportError as exc:
             session.close(now, str(exc))
 

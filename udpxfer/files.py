@@ -14,6 +14,7 @@ import json
 import os
 import threading
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,15 +104,24 @@ class PrefixHasher:
         self._target = 0  # bytes known to be final
         self._error: OSError | None = None
         self._closed = False
+        self._waiting = False  # the worker waits for a new target (under the condition)
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def advance(self, final_bytes: int) -> None:
         """The first ``final_bytes`` bytes of the file are written for good."""
-        with self._cond:
-            if final_bytes <= self._target or self._closed:
-                return
+        if final_bytes <= self._target or self._closed:
+            return
+        if self._thread is not None and not self._waiting:
+            # The worker is hashing and reads the target when it is done: no lock, no wake-up
+            # (a notify per call hands the interpreter lock back and forth for nothing).
             self._target = final_bytes
+            if self._waiting:  # it went to wait meanwhile: wake it after all
+                with self._cond:
+                    self._cond.notify_all()
+            return
+        with self._cond:
+            self._target = max(self._target, final_bytes)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="udpxfer-hash", daemon=True)
                 self._thread.start()
@@ -125,6 +135,7 @@ class PrefixHasher:
         """
         self.advance(size)
         with self._cond:
+            self._cond.notify_all()  # the worker may wait on a target set without the lock
             while self._done < size and self._error is None and not self._closed:
                 self._cond.wait(timeout=1.0)
                 if self._thread is not None and not self._thread.is_alive():
@@ -147,7 +158,11 @@ class PrefixHasher:
         while True:
             with self._cond:
                 while self._done >= self._target and not self._closed:
-                    self._cond.wait()
+                    self._waiting = True
+                    # Bounded: a target set without the lock just as this thread came to
+                    # wait is picked up at the latest here.
+                    self._cond.wait(0.05)
+                self._waiting = False
                 if self._closed:
                     return
                 start, end = self._done, min(self._target, self._done + HASH_BLOCK_BYTES)
@@ -246,24 +261,40 @@ class PartialFile:
         self._run.append(data)
         self._run_end += len(data)
 
+    def write_run(self, offset: int, pieces: Sequence[bytes | memoryview], n_bytes: int) -> None:
+        """Store ``pieces`` (``n_bytes`` together) back to back from ``offset``, by the next
+        ``flush()``; kept by reference like ``write_at``.
+
+        Raises:
+            TransportError: writing an earlier run failed.
+        """
+        if self._run and offset != self._run_end:
+            self.flush()
+        if not self._run:
+            self._run_start = self._run_end = offset
+        self._run.extend(pieces)
+        self._run_end += n_bytes
+
     def flush(self) -> None:
-        """Write what ``write_at`` gathered.
+        """Write what ``write_at`` and ``write_run`` gathered.
 
         Raises:
             TransportError: the system refused the write.
         """
         run, self._run = self._run, []
         offset = self._run_start
-        while run:
+        first = 0  # run[first:] is still to be written
+        while first < len(run):
             try:
-                written = os.pwritev(self._fd, run, offset)
+                written = os.pwritev(self._fd, run[first : first + MAX_RUN_CHUNKS], offset)
             except OSError as exc:
                 raise TransportError(f"cannot write {self.path}: {exc.strerror}") from exc
             offset += written
-            while run and written >= len(run[0]):
-                written -= len(run.pop(0))
-            if run and written:
-                run[0] = memoryview(run[0])[written:]  # a short write: go on from there
+            while first < len(run) and written >= len(run[first]):
+                written -= len(run[first])
+                first += 1
+            if first < len(run) and written:
+                run[first] = memoryview(run[first])[written:]  # a short write: go on from there
 
     def final_prefix(self, n_bytes: int) -> None:
         """The first ``n_bytes`` are written for good (flushed, never written again): hash

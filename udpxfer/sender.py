@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import struct
 from dataclasses import dataclass
 from enum import Enum, auto
 
+from udpxfer.checksum import crc32
 from udpxfer.congestion import BbrController
 from udpxfer.errors import AuthenticationFailed, MalformedPacket, UsageError
 from udpxfer.events import Event, RepairRequested, TransferEnded
@@ -630,7 +632,9 @@ class SenderSession:
         window, acked = self._window, self._highest_acked
         ack_every = max(1, window // 8)
         pack, seal_data = HEADER.pack, seal.seal
+        keyless = seal is CRC  # the check inline: CRC-32 of header and payload, no call
         pieces: list[bytes | memoryview] = []
+        append = pieces.append
         tx = self._tx
         congestion = self._congestion
         for index in range(first, first + count):
@@ -644,8 +648,13 @@ class SenderSession:
                 sent_ns,
             )  # fmt: skip
             start = index * chunk_size
-            pieces.append(header)
-            pieces.extend(seal_data(0, tx, header, view[start : min(start + chunk_size, size)]))
+            payload = view[start : min(start + chunk_size, size)]
+            append(header)
+            if keyless:
+                append(payload)
+                append(_CHECK(crc32(payload, crc32(header))))
+            else:
+                pieces.extend(seal_data(0, tx, header, payload))
             tx += 1
         self._tx = tx
         overhead = HEADER_BYTES + seal.trailer_bytes
@@ -783,6 +792,7 @@ class SenderSession:
 
 
 _HELLO = 8  # PacketType.HELLO
+_CHECK = struct.Struct("!I").pack  # the keyless trailer (wire.Seal)
 _DATA = int(PacketType.DATA)
 _ACK = int(Flags.ACK_REQUESTED)
 
