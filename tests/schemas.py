@@ -15,6 +15,7 @@ FILES = {
     "udpxfer.report/1": "report.schema.json",
     "udpxfer.send-report/1": "send-report.schema.json",
     "udpxfer.stream/1": "stream.schema.json",
+    "udpxfer.compare/1": "compare.schema.json",
 }
 
 

@@ -46,18 +46,31 @@ def receiver(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int
         assert proc.stderr is not None
         machine = "-" in args or "--json-stream" in args or "/dev/stdout" in args
         stream = proc.stderr if machine else proc.stdout
-        line = ""
-        while not line.startswith("listening on"):  # after any notes (no --key-file...)
-            ready, _, _ = select.select([stream], [], [], WAIT_S)
-            assert ready, "receiver did not start"
-            line = stream.readline()
-            assert line, "receiver ended before listening"
+        line = _listening_line(stream.fileno())
         assert line.startswith("listening on 127.0.0.1:"), line
         yield proc, int(line.rsplit(":", 1)[1])
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
+
+
+def _listening_line(fd: int) -> str:
+    """The receiver's "listening on" line, after any notes before it (no --key-file...).
+
+    Read from the descriptor itself, not through a buffered file, so that ``select`` sees
+    every line that has not been read yet.
+    """
+    text = ""
+    while True:
+        for line in text.splitlines(keepends=True):
+            if line.startswith("listening on") and line.endswith("\n"):
+                return line.rstrip("\n")
+        ready, _, _ = select.select([fd], [], [], WAIT_S)
+        assert ready, "receiver did not start"
+        data = os.read(fd, 4096)
+        assert data, f"receiver ended before listening: {text}"
+        text += data.decode()
 
 
 @pytest.fixture
