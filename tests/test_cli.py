@@ -9,24 +9,14 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cli_helpers import UDPXFER, recv_process, run
 from helpers import LossyRelay
 
 from udpxfer.wire import Data, PacketType, decode_untrusted
-
-UDPXFER = [sys.executable, "-m", "udpxfer"]
-
-
-def run(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*UDPXFER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
@@ -36,29 +26,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: st
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("udpxfer: error:")
     assert fragment in lines[0]
-
-
-@contextmanager
-def recv_process(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """``udpxfer recv`` on an ephemeral loopback port; yields the process and its port."""
-    proc = subprocess.Popen(
-        [*UDPXFER, "recv", "--bind", "127.0.0.1:0", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        assert ready, "receiver did not start"
-        line = proc.stdout.readline()
-        assert line.startswith("listening on 127.0.0.1:"), line
-        yield proc, int(line.rsplit(":", 1)[1])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -9,68 +9,19 @@ import select
 import socket
 import stat
 import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import run_in_process
+from cli_helpers import UDPXFER, WAIT_S, recv_process, run, run_in_process
 from schemas import validate
 
-UDPXFER = [sys.executable, "-m", "udpxfer"]
-WAIT_S = 30
 
-
-def run(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*UDPXFER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-@contextmanager
-def receiver(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """``recv --once`` on an ephemeral loopback port; its "listening" line is on stderr when
-    stdout carries JSON, on stdout otherwise."""
-    proc = subprocess.Popen(
-        [*UDPXFER, "recv", "--bind", "127.0.0.1:0", "--once", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        machine = "-" in args or "--json-stream" in args or "/dev/stdout" in args
-        stream = proc.stderr if machine else proc.stdout
-        line = _listening_line(stream.fileno())
-        assert line.startswith("listening on 127.0.0.1:"), line
-        yield proc, int(line.rsplit(":", 1)[1])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
-def _listening_line(fd: int) -> str:
-    """The receiver's "listening on" line, after any notes before it (no --key-file...).
-
-    Read from the descriptor itself, not through a buffered file, so that ``select`` sees
-    every line that has not been read yet.
-    """
-    text = ""
-    while True:
-        for line in text.splitlines(keepends=True):
-            if line.startswith("listening on") and line.endswith("\n"):
-                return line.rstrip("\n")
-        ready, _, _ = select.select([fd], [], [], WAIT_S)
-        assert ready, "receiver did not start"
-        data = os.read(fd, 4096)
-        assert data, f"receiver ended before listening: {text}"
-        text += data.decode()
+def receiver(cwd: Path, *args: str) -> AbstractContextManager[tuple[subprocess.Popen[str], int]]:
+    """``recv --once`` on an ephemeral loopback port."""
+    return recv_process(cwd, "--once", *args)
 
 
 @pytest.fixture

@@ -16,7 +16,12 @@ import typer
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_INTERRUPTED, guarded, tcp_app, udp_app
 from udpxfer.cli.progress import TransferBar, show_progress
-from udpxfer.cli.transfer import DEFAULT_IDLE_TIMEOUT_S, INTERVAL_HELP, STREAM_HELP, stream_interval
+from udpxfer.cli.transfer import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    IntervalOption,
+    JsonStreamOption,
+    stream_interval,
+)
 from udpxfer.cli.watch import json_line
 from udpxfer.companions import defaults
 from udpxfer.errors import TransferError, UsageError
@@ -371,10 +376,8 @@ def tcp_send(
             show_default=False,
         ),
     ] = None,
-    json_stream: Annotated[bool, typer.Option("--json-stream", help=STREAM_HELP)] = False,
-    interval: Annotated[
-        float, typer.Option("--interval", metavar="SECONDS", help=INTERVAL_HELP)
-    ] = DEFAULT_INTERVAL_S,
+    json_stream: JsonStreamOption = False,
+    interval: IntervalOption = DEFAULT_INTERVAL_S,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     congestion: Annotated[
         str | None,
@@ -515,10 +518,8 @@ def tcp_recv(
             help="Seconds of sender silence before a transfer is abandoned.",
         ),
     ] = DEFAULT_IDLE_TIMEOUT_S,
-    json_stream: Annotated[bool, typer.Option("--json-stream", help=STREAM_HELP)] = False,
-    interval: Annotated[
-        float, typer.Option("--interval", metavar="SECONDS", help=INTERVAL_HELP)
-    ] = DEFAULT_INTERVAL_S,
+    json_stream: JsonStreamOption = False,
+    interval: IntervalOption = DEFAULT_INTERVAL_S,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Receive files sent with "udpxfer tcp send" and write a JSON report for each.

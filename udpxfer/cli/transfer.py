@@ -68,6 +68,8 @@ STREAM_HELP = (
     "last line. Human output goes to stderr."
 )
 INTERVAL_HELP = "Seconds between two --json-stream records (at least 0.1)."
+JsonStreamOption = Annotated[bool, typer.Option("--json-stream", help=STREAM_HELP)]
+IntervalOption = Annotated[float, typer.Option("--interval", metavar="SECONDS", help=INTERVAL_HELP)]
 
 
 @app.command()
@@ -135,10 +137,8 @@ def send(
             show_default=False,
         ),
     ] = None,
-    json_stream: Annotated[bool, typer.Option("--json-stream", help=STREAM_HELP)] = False,
-    interval: Annotated[
-        float, typer.Option("--interval", metavar="SECONDS", help=INTERVAL_HELP)
-    ] = DEFAULT_INTERVAL_S,
+    json_stream: JsonStreamOption = False,
+    interval: IntervalOption = DEFAULT_INTERVAL_S,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     key_file: KeyFileOption = None,
     no_encrypt: NoEncryptOption = False,
@@ -302,10 +302,8 @@ def recv(
             show_default=False,
         ),
     ] = None,
-    json_stream: Annotated[bool, typer.Option("--json-stream", help=STREAM_HELP)] = False,
-    interval: Annotated[
-        float, typer.Option("--interval", metavar="SECONDS", help=INTERVAL_HELP)
-    ] = DEFAULT_INTERVAL_S,
+    json_stream: JsonStreamOption = False,
+    interval: IntervalOption = DEFAULT_INTERVAL_S,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars or start messages.")
     ] = False,
