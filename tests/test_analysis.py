@@ -484,11 +484,9 @@ def test_analyse_series_accounts_for_every_byte_and_loss() -> None:
     assert all(len(series[key]) == n for key in ("goodput_bps", "loss_rate", "pdv_max_ms"))
     assert sum(series["goodput_bps"]) * series["bin_s"] / 8 == pytest.approx(950)
     rates = [v for v in series["loss_rate"] if v is not None]
-    assert len(rates) == 10  # one chunk per bin at this span
-    assert sum(rates) == pytest.approx(2.0)
-    times = series["time_s"]
-    assert times == sorted(times)
-    assert series["bin_s"] == pytest.approx(0.001)
+    # Ten datagrams are fewer than SERIES_MIN_DATAGRAMS: one bin, from 0, holds them all.
+    assert rates == [pytest.approx(0.2)]
+    assert series["time_s"] == [0.0]
 
 
 def test_analyse_counts_duplicates_and_jitter() -> None:

@@ -9,24 +9,14 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cli_helpers import UDPXFER, recv_process, run
 from helpers import LossyRelay
 
 from udpxfer.wire import Data, PacketType, decode_untrusted
-
-UDPXFER = [sys.executable, "-m", "udpxfer"]
-
-
-def run(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*UDPXFER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
@@ -36,29 +26,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: st
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("udpxfer: error:")
     assert fragment in lines[0]
-
-
-@contextmanager
-def recv_process(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """``udpxfer recv`` on an ephemeral loopback port; yields the process and its port."""
-    proc = subprocess.Popen(
-        [*UDPXFER, "recv", "--bind", "127.0.0.1:0", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        assert ready, "receiver did not start"
-        line = proc.stdout.readline()
-        assert line.startswith("listening on 127.0.0.1:"), line
-        yield proc, int(line.rsplit(":", 1)[1])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -117,7 +84,7 @@ def test_unwritable_output_directory(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = run("recv", "--bind", "127.0.0.1:0", "--out", str(blocker / "sub"), cwd=tmp_path)
-    assert_one_line_error(result, "cannot create directory")
+    assert_one_line_error(result, f"{blocker} is a file, not a directory")
 
 
 def test_send_and_recv_exit_zero_and_write_the_report(tmp_path: Path, sample: Path) -> None:
@@ -205,7 +172,8 @@ def test_ctrl_c_on_the_sender_aborts_the_transfer_on_both_sides(tmp_path: Path) 
     big.write_bytes(random.Random(1).randbytes(20_000_000))
     with recv_process(tmp_path, "--once", "--out", "in", "--report", "r.json") as (proc, port):
         sender = subprocess.Popen(
-            [*UDPXFER, "send", str(big), "--to", f"127.0.0.1:{port}", "--rate", "20M"],
+            [*UDPXFER, "send", str(big), "--to", f"127.0.0.1:{port}", "--rate", "20M",
+             "--report", "send.json"],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         partial = tmp_path / "in" / "big.bin.partial"
@@ -223,6 +191,10 @@ def test_ctrl_c_on_the_sender_aborts_the_transfer_on_both_sides(tmp_path: Path) 
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["outcome"] == "aborted"
     assert doc["file"]["path"].endswith("big.bin.partial")
+    sent = json.loads((tmp_path / "send.json").read_text())  # written although interrupted
+    assert (sent["outcome"], sent["verdict"]) == ("aborted", None)
+    assert 0 < sent["chunks"]["sent"] < sent["chunks"]["total"]
+    assert sent["session_id"] == doc["session_id"]
 
 
 def test_version(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from schemas import validate
 from typer.testing import CliRunner
 
 from udpxfer.cli import app
@@ -240,6 +241,11 @@ def test_document_has_the_schema_keys(tmp_path: Path) -> None:
     tcp = next(row for row in doc["summary"] if row["mode"] == "stream")
     assert tcp["goodput_bps"]["min"] < tcp["goodput_bps"]["median"] < tcp["goodput_bps"]["max"]
     assert doc["sweep"] == []
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["one point", "sweep"])
+def test_document_validates_against_its_schema(tmp_path: Path, sweep: bool) -> None:
+    validate(json.loads(json.dumps(_doc(tmp_path, sweep=sweep))))
 
 
 def test_summary_counts_only_finished_runs() -> None:

@@ -448,7 +448,7 @@ def test_ensure_writable_dir_on_a_file(tmp_path: Path) -> None:
 def test_ensure_writable_dir_below_a_file(tmp_path: Path) -> None:
     target = touch(tmp_path / "file") / "sub"
     one_line_usage_error(
-        lambda: ensure_writable_dir(target), f"cannot create directory {target}", "Not a directory"
+        lambda: ensure_writable_dir(target), f"{target.parent} is a file, not a directory"
     )
 
 

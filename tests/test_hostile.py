@@ -15,7 +15,7 @@ from pathlib import Path
 
 from helpers import LossyRelay, receiver, wait_for
 
-from udpxfer.driver import send_file
+from udpxfer.driver import TransferResult, send_file
 from udpxfer.keys import generate_key
 from udpxfer.sender import SenderConfig
 from udpxfer.units import Address
@@ -263,36 +263,60 @@ def test_forged_content_with_a_valid_check_is_found_and_fetched_again(tmp_path: 
     assert results[0].report["repair"]["bad_blocks"] >= 1
 
 
-def test_a_report_or_trace_path_that_exists_is_never_replaced(tmp_path: Path) -> None:
-    """A symbolic link, a FIFO or an earlier report at --report/--trace stays as it is: the
-    receiver writes beside it under a numbered name."""
-    import os
+def _serve_once(tmp_path: Path, *, report_path: Path, trace_path: Path) -> TransferResult:
+    """One transfer of 20 chunks into a ``ReceiverServer`` with these report and trace paths."""
+    import threading
 
-    source = make_file(tmp_path, CHUNK * 20)
-    target = tmp_path / "precious.txt"
-    target.write_text("keep me")
-    link = tmp_path / "r.json"
-    link.symlink_to(target)
-    fifo = tmp_path / "t.npz"
-    os.mkfifo(fifo)
     from udpxfer.driver import ReceiverServer
     from udpxfer.receiver import ReceiverConfig
 
+    source = make_file(tmp_path, CHUNK * 20)
     server = ReceiverServer(
-        Address("127.0.0.1", 0), tmp_path / "out", report_path=link, trace_path=fifo,
-        once=True, config=ReceiverConfig(),
+        Address("127.0.0.1", 0), tmp_path / "out", report_path=report_path,
+        trace_path=trace_path, once=True, config=ReceiverConfig(),
     )  # fmt: skip
-    import threading
-
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     send_file(source, Address(*server.address), SenderConfig(chunk_size=CHUNK))
     thread.join(timeout=20)
     assert not thread.is_alive()
     (result,) = server.results
+    return result
+
+
+def test_a_report_or_trace_path_that_exists_is_never_replaced(tmp_path: Path) -> None:
+    """A symbolic link or an earlier trace at --report/--trace stays as it is: the receiver
+    writes beside it under a numbered name."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "r.json"
+    link.symlink_to(target)
+    earlier = tmp_path / "t.npz"
+    earlier.write_bytes(b"an earlier trace")
+    result = _serve_once(tmp_path, report_path=link, trace_path=earlier)
     assert link.is_symlink()
     assert target.read_text() == "keep me"
-    assert fifo.is_fifo()
+    assert earlier.read_bytes() == b"an earlier trace"
     assert result.report_path == tmp_path / "r-1.json"
     assert result.trace_path == tmp_path / "t-1.npz"
     assert result.report["file"]["verified"]
+
+
+def test_a_trace_at_a_fifo_is_written_into_it_and_the_fifo_stays(tmp_path: Path) -> None:
+    """A FIFO is not replaced either: the trace goes into it, to whoever reads it."""
+    import os
+    import threading
+
+    from udpxfer.trace import Trace
+
+    fifo = tmp_path / "t.npz"
+    os.mkfifo(fifo)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = _serve_once(tmp_path, report_path=tmp_path / "r.json", trace_path=fifo)
+    reader.join(timeout=20)
+    assert fifo.is_fifo()
+    assert result.trace_path == fifo
+    (tmp_path / "copy.npz").write_bytes(read[0])
+    assert len(Trace.load(tmp_path / "copy.npz")) > 0

@@ -60,17 +60,22 @@ def test_send_help_loads_only_the_send_path(tmp_path: Path) -> None:
     assert_sender_only(modules)
 
 
-def test_a_real_send_loads_only_the_send_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra", [(), ("--report", "-", "--json-stream")], ids=["plain", "report and stream"]
+)
+def test_a_real_send_loads_only_the_send_path(tmp_path: Path, extra: tuple[str, ...]) -> None:
     data = bytes(range(256)) * 1000
     path = tmp_path / "data.bin"
     path.write_bytes(data)
     with receiver(tmp_path) as (server, results):
         port = server.address[1]
         result, modules = run_udpxfer(
-            "send", str(path), "--to", f"127.0.0.1:{port}", "-q", cwd=tmp_path
+            "send", str(path), "--to", f"127.0.0.1:{port}", "-q", *extra, cwd=tmp_path
         )
         wait_for(lambda: results, what="the transfer's result")
     assert result.returncode == 0, result.stderr[-2000:]
+    if extra:  # the sender's report and the stream need none of the receiver's side
+        assert result.stdout.splitlines()[-1].startswith('{"schema": "udpxfer.send-report/1"')
     assert results[0].verified
     assert (tmp_path / "out" / "data.bin").read_bytes() == data
     assert_sender_only(modules)

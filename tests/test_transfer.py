@@ -291,7 +291,7 @@ def test_a_full_disk_refuses_the_transfer_instead_of_crashing(tmp_path: Path) ->
 
 
 def test_reports_are_strict_json_whatever_the_figures(tmp_path: Path) -> None:
-    from udpxfer.report import write_report
+    from udpxfer.output import write_report
 
     path = write_report(
         {"loss": {"rate": float("nan"), "ci95": [0.0, float("inf")]}}, tmp_path / "r.json"

@@ -33,6 +33,9 @@ NS_PER_S: Final = 1e9
 # "Nice" bin widths for the time series: 1, 2, 5 x 10^k nanoseconds.
 _NICE_STEPS: Final = (1, 2, 5)
 SERIES_MAX_BINS: Final = 200
+# Datagrams per time bin, at least: a bin's loss rate then moves in steps of 5% or less, not
+# the 0/50/100% of bins holding one or two datagrams.
+SERIES_MIN_DATAGRAMS: Final = 20
 
 
 def _num(value: float | np.floating[Any] | None) -> float | None:
@@ -523,7 +526,8 @@ def time_series(
     Time is the receiver clock in seconds since ``started_ns``. Goodput counts the bytes of
     chunks arriving for the first time (new unique bytes). Loss counts first transmissions by
     the bin they were sent in (``send_ns``, from ``trace_send_times``). Bins are 1-2-5 widths,
-    at most ``SERIES_MAX_BINS`` of them.
+    at most ``SERIES_MAX_BINS`` of them and about ``SERIES_MIN_DATAGRAMS`` datagrams or more
+    each; the first starts at 0.
 
     Args:
         trace: the transfer's trace.
@@ -547,12 +551,14 @@ def time_series(
     arrival = (trace.arrival_ns - trace.started_ns).astype(np.float64)
     send_t = send_ns[:-1] if send_ns is not None and lost.size else None
     end = float(arrival.max())
-    start = min(0.0, float(arrival.min()))
     if send_t is not None:
-        end, start = max(end, float(send_t.max())), min(start, float(send_t.min()))
-    width = nice_bin_ns(end - start)
-    origin = math.floor(start / width) * width
-    nbins = int((end - origin) // width) + 1
+        end = max(end, float(send_t.max()))
+    # The axis starts at the first datagram: a chunk sent (on this clock) before it counts in
+    # the first bin.
+    bins = max(1, min(SERIES_MAX_BINS, len(trace) // SERIES_MIN_DATAGRAMS))
+    width = nice_bin_ns(end, bins)
+    origin = 0.0
+    nbins = int(end // width) + 1
 
     def to_bins(t: F64) -> I64:
         return np.clip(((t - origin) // width).astype(np.int64), 0, nbins - 1)

@@ -24,7 +24,7 @@ from udpxfer.report import summary_lines
 from udpxfer.samples import SAMPLE_DIR
 from udpxfer.sender import SenderConfig
 from udpxfer.trace import Trace
-from udpxfer.units import Address
+from udpxfer.units import Address, plural
 from udpxfer.wire import Mode
 
 DEFAULT_SAMPLE = "photo.jpg"
@@ -139,9 +139,10 @@ def _run_mode(
     loss = doc["loss"]
     say(
         f"{mode.label:<9} relay dropped {forward.dropped} of {forward.datagrams_in} datagrams; "
-        f"first-pass loss {loss['rate'] * 100:.1f}% in {loss.get('bursts', {}).get('count', 0)} "
-        f"bursts; file {'verified' if doc['file']['verified'] else 'incomplete'} "
-        f"({doc['chunks']['retransmitted']} chunks resent)"
+        f"first-pass loss {loss['rate'] * 100:.1f}% in "
+        f"{plural(loss.get('bursts', {}).get('count', 0), 'burst')}; "
+        f"file {'verified' if doc['file']['verified'] else 'incomplete'} "
+        f"({plural(doc['chunks']['retransmitted'], 'chunk')} resent)"
     )
     for line in summary_lines(doc):
         say(f"  {line}")

@@ -77,6 +77,11 @@ def ensure_writable_dir(directory: Path) -> Path:
     Raises:
         UsageError: it cannot be created or written.
     """
+    for ancestor in (directory, *directory.parents):
+        if os.path.lexists(ancestor):
+            if not ancestor.is_dir():
+                raise UsageError(f"{ancestor} is a file, not a directory")
+            break
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -98,6 +98,11 @@ class GilbertElliott:
     def __post_init__(self) -> None:
         for name in ("p", "r", "loss_bad", "loss_good"):
             _check_probability(f"--gilbert {name}", getattr(self, name))
+        if self.r == 0 and self.p > 0:
+            raise UsageError(
+                "--gilbert r is 0: the first burst would never end; give r > 0 "
+                "(mean burst 1/r datagrams)"
+            )
 
     @property
     def bad_fraction(self) -> float:

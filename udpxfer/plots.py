@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from udpxfer import analysis as an
 from udpxfer.render import lookup
@@ -32,10 +32,16 @@ F64 = npt.NDArray[np.float64]
 
 DPI: Final = 100
 WIDE: Final = (9.0, 3.4)
-MAP_CELLS: Final = 1 << 20  # the loss map shows at most this many cells (worst chunk wins)
+# The loss map's cells: about one pixel each or more in a 9 x 4.2 inch figure at 100 dpi.
+MAP_COLUMNS: Final = 640
+MAP_ROWS: Final = 280
+MAP_ASPECT: Final = 2.4  # columns per row of a map that fills the axes
+BORDER_COLUMNS: Final = 80  # fewer columns than this: cells are wide enough for borders
+LOSS_SHADES: Final = "Reds"
 STRIP_BINS: Final = 400  # loss strip columns: fewer than the axes' pixels, so none vanishes
 SCATTER_POINTS: Final = 50_000  # delay scatter is thinned to about this many points
 RECEIVED, REPAIRED, MISSING, EMPTY = "#cfe0ee", "#f4a261", "#c1121f", "#ffffff"
+MAX_BARS: Final = 40  # burst-length bars before lengths are binned
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,44 +94,81 @@ def chunk_status(doc: Report, trace: Trace | None = None) -> npt.NDArray[np.int8
     return status
 
 
+_WHOLE = FuncFormatter(lambda value, _: f"{value:,.0f}")
+
+
+def _map_shape(cells: int) -> tuple[int, int]:
+    """(columns, rows) of a loss map of ``cells`` cells, about as wide as MAP_ASPECT says."""
+    columns = max(1, min(MAP_COLUMNS, math.ceil(math.sqrt(cells * MAP_ASPECT))))
+    return columns, math.ceil(cells / columns)
+
+
 def loss_map(doc: Report, trace: Trace | None = None) -> Plot | None:
-    """Raster of every chunk, row by row: received, lost on the first pass, still missing."""
+    """Every chunk, row by row: one cell per chunk while they fit the pixels (with borders when
+    cells are large), else one cell per group of chunks coloured by the share lost in it."""
     status = chunk_status(doc, trace)
     if status is None:
         return None
     total = status.size
-    group = max(1, math.ceil(total / MAP_CELLS))
+    group = max(1, math.ceil(total / (MAP_COLUMNS * MAP_ROWS)))
     cells = math.ceil(total / group)
-    padded = np.full(cells * group, 0, dtype=np.int8)
-    padded[:total] = status
-    worst = padded.reshape(cells, group).max(axis=1)
-    width = min(cells, max(1, math.ceil(math.sqrt(cells * 4))))
-    rows = math.ceil(cells / width)
-    row_chunks = width * group
-    grid = np.full(rows * width, 3, dtype=np.int8)
-    grid[:cells] = worst
+    columns, rows = _map_shape(cells)
+    row_chunks = columns * group
     fig = _figure((9.0, 4.2))
     ax = fig.add_subplot()
-    ax.imshow(
-        grid.reshape(rows, width),
-        cmap=ListedColormap([RECEIVED, REPAIRED, MISSING, EMPTY]),
-        norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5], 4),
-        interpolation="nearest",
-        aspect="auto",
-        extent=(0, row_chunks, rows * row_chunks, 0),
-    )
     counts = np.bincount(status, minlength=3)
-    handles = [Patch(color=RECEIVED, label=f"received on first pass ({counts[0]})")]
-    if counts[1] or doc.get("mode") == "reliable":
-        handles.append(Patch(color=REPAIRED, label=f"lost, then repaired ({counts[1]})"))
-    handles.append(Patch(color=MISSING, label=f"missing at the end ({counts[2]})"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3)
-    per_cell = f", {group} chunks per cell (worst shown)" if group > 1 else ""
-    ax.set_title(f"Loss map over chunk index: {total} chunks, {row_chunks} per row{per_cell}")
-    ax.set_yticks(np.arange(0, rows, max(1, math.ceil(rows / 8))) * row_chunks)
+    extent = (0, row_chunks, rows * row_chunks, 0)
+    if group == 1:
+        grid = np.full(rows * columns, 3, dtype=np.int8)
+        grid[:total] = status
+        ax.imshow(
+            grid.reshape(rows, columns),
+            cmap=ListedColormap([RECEIVED, REPAIRED, MISSING, EMPTY]),
+            norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5], 4),
+            interpolation="nearest",
+            aspect="auto",
+            extent=extent,
+        )
+        if columns <= BORDER_COLUMNS:  # cells of several pixels: show where each one ends
+            ax.set_xticks(np.arange(columns + 1), minor=True)
+            ax.set_yticks(np.arange(rows + 1) * row_chunks, minor=True)
+            ax.grid(which="minor", color="white", linewidth=0.6)
+            ax.tick_params(which="minor", length=0)
+        handles = [Patch(color=RECEIVED, label=f"received on the first pass ({counts[0]})")]
+        if counts[1] or doc.get("mode") == "reliable":
+            handles.append(Patch(color=REPAIRED, label=f"lost, then repaired ({counts[1]})"))
+        handles.append(Patch(color=MISSING, label=f"missing at the end ({counts[2]})"))
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3)
+        ax.set_title(f"Loss map over chunk index: {total} chunks, {row_chunks} per row")
+    else:
+        # Too many chunks for a pixel each: the share lost per cell, so that no loss vanishes
+        # between pixels and a cell of isolated losses stays lighter than a burst.
+        padded = np.zeros(cells * group, dtype=np.float64)
+        padded[:total] = status > 0
+        share = np.full(rows * columns, np.nan)
+        share[:cells] = padded.reshape(cells, group).mean(axis=1) * 100
+        share[cells - 1] *= group / (total - (cells - 1) * group)  # the last cell is short
+        image = ax.imshow(
+            share.reshape(rows, columns),
+            cmap=LOSS_SHADES,
+            vmin=0,
+            vmax=max(1.0, float(np.nanmax(share))),
+            interpolation="nearest",
+            aspect="auto",
+            extent=extent,
+        )
+        bar = fig.colorbar(image, ax=ax, pad=0.01)
+        bar.set_label(f"first-pass loss in a cell of {group} chunks (%)")
+        ax.set_title(
+            f"Loss map over chunk index: {total} chunks, {group} per cell, {row_chunks} per "
+            f"row; {counts[1] + counts[2]} lost, {counts[2]} still missing"
+        )
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(_WHOLE)  # 2,500,000, not 2.5 x 1e6
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(_WHOLE)
     ax.set_xlabel("chunk index within the row")
-    ax.set_ylabel("chunk index at row start")
+    ax.set_ylabel("chunk index (rows start here)")
     return Plot("loss-map", "Loss map over chunk index", _png(fig))
 
 
@@ -148,9 +191,9 @@ def loss_over_time(doc: Report, trace: Trace | None = None) -> Plot | None:
         np.divide(dropped, sent, out=fraction, where=sent > 0)
         strip.imshow(
             fraction[None, :] * 100,
-            cmap="Reds",
+            cmap=LOSS_SHADES,
             vmin=0,
-            vmax=100,
+            vmax=max(1.0, float(np.nanmax(fraction, initial=0.0)) * 100),  # low loss stays visible
             aspect="auto",
             interpolation="nearest",
             extent=(float(edges[0]), float(edges[-1]), 0, 1),
@@ -162,10 +205,13 @@ def loss_over_time(doc: Report, trace: Trace | None = None) -> Plot | None:
         ax = fig.add_subplot()
         ax.set_xlabel("time since the first datagram (s), chunks at their send time")
     width = float(lookup(doc, "series.bin_s") or 0.0)
-    ax.plot(t, rate * 100, drawstyle="steps-post", color=MISSING, label="first-pass loss per bin")
+    ax.plot(
+        t, rate * 100, drawstyle="steps-post", color=MISSING, label="first-pass loss per bin (%)"
+    )
     overall = lookup(doc, "loss.rate")
     if overall is not None:
         ax.axhline(overall * 100, color="0.4", linestyle="--", label=f"overall {overall:.3%}")
+    ax.set_xlim(left=0)
     ax.set_ylabel("first-pass loss (%)")
     ax.set_ylim(bottom=0)
     ax.set_title(f"First-pass loss over time ({width * 1000:g} ms bins)")
@@ -173,30 +219,69 @@ def loss_over_time(doc: Report, trace: Trace | None = None) -> Plot | None:
     return Plot("loss-time", "First-pass loss over time", _png(fig))
 
 
+def _length_bins(longest: int) -> npt.NDArray[np.int64]:
+    """Edges of burst-length bins: one per length up to ``MAX_BARS``, else 1-2-5 wide bins."""
+    if longest <= MAX_BARS:
+        return np.arange(1, longest + 2, dtype=np.int64)
+    width = next(
+        step * 10**power
+        for power in range(12)
+        for step in (1, 2, 5)
+        if math.ceil(longest / (step * 10**power)) <= MAX_BARS
+    )
+    return np.arange(1, longest + width + 1, width, dtype=np.int64)
+
+
+def _binned(histogram: Sequence[Sequence[int]], edges: npt.NDArray[np.int64]) -> F64:
+    lengths, counts = np.asarray(histogram, dtype=np.int64).reshape(-1, 2).T
+    binned, _ = np.histogram(lengths, bins=edges, weights=counts)
+    return binned.astype(np.float64)
+
+
+def _length_axis(ax: Axes, edges: npt.NDArray[np.int64]) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    unit = "" if edges[1] - edges[0] == 1 else f", bins of {edges[1] - edges[0]}"
+    ax.set_xlabel(f"burst length (consecutive lost chunks{unit})")
+    ax.set_xlim(float(edges[0]) - 0.5, float(edges[-1]) - 0.5)
+
+
 def burst_histogram(doc: Report) -> Plot | None:
-    """Loss-burst lengths against the geometric law of a Bernoulli channel with the same loss."""
+    """Loss-burst lengths against the geometric law of a Bernoulli channel with the same loss:
+    counts on a linear axis, labelled, so that a count of 1 stays as visible as one of 100."""
     histogram = lookup(doc, "loss.bursts.histogram") or []
     rate = lookup(doc, "loss.rate")
     if not histogram or rate is None:
         return None
-    lengths, counts = np.asarray(histogram, dtype=np.int64).T
+    longest = int(max(length for length, _ in histogram))
+    edges = _length_bins(longest)
+    counts = _binned(histogram, edges)
     fig = _figure()
     ax = fig.add_subplot()
-    ax.bar(lengths, counts, width=0.8, color=MISSING, alpha=0.8, label="observed bursts")
-    span = np.arange(1, int(lengths.max()) + 1, dtype=np.int64)
-    expected = int(counts.sum()) * an.geometric_run_pmf(float(rate), span)
-    shown = expected >= 1e-3
+    left, width = edges[:-1].astype(np.float64), np.diff(edges).astype(np.float64)
+    bars = ax.bar(
+        left - 0.5 + width / 2,
+        counts,
+        width=width * 0.85,
+        color=MISSING,
+        alpha=0.85,
+        label="observed (bursts)",
+    )
+    ax.bar_label(bars, labels=[f"{c:.0f}" if c else "" for c in counts], fontsize="small")
+    lengths = np.arange(1, int(edges[-1]), dtype=np.int64)
+    pmf = an.geometric_run_pmf(float(rate), lengths)
+    expected = np.add.reduceat(pmf, (edges[:-1] - 1).astype(np.intp)) * counts.sum()
     ax.plot(
-        span[shown],
-        expected[shown],
+        left - 0.5 + width / 2,
+        expected,
         "o-",
         color="0.2",
         markersize=3,
-        label=f"Bernoulli channel at {rate:.3%}: (1-q)q^(l-1)",
+        label=f"memoryless channel at {rate:.3%} loss: N(1-q)q^(l-1) (bursts)",
     )
-    ax.set_yscale("log")
-    ax.set_xlabel("burst length (consecutive lost chunks)")
-    ax.set_ylabel("bursts (count, log scale)")
+    _length_axis(ax, edges)
+    ax.set_ylim(0, max(float(counts.max()), float(expected.max())) * 1.15 + 0.5)
+    ax.set_ylabel("bursts (count)")
     ax.set_title("Loss-burst lengths vs a memoryless channel with the same loss rate")
     _legend(ax)
     return Plot("bursts", "Burst-length histogram", _png(fig))
@@ -209,15 +294,18 @@ def goodput_over_time(doc: Report) -> Plot | None:
         return None
     fig = _figure()
     ax = fig.add_subplot()
-    ax.plot(t, goodput / 1e6, drawstyle="steps-post", label="goodput per bin")
+    ax.plot(t, goodput / 1e6, drawstyle="steps-post", label="goodput per bin (Mbit/s)")
     average = lookup(doc, "timing.goodput_bps")
     if average:
-        ax.axhline(average / 1e6, color="0.4", linestyle="--", label=f"average {average / 1e6:.2f}")
+        ax.axhline(
+            average / 1e6, color="0.4", linestyle="--", label=f"average {average / 1e6:.2f} Mbit/s"
+        )
     width = float(lookup(doc, "series.bin_s") or 0.0)
     ax.set_title(f"Goodput over time (new unique bytes, {width * 1000:g} ms bins)")
     ax.set_xlabel("time since the first datagram (s)")
     ax.set_ylabel("goodput (Mbit/s)")
     ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
     _legend(ax)
     return Plot("goodput", "Goodput over time", _png(fig))
 
@@ -242,15 +330,16 @@ def delay_over_time(doc: Report, trace: Trace | None = None) -> Plot | None:
             markersize=2,
             alpha=0.35,
             rasterized=True,
-            label=f"PDV per datagram{thinned}",
+            label=f"PDV per datagram (ms){thinned}",
         )
     if t.size:
-        ax.plot(t, _series(doc, "pdv_max_ms"), drawstyle="steps-post", label="PDV max per bin")
-        ax.plot(t, _series(doc, "jitter_ms"), color="0.1", label="RFC 3550 jitter")
+        ax.plot(t, _series(doc, "pdv_max_ms"), drawstyle="steps-post", label="PDV max per bin (ms)")
+        ax.plot(t, _series(doc, "jitter_ms"), color="0.1", label="RFC 3550 jitter (ms)")
     ax.set_title("Delay variation over time (PDV = delay - min delay, RFC 5481)")
     ax.set_xlabel("arrival time since the first datagram (s)")
     ax.set_ylabel("delay variation (ms)")
     ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
     _legend(ax)
     return Plot("delay", "Delay variation over time", _png(fig))
 
@@ -292,24 +381,32 @@ def _overlay(
     ax.set_xlabel("time since the first datagram (s)")
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
     _legend(ax)
     return Plot(slug, title, _png(fig))
 
 
 def _burst_overlay(reports: Sequence[tuple[str, Report]]) -> Plot | None:
+    """Burst-length distributions side by side: grouped bars per length (a length that one
+    run never saw is a missing bar, not a line drawn through it)."""
+    shown = [(label, lookup(doc, "loss.bursts.histogram") or []) for label, doc in reports]
+    shown = [(label, histogram) for label, histogram in shown if histogram]
+    if not shown:
+        return None
+    longest = max(int(length) for _, histogram in shown for length, _ in histogram)
+    edges = _length_bins(longest)
+    centres = (edges[:-1] + edges[1:]) / 2 - 0.5
+    slot = np.diff(edges) * 0.85 / len(shown)
     fig = _figure()
     ax = fig.add_subplot()
-    for label, doc in reports:
-        histogram = lookup(doc, "loss.bursts.histogram") or []
-        if histogram:
-            lengths, counts = np.asarray(histogram, dtype=np.int64).T
-            ax.plot(lengths, counts / counts.sum(), "o-", markersize=3, label=label)
-    if not ax.lines:
-        return None
-    ax.set_yscale("log")
+    for i, (label, histogram) in enumerate(shown):
+        counts = _binned(histogram, edges)
+        offset = (i - (len(shown) - 1) / 2) * slot
+        ax.bar(centres + offset, counts / counts.sum() * 100, width=slot, label=label)
+    _length_axis(ax, edges)
+    ax.yaxis.set_major_locator(MaxNLocator())
     ax.set_title("Loss-burst length distributions")
-    ax.set_xlabel("burst length (consecutive lost chunks)")
-    ax.set_ylabel("fraction of bursts (log scale)")
+    ax.set_ylabel("share of the run's bursts (%)")
     _legend(ax)
     return Plot("bursts", "Loss-burst length distributions", _png(fig))
 

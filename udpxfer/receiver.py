@@ -404,6 +404,11 @@ class ReceiverSession:
         return self.state is ReceiverState.CLOSED
 
     @property
+    def transmissions_seen(self) -> int:
+        """DATA transmissions up to the highest numbered one that arrived."""
+        return self._highest_tx + 1
+
+    @property
     def is_transfer(self) -> bool:
         """True once valid metadata started a transfer."""
         return self.started

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from udpxfer import __version__
 from udpxfer.errors import TransportError, UsageError
 from udpxfer.files import ensure_writable_dir, safe_name
-from udpxfer.report import summary_lines
+from udpxfer.report import summary_lines, verdict_text
 from udpxfer.units import format_rate, format_size
 
 if TYPE_CHECKING:
@@ -76,11 +76,7 @@ def _pair(doc: Report, first: str, second: str, fmt: Callable[[Any], str]) -> st
 
 
 def _verdict(doc: Report) -> str:
-    if lookup(doc, "file.verified"):
-        return "complete, SHA-256 verified"
-    if lookup(doc, "file.complete"):
-        return "complete, SHA-256 MISMATCH"
-    return f"INCOMPLETE ({doc.get('outcome', 'incomplete')})"
+    return verdict_text(doc)
 
 
 def _ci(doc: Report) -> str:

@@ -5,24 +5,21 @@ The keys listed in DESIGN.md are a contract other tools rely on: add keys, never
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from udpxfer.analysis import analyse, first_transmissions
-from udpxfer.errors import TransportError, UsageError
+from udpxfer.analysis import analyse
 from udpxfer.files import unique_path
-from udpxfer.ranges import as_lists, missing_ranges
+from udpxfer.output import is_stream
+from udpxfer.output import write_report as write_report  # the receiver writes through here
+from udpxfer.ranges import as_lists
 from udpxfer.receiver import ReceiverSession
 from udpxfer.sockets import format_sockaddr
-from udpxfer.trace import DUPLICATE, RESENT, Trace
-from udpxfer.units import format_rate, format_size
+from udpxfer.trace import Trace
+from udpxfer.units import format_rate, format_size, plural
 from udpxfer.wire import Mode
 
 SCHEMA = "udpxfer.report/1"
@@ -125,48 +122,6 @@ class TransferReport:
         return size - missing_bytes
 
 
-def write_report(doc: dict[str, Any], path: Path) -> Path:
-    """Write ``doc`` as indented JSON to ``path`` (created atomically via a temporary file).
-
-    A path that exists already (an earlier report, a symbolic link, a device, a FIFO) is never
-    replaced: the report goes to ``stem-N.json`` beside it. Returns where it went.
-
-    Raises:
-        TransportError: the file cannot be written.
-    """
-    path = free_path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(_json_safe(doc), indent=2, allow_nan=False)
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise TransportError(f"cannot write report {path}: {exc.strerror}") from exc
-    return path
-
-
-def free_path(path: Path) -> Path:
-    """``path``, or ``stem-N.ext`` beside it when something (of any kind) is there already."""
-    if os.path.lexists(path):
-        return unique_path(path.parent, path.name)
-    return path
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities as null (JSON has no such numbers) and numpy scalars
-    as plain Python numbers."""
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def default_report_path(directory: Path, file_name: str, started_unix_s: float) -> Path:
     """A fresh ``reports/<UTC time>-<name>.json`` path that no earlier report occupies."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_unix_s))
@@ -185,137 +140,121 @@ def report_path(
 
     ``--report`` (``target``) as given for the receiver's first transfer, then a fresh
     ``stem-N.json`` beside it (never overwriting an earlier transfer's report); a directory,
-    or no ``--report``, gets a timestamped name in it.
+    or no ``--report``, gets a timestamped name in it; a stream (``-``, a FIFO) gets them all.
     """
     if target is None or target.is_dir():
         return default_report_path(target or reports_dir, file_name, started_unix_s)
-    return target if first else unique_path(target.parent, target.name)
+    if first or is_stream(target):
+        return target  # a stream takes every report; a file is never replaced (write_report)
+    return unique_path(target.parent, target.name)
 
 
-def _format_ranges(ranges: list[list[int]], limit: int = 8) -> str:
-    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit]]
-    if len(ranges) > limit:
-        parts.append(f"... ({len(ranges) - limit} more)")
-    return ", ".join(parts) if parts else "none"
+SUMMARY_COLUMNS = 80
+_INDENT = " " * 10  # the width of "chunks    ": continuation lines line up under the values
+
+
+def _format_ranges(ranges: list[list[int]], width: int) -> str:
+    """``22-23, 43-48, 80`` cut to ``width`` characters with ``... (N more)``."""
+    if not ranges:
+        return "none"
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges]
+    for shown in range(len(parts), 0, -1):
+        tail = "" if shown == len(parts) else f", ... ({len(parts) - shown} more)"
+        text = ", ".join(parts[:shown]) + tail
+        if len(text) <= width:
+            return text
+    return f"{len(parts)} ranges"
+
+
+def _fill(head: str, pieces: list[str], sep: str = ", ") -> list[str]:
+    """``head`` and ``pieces`` joined into lines of at most ``SUMMARY_COLUMNS``, the later
+    lines indented under the first one's values."""
+    lines, line = [], head + pieces[0]
+    for piece in pieces[1:]:
+        if len(line) + len(sep) + len(piece) > SUMMARY_COLUMNS:
+            lines.append(line + sep.rstrip())
+            line = _INDENT + piece
+        else:
+            line += sep + piece
+    return [*lines, line]
+
+
+def verdict_text(doc: Mapping[str, Any]) -> str:
+    """``complete, SHA-256 verified``, ``INCOMPLETE (timeout: ...)``: a report's verdict."""
+    file = doc.get("file") or {}
+    if file.get("verified"):
+        return "complete, SHA-256 verified"
+    if file.get("complete"):
+        return "complete, SHA-256 MISMATCH"
+    outcome = doc.get("outcome") or "incomplete"
+    reason = doc.get("reason") or ""
+    # "INCOMPLETE (incomplete)" says nothing twice: the outcome only where it adds to it.
+    said = [part for part in (outcome, reason) if part and part != "incomplete"]
+    return f"INCOMPLETE ({': '.join(said)})" if said else "INCOMPLETE"
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
-    """A short human summary of a report: file, verdict, chunks, gaps, loss, goodput."""
+    """A short human summary of a report, in lines of at most 80 columns (the file's path
+    aside): file, verdict, chunks, gaps, loss, bursts, timing, delay."""
     file, chunks, timing = doc["file"], doc["chunks"], doc["timing"]
-    if file["verified"]:
-        verdict = "complete, SHA-256 verified"
-    elif file["complete"]:
-        verdict = "complete, SHA-256 MISMATCH"
-    else:
-        verdict = f"INCOMPLETE ({doc.get('outcome', 'incomplete')})"
+    verdict = verdict_text(doc)
     lines = [
         f"file      {file['name']} ({format_size(file['size'])}) -> {file['path']}",
         f"verdict   {verdict}",
-        f"chunks    {chunks['received']}/{chunks['total']} received, {chunks['missing']} missing, "
-        f"{chunks['retransmitted']} resent, {chunks['duplicates']} duplicate, "
-        f"{chunks['out_of_order']} out of order, {chunks['corrupt']} corrupt",
+        *_fill(
+            "chunks    ",
+            [
+                f"{chunks['received']}/{chunks['total']} received",
+                f"{chunks['missing']} missing",
+                f"{chunks['retransmitted']} resent",
+                f"{chunks['duplicates']} duplicate",
+                f"{chunks['out_of_order']} out of order",
+                f"{chunks['corrupt']} corrupt",
+            ],
+        ),
     ]
+    room = SUMMARY_COLUMNS - len(_INDENT)
     if doc["transport"] == "udp":
-        lines.append(f"gaps      {_format_ranges(doc['gaps'])}")
-        lines.append(
-            f"loss      {doc['loss']['rate'] * 100:.3f}% on the first pass "
-            f"({_format_ranges(doc['first_pass_gaps'])})"
-        )
+        lines.append(f"gaps      {_format_ranges(doc['gaps'], room)}")
+        first = f"loss      {doc['loss']['rate'] * 100:.3f}% on the first pass"
+        if doc["first_pass_gaps"] != doc["gaps"]:
+            first += (
+                f" ({_format_ranges(doc['first_pass_gaps'], SUMMARY_COLUMNS - len(first) - 3)})"
+            )
+        lines.append(first)
     not_sent = chunks.get("not_sent", 0)
     if not_sent:
         lines.append(
-            f"sent      interrupted: {not_sent} chunks were never sent (not counted as lost)"
+            f"sent      interrupted: {plural(not_sent, 'chunk')} never sent (not counted as lost)"
         )
     loss = doc.get("loss", {})
     bursts, gilbert, ci = loss.get("bursts"), loss.get("gilbert"), loss.get("ci95")
     if isinstance(bursts, dict) and bursts.get("count"):
-        text = (
-            f"bursts    {bursts['count']} (mean {bursts['mean_length']:.2f}, "
-            f"max {bursts['max_length']} chunks)"
-        )
+        pieces = [
+            f"{bursts['count']} (mean {bursts['mean_length']:.2f}, "
+            f"max {plural(bursts['max_length'], 'chunk')})"
+        ]
         if isinstance(gilbert, dict) and gilbert.get("p") is not None and gilbert.get("r"):
-            text += f"; Gilbert-Elliott p={gilbert['p']:.4f} r={gilbert['r']:.4f}"
+            pieces.append(f"Gilbert-Elliott p={gilbert['p']:.4f} r={gilbert['r']:.4f}")
         if isinstance(ci, list) and len(ci) == 2:
-            text += f"; loss 95% CI {ci[0] * 100:.2f}-{ci[1] * 100:.2f}%"
-        lines.append(text)
+            pieces.append(f"loss 95% CI {ci[0] * 100:.2f}-{ci[1] * 100:.2f}%")
+        lines += _fill("bursts    ", pieces, "; ")
+    span = "first chunk to verified hash" if file["verified"] else "first to last chunk"
     lines.append(
-        f"timing    {timing['duration_s']:.3f} s, goodput {format_rate(timing['goodput_bps'])}"
+        f"timing    {timing['duration_s']:.3f} s ({span}), "
+        f"goodput {format_rate(timing['goodput_bps'])}"
     )
     pdv = timing.get("pdv_ms")
     if timing.get("jitter_ms") is not None and isinstance(pdv, dict) and pdv.get("p99") is not None:
-        lines.append(
-            f"delay     jitter {timing['jitter_ms']:.3f} ms (RFC 3550), delay variation "
-            f"p50 {pdv['p50']:.3f} / p95 {pdv['p95']:.3f} / p99 {pdv['p99']:.3f} ms"
+        lines += _fill(
+            "delay     ",
+            [
+                f"jitter {timing['jitter_ms']:.3f} ms (RFC 3550)",
+                f"PDV p50/p95/p99 {pdv['p50']:.3f}/{pdv['p95']:.3f}/{pdv['p99']:.3f} ms",
+            ],
+            "; ",
         )
     return lines
-
-
-def report_from_trace(trace: Trace, *, source: Path) -> dict[str, Any]:
-    """A report rebuilt from a trace alone (no file name, path or hashes are known)."""
-    held = np.zeros(trace.chunk_count, dtype=np.uint8)
-    held[trace.index] = 1
-    first = np.zeros(trace.chunk_count, dtype=np.uint8)
-    first[trace.index[first_transmissions(trace.pass_no, trace.flags)]] = 1
-    received = int(held.sum())
-    end_ns = int(trace.arrival_ns.max()) if len(trace) else trace.started_ns
-    report = TransferReport(
-        transport="udp",
-        mode=trace.mode,
-        file=FileSection(
-            name=source.stem,
-            size=trace.file_size,
-            path="",
-            sha256_expected=None,
-            sha256_actual=None,
-            complete=received == trace.chunk_count,
-            verified=False,
-        ),
-        chunks=ChunkSection(
-            size=trace.chunk_size,
-            total=trace.chunk_count,
-            received=received,
-            missing=trace.chunk_count - received,
-            duplicates=int(np.count_nonzero(trace.flags & DUPLICATE)),
-            retransmitted=int(np.count_nonzero(trace.flags & RESENT)),
-        ),
-        gaps=as_lists(missing_ranges(held)),
-        first_pass_gaps=as_lists(missing_ranges(first)),
-        duration_s=(end_ns - trace.started_ns) / 1e9,
-        datagrams_received=len(trace),
-        outcome="trace",
-        extra={"trace_path": str(source), **analyse(trace)},
-    )
-    doc = report.to_dict()
-    doc["chunks"]["out_of_order"] = doc.get("reorder", {}).get("count", 0)
-    return doc
-
-
-def load_report(path: Path) -> tuple[dict[str, Any], Trace | None]:
-    """A report and its trace from a ``.json`` report or a ``.npz`` trace.
-
-    Raises:
-        UsageError: the file is missing or is neither.
-    """
-    if path.suffix == ".npz":
-        only = Trace.load(path)
-        return report_from_trace(only, source=path), only
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path} is not a JSON report: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise UsageError(f"{path} is not a udpxfer report (schema {SCHEMA})")
-    trace: Trace | None = None
-    trace_path = doc.get("trace_path")
-    if isinstance(trace_path, str):
-        candidate = Path(trace_path)
-        if not candidate.is_absolute() and not candidate.exists():
-            candidate = path.parent / candidate.name
-        if candidate.exists():
-            trace = Trace.load(candidate)
-    return doc, trace
 
 
 def session_trace(session: ReceiverSession) -> Trace | None:

@@ -199,6 +199,8 @@ class SenderSession:
         self._events: collections.deque[Event] = collections.deque()
 
         self._highest_acked = -1
+        self._reported_received = 0  # DATA datagrams counted in the receiver's last STATUS
+        self._reported_highest = -1
         self._window = self.config.initial_window
         self._advertised = self.config.initial_window
         self._unsent_stamp: int | None = None  # sent_ns of a feedback request not yet out
@@ -415,6 +417,9 @@ class SenderSession:
         highest_tx = min(packet.highest_tx, self._tx - 1)  # never beyond what we sent
         if highest_tx > self._highest_acked:
             self._highest_acked = highest_tx
+        if packet.received >= self._reported_received:  # not an older, reordered STATUS
+            self._reported_received = packet.received
+            self._reported_highest = max(self._reported_highest, highest_tx)
         self._advertised = max(1, min(packet.window, self.config.max_window))
         if (congestion := self._congestion) is not None:
             rtt: float | None = None
@@ -544,6 +549,18 @@ class SenderSession:
     def accepted(self) -> bool:
         """True once the receiver accepted the transfer (its HELLO arrived)."""
         return self._accepted
+
+    @property
+    def window(self) -> int:
+        """Datagrams the sender may have in flight now (congestion and receiver's window)."""
+        return self._window
+
+    @property
+    def reported_loss(self) -> tuple[int, int]:
+        """(transmissions the receiver's last STATUS says did not arrive, transmissions up to
+        the highest it saw): the loss so far as the receiver sees it."""
+        seen = self._reported_highest + 1
+        return max(0, seen - self._reported_received), seen
 
     def _has_data_to_send(self) -> bool:
         if self.state is SenderState.SENDING:

@@ -7,7 +7,6 @@ trace into loss, reordering and delay statistics; this module only holds, checks
 from __future__ import annotations
 
 import array
-import os
 import pickle
 import zipfile
 import zlib
@@ -18,8 +17,8 @@ from typing import Any, BinaryIO, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from udpxfer.errors import TransportError, UsageError
-from udpxfer.files import unique_path
+from udpxfer.errors import UsageError
+from udpxfer.output import write_target
 from udpxfer.receiver import TRACE_DUPLICATE, TRACE_RESENT
 
 TRACE_FORMAT: Final = "udpxfer.trace/1"
@@ -86,6 +85,9 @@ def _from_buffer(
 
 def _read_fields(handle: BinaryIO) -> dict[str, Any]:
     """The ``Trace`` fields stored in an open ``.npz`` file (``ValueError`` if it is not one)."""
+    if handle.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+        raise ValueError("not an .npz archive")
+    handle.seek(0)
     loaded = np.load(handle, allow_pickle=False)
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise ValueError("not an .npz archive")
@@ -239,7 +241,10 @@ class Trace:
         return np.clip(remaining, 0, self.chunk_size).astype(np.int64)
 
     def save(self, path: Path) -> Path:
-        """Write the trace to ``path`` as a compressed ``.npz`` (atomically, name kept as given).
+        """Write the trace to ``path`` as a compressed ``.npz``; return where it went.
+
+        Written as ``udpxfer.output`` writes: atomically, never over an existing file (a
+        taken name gets ``-1``, ``-2``...), into a FIFO as it is.
 
         Raises:
             TransportError: the file cannot be written.
@@ -251,18 +256,11 @@ class Trace:
             members[name] = np.array(getattr(self, name), dtype=np.int64)
         if self.held_before.size:
             members["held_before"] = self.held_before
-        if os.path.lexists(path):  # never over an earlier trace, a link, a device or a FIFO
-            path = unique_path(path.parent, path.name)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("wb") as handle:
-                np.savez_compressed(handle, **members)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise TransportError(f"cannot write trace {path}: {exc.strerror}") from exc
-        return path
+
+        def write(handle: BinaryIO) -> None:
+            np.savez_compressed(handle, **members)
+
+        return write_target(path, write, what="trace")
 
     @classmethod
     def load(cls, path: Path) -> Trace:
@@ -286,4 +284,6 @@ class Trace:
             pickle.UnpicklingError,
         ) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "pickle" in reason:  # numpy's advice to load it unsafely is not ours to give
+                reason = "it holds Python objects, which udpxfer never loads"
             raise UsageError(f"bad trace file {path}: {reason}") from None

@@ -154,6 +154,18 @@ def parse_address(text: str, *, default_host: str) -> Address:
     return Address(host, int(port_text))
 
 
+def parse_peer_address(text: str, *, default_host: str) -> Address:
+    """``parse_address`` for a peer to send to: port 0 means nothing there.
+
+    Raises:
+        UsageError: the text is not an address, or its port is 0.
+    """
+    address = parse_address(text, default_host=default_host)
+    if address.port == 0:
+        raise UsageError(f"bad address {text!r}: port 0 cannot be sent to; give the peer's port")
+    return address
+
+
 # Durations: a bare number is milliseconds, the unit netem users think in (``delay 20ms``).
 _DURATION_UNITS = {"": 1e-3, "MS": 1e-3, "S": 1.0, "US": 1e-6}
 
@@ -193,3 +205,8 @@ def parse_probability(text: str) -> float:
             f"bad probability {text!r}: must be from 0 to 1 (write 5% for a percentage)"
         )
     return value
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 chunk``, ``2 chunks``: a count and its noun, in the number it takes."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.core
 
 from udpxfer import __version__
+from udpxfer.cli.progress import clear_line
 from udpxfer.errors import TransferError, UdpxferError
 
 EXIT_OK = 0
@@ -31,17 +33,33 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 tcp_app = typer.Typer(
-    help="TCP companions: echo and palindrome servers/clients, file transfer for comparisons.",
+    help="TCP companions: echo, palindrome, file transfer.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 udp_app = typer.Typer(
-    help="UDP companions: echo server and ping-like echo client.", no_args_is_help=True
+    help="UDP companions: echo server and ping-like echo client.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(tcp_app, name="tcp")
 app.add_typer(udp_app, name="udp")
+
+
+# Typer prints an argument's Python type beside its name (`FILE <path>`, `TEXT <list[str]>`);
+# where a metavar names what the argument takes, that says it better.
+_argument_type = typer.core.TyperArgument.display_type_rich
+
+
+def _argument_type_unless_named(self: typer.core.TyperArgument, ctx: Any) -> str | None:
+    return None if self.metavar else _argument_type(self, ctx)
+
+
+typer.core.TyperArgument.display_type_rich = _argument_type_unless_named  # type: ignore[method-assign,assignment]
 
 
 def _print_version(value: bool) -> None:
@@ -77,6 +95,7 @@ def guarded() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        clear_line()  # the terminal echoed ^C where a bar was: start a clean line
         typer.echo("udpxfer: interrupted", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except TransferError as exc:

@@ -63,8 +63,9 @@ lab_app = typer.Typer(
     help="Bring the comparison lab up for your own tools (root): two hosts through an "
     "impairment router, in network namespaces.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
-app.add_typer(lab_app, name="lab")
+app.add_typer(lab_app, name="lab", short_help="The comparison lab for your own tools (root).")
 
 BackendOpt = Annotated[
     Backend,
@@ -77,6 +78,7 @@ BackendOpt = Annotated[
 SeedOpt = Annotated[
     int | None,
     typer.Option(
+        metavar="N",
         help="Seed of the TUN router's random decisions (default: random, printed).",
         show_default=False,
     ),
@@ -85,6 +87,7 @@ CongestionOpt = Annotated[
     str,
     typer.Option(
         "--tcp-congestion",
+        metavar="NAME",
         help="TCP congestion control inside the lab's hosts (the Mathis model describes "
         "loss-based TCP such as cubic or reno; bbr ignores random loss).",
     ),
@@ -135,21 +138,30 @@ _COMPARE_HELP = "\n\n".join(
         "did not; 2 bad usage (or not root); 130 interrupted.",
     )
 )
-_COMPARE_EXAMPLES = "\n\n".join(
-    (
-        "Examples:",
-        "1% loss and 20 ms each way, 3 runs each:\n"
-        "  sudo udpxfer compare big.bin --loss 1% --delay 20ms --direction both",
-        "A loss sweep at 20 ms each way (goodput vs loss, Mathis curve):\n"
-        "  sudo udpxfer compare big.bin --delay 20ms --direction both "
-        "--sweep loss=0,0.5%,1%,2%,5% --runs 2 --out reports/loss-sweep",
-    )
+# Click rewraps each paragraph to the terminal; a paragraph that starts with "\b" is kept
+# as written, so the examples stay one command per line and paste into a shell.
+_COMPARE_EXAMPLES = """Examples:
+
+\b
+# 1% loss and 20 ms each way, 3 runs each:
+sudo udpxfer compare big.bin --loss 1% --delay 20ms --direction both
+
+\b
+# A loss sweep at 20 ms each way (goodput vs loss, Mathis curve):
+sudo udpxfer compare big.bin --delay 20ms --direction both \\
+    --sweep loss=0,0.5%,1%,2%,5% --runs 2 --out reports/loss-sweep
+"""
+
+
+@app.command(
+    help=_COMPARE_HELP,
+    epilog=_COMPARE_EXAMPLES,
+    short_help="TCP vs UDP through one impairment in a netns lab (root).",
 )
-
-
-@app.command(help=_COMPARE_HELP, epilog=_COMPARE_EXAMPLES)
 def compare(
-    file: Annotated[Path, typer.Argument(help="The file to send.", show_default=False)],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The file to send.", show_default=False)
+    ],
     direction: DirectionOpt = DirectionChoice.FORWARD,
     loss: LossOpt = "0",
     gilbert: GilbertOpt = None,
@@ -164,22 +176,28 @@ def compare(
     corrupt: CorruptOpt = "0",
     rate: RateOpt = "0",
     queue: QueueOpt = None,
-    runs: Annotated[int, typer.Option(min=1, help="Runs of each transport at each point.")] = 3,
+    runs: Annotated[
+        int, typer.Option(metavar="N", min=1, help="Runs of each transport at each point.")
+    ] = 3,
     sweep: Annotated[
         list[str] | None,
         typer.Option(
-            help="PARAM=V1,V2,... with PARAM loss, delay, jitter or rate (repeatable: one "
+            metavar="PARAM=V1,V2,...",
+            help="Vary PARAM (loss, delay, jitter or rate) over the values (repeatable: one "
             "sweep each), e.g. loss=0,0.5%,1%,2%,5% or delay=1ms,20ms,80ms.",
             show_default=False,
         ),
     ] = None,
     transports: Annotated[
-        str, typer.Option(help="Which transports, in order: any of tcp,reliable,blast.")
+        str,
+        typer.Option(metavar="LIST", help="Which transports, in order: any of tcp,reliable,blast."),
     ] = "tcp,reliable,blast",
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Output directory \\[default: reports/compare-<UTC time>].", show_default=False
+            metavar="DIR",
+            help="Output directory [default: reports/compare-<UTC time>].",
+            show_default=False,
         ),
     ] = None,
     backend: BackendOpt = Backend.AUTO,
@@ -187,6 +205,7 @@ def compare(
     udp_rate: Annotated[
         str | None,
         typer.Option(
+            metavar="RATE",
             help="Pass --rate to the UDP sender (bits per second, e.g. 50M). Default: the "
             "sender's own congestion control, unpaced.",
             show_default=False,
@@ -194,7 +213,10 @@ def compare(
     ] = None,
     tcp_congestion: CongestionOpt = "cubic",
     timeout: Annotated[
-        float, typer.Option(min=1.0, help="Seconds one transfer may take before it is stopped.")
+        float,
+        typer.Option(
+            metavar="SECONDS", min=1.0, help="Seconds one transfer may take before it is stopped."
+        ),
     ] = 120.0,
 ) -> None:
     """Compare TCP and UDP through one impairment (help text: ``_COMPARE_HELP``)."""
@@ -299,7 +321,7 @@ def _print_summary(doc: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------ lab up/down/status
 
 
-@lab_app.command("up")
+@lab_app.command("up", short_help="Build the lab and keep it up until Ctrl-C or `lab down`.")
 def lab_up(
     direction: DirectionOpt = DirectionChoice.FORWARD,
     loss: LossOpt = "0",
@@ -324,8 +346,11 @@ def lab_up(
     The impairment options are those of `udpxfer impair`, applied to every IP packet.
     The namespace names and addresses are printed; run your own tools through the lab,
     for example:
-      ip netns exec udpxfer-PID-b iperf3 -s
-      ip netns exec udpxfer-PID-a iperf3 -c 10.201.2.1
+
+    \b
+    ip netns exec udpxfer-PID-b iperf3 -s
+    ip netns exec udpxfer-PID-a iperf3 -c 10.201.2.1
+
     The TUN router runs inside this process: the lab lives as long as it does.
     """
     with guarded():
@@ -363,7 +388,7 @@ def _labs() -> dict[int, list[str]]:
     return labs
 
 
-@lab_app.command("status")
+@lab_app.command("status", short_help="List the labs on this machine.")
 def lab_status() -> None:
     """List the labs on this machine: owner process, namespaces, addresses, impairment."""
     with guarded():
@@ -385,16 +410,21 @@ def lab_status() -> None:
             typer.echo(f"  b->a: {data['impairment']['reverse']}")
 
 
-@lab_app.command("down")
+@lab_app.command("down", short_help="Remove every udpxfer lab (or one owner's).")
 def lab_down(
     pid: Annotated[
         int | None,
         typer.Option(
-            help="Remove only the lab of this owner pid (default: every lab).", show_default=False
+            metavar="PID",
+            help="Remove only the lab of this owner pid (default: every lab).",
+            show_default=False,
         ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds to wait for each lab's owner to remove it.")
+        float,
+        typer.Option(
+            metavar="SECONDS", min=0.1, help="Seconds to wait for each lab's owner to remove it."
+        ),
     ] = 10.0,
 ) -> None:
     """Remove every udpxfer lab: stop its owner (SIGTERM), then delete what is left."""

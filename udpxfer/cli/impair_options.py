@@ -73,11 +73,12 @@ DirectionOpt = Annotated[
     typer.Option(help="Impair client->target (forward), target->client (reverse) or both."),
 ]
 
-LossOpt = Annotated[str, typer.Option(help="Random loss probability (0.05 or 5%).")]
+LossOpt = Annotated[str, typer.Option(metavar="PROB", help="Random loss probability (0.05 or 5%).")]
 
 GilbertOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="P,R[,1-H[,1-K]]",
         help="Gilbert-Elliott burst loss p,r[,1-h[,1-k]] as netem gemodel: p good->bad, "
         "r bad->good, 1-h loss in the bad state (default 1), 1-k loss in the good state "
         "(default 0). Loss rate p/(p+r), mean burst 1/r datagrams.",
@@ -86,12 +87,18 @@ GilbertOpt = Annotated[
 ]
 
 DelayOpt = Annotated[
-    str, typer.Option(help="Added one-way delay (20ms, 0.5s, 250us; bare number: ms).")
+    str,
+    typer.Option(
+        metavar="DURATION", help="Added one-way delay (20ms, 0.5s, 250us; bare number: ms)."
+    ),
 ]
 
 JitterOpt = Annotated[
     str,
-    typer.Option(help="Delay variation: +- this (uniform) or the standard deviation (normal)."),
+    typer.Option(
+        metavar="DURATION",
+        help="Delay variation: +- this (uniform) or the standard deviation (normal).",
+    ),
 ]
 
 JitterDistributionOpt = Annotated[JitterDistribution, typer.Option(help="Shape of the jitter.")]
@@ -108,33 +115,43 @@ JitterReorderOpt = Annotated[
 ReorderOpt = Annotated[
     str,
     typer.Option(
+        metavar="PROB",
         help="Probability that a datagram is held back and sent after the next "
-        "--reorder-gap datagrams (or after --reorder-hold, if fewer follow)."
+        "--reorder-gap datagrams (or after --reorder-hold, if fewer follow).",
     ),
 ]
 
 ReorderGapOpt = Annotated[
-    int, typer.Option(min=1, help="How many later datagrams overtake a reordered one.")
+    int,
+    typer.Option(metavar="N", min=1, help="How many later datagrams overtake a reordered one."),
 ]
 
 ReorderHoldOpt = Annotated[
-    str, typer.Option(help="Longest a reordered datagram waits for its followers.")
+    str,
+    typer.Option(metavar="DURATION", help="Longest a reordered datagram waits for its followers."),
 ]
 
-DuplicateOpt = Annotated[str, typer.Option(help="Probability that a datagram is sent twice.")]
+DuplicateOpt = Annotated[
+    str, typer.Option(metavar="PROB", help="Probability that a datagram is sent twice.")
+]
 
 CorruptOpt = Annotated[
-    str, typer.Option(help="Probability that one random bit of a datagram is flipped.")
+    str,
+    typer.Option(metavar="PROB", help="Probability that one random bit of a datagram is flipped."),
 ]
 
 RateOpt = Annotated[
     str,
-    typer.Option(help="Bottleneck in bits per second over UDP payloads (100M, 1.5G; 0: none)."),
+    typer.Option(
+        metavar="RATE",
+        help="Bottleneck in bits per second over UDP payloads (100M, 1.5G; 0: none).",
+    ),
 ]
 
 QueueOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="N|SIZE",
         help="Bottleneck buffer, tail drop beyond it: a count of datagrams or bytes with a "
         f"unit (64K, 1500B); 0: unlimited. Needs --rate. [default: {DEFAULT_QUEUE_LIMIT}]",
         show_default=False,

@@ -17,11 +17,13 @@ from udpxfer.keys import (
 )
 
 
-@app.command()
+@app.command(short_help="Write a new random pre-shared key file for --key-file.")
 def keygen(
     path: Annotated[
         Path,
-        typer.Argument(help="Where to write the key; must not exist yet.", show_default=False),
+        typer.Argument(
+            metavar="PATH", help="Where to write the key; must not exist yet.", show_default=False
+        ),
     ],
 ) -> None:
     """Write a new random pre-shared key to PATH (mode 0600, never overwritten).

@@ -39,6 +39,7 @@ from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import (
     Address,
     parse_address,
+    parse_peer_address,
 )
 
 if TYPE_CHECKING:
@@ -47,8 +48,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-# Typer renders help with rich: a single newline is kept, so each paragraph is one string,
-# and a "[word]" would be taken for markup, hence "\\[".
+# Click rewraps each paragraph to the terminal; a paragraph that starts with "\b" is kept
+# as written, so the examples stay one command per line and paste into a shell.
 _HELP = "\n\n".join(
     (
         "Relay UDP between senders and a target, impairing it like a bad network (as netem).",
@@ -56,25 +57,26 @@ _HELP = "\n\n".join(
         "(each sender address gets its own upstream port, like a NAT). Loss, burst loss, delay, "
         "jitter, reordering, duplication, corruption and a rate bottleneck combine, per "
         "direction. --log records what happened to every datagram (docs/IMPAIR.md).",
-        "Probabilities are fractions (0.05) or percentages (5%). Durations take ms, s or us; a "
-        "bare number means milliseconds. Rates are bits per second with decimal suffixes "
-        "(100M). The relay stops on Ctrl-C or SIGTERM, or at --count-limit / --duration, and "
-        "prints a summary; exit status 0.",
+        "PROB is a fraction (0.05) or a percentage (5%). DURATION takes ms, s or us; a bare "
+        "number means milliseconds. RATE is bits per second with decimal suffixes (100M). The "
+        "relay stops on Ctrl-C or SIGTERM, or at --count-limit / --duration, and prints a "
+        "summary; exit status 0.",
     )
 )
-_EXAMPLES = "\n\n".join(
-    (
-        "Examples:",
-        "5% random loss and 20 ms +- 5 ms delay on the way to a receiver on port 9001:\n"
-        "  udpxfer recv --bind 9001 &\n"
-        "  udpxfer impair --listen 9000 --to 9001 --loss 5% --delay 20ms --jitter 5ms &\n"
-        "  udpxfer send FILE --to 127.0.0.1:9000",
-        "Bursty loss (1% chance to enter a burst, bursts of 4 datagrams on average) both ways, "
-        "a 100 Mbit/s bottleneck with a 64 KiB buffer, reproducible, ground truth logged:\n"
-        "  udpxfer impair --listen 9000 --to 9001 --direction both --gilbert 1%,25% "
-        "--rate 100M --queue 64K --seed 7 --log lab.jsonl",
-    )
-)
+_EXAMPLES = """Examples:
+
+\b
+# 5% random loss, 20 ms +- 5 ms delay, to a receiver on port 9001:
+udpxfer recv --bind 9001 &
+udpxfer impair --listen 9000 --to 9001 --loss 5% --delay 20ms --jitter 5ms &
+udpxfer send FILE --to 127.0.0.1:9000
+
+\b
+# Bursts (1% chance to enter one, 4 datagrams long on average) both ways,
+# a 100 Mbit/s bottleneck with a 64 KiB buffer, reproducible, logged:
+udpxfer impair --listen 9000 --to 9001 --direction both \\
+    --gilbert 1%,25% --rate 100M --queue 64K --seed 7 --log lab.jsonl
+"""
 
 
 @contextmanager
@@ -96,18 +98,24 @@ def _stop_on_signals(relay: Relay, caught: list[str]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@app.command(help=_HELP, epilog=_EXAMPLES)
+@app.command(
+    help=_HELP,
+    epilog=_EXAMPLES,
+    short_help="Relay UDP, impairing it like a bad network (netem).",
+)
 def impair(
     listen: Annotated[
         str,
         typer.Option(
-            help="Where senders send: HOST:PORT, \\[v6addr]:PORT or a bare PORT (all interfaces).",
+            metavar="ADDR",
+            help="Where senders send: HOST:PORT, [v6addr]:PORT or a bare PORT (all interfaces).",
             show_default=False,
         ),
     ],
     to: Annotated[
         str,
         typer.Option(
+            metavar="ADDR",
             help="Where datagrams are relayed to: HOST:PORT or a bare PORT (loopback).",
             show_default=False,
         ),
@@ -129,6 +137,7 @@ def impair(
     seed: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             help="Seed of every random decision: the same seed and datagrams give the same "
             "decisions. Default: a random one, printed.",
             show_default=False,
@@ -137,6 +146,7 @@ def impair(
     log: Annotated[
         Path | None,
         typer.Option(
+            metavar="PATH",
             help="Write one record per datagram (the ground truth) to this file: JSON Lines, "
             "or CSV if it ends in .csv. Costs some throughput.",
             show_default=False,
@@ -145,6 +155,7 @@ def impair(
     count_limit: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             min=1,
             help="Stop after this many datagrams arrived (both ways), once they have left.",
             show_default=False,
@@ -152,7 +163,9 @@ def impair(
     ] = None,
     duration: Annotated[
         float | None,
-        typer.Option(min=0.0, help="Stop after this many seconds.", show_default=False),
+        typer.Option(
+            metavar="SECONDS", min=0.0, help="Stop after this many seconds.", show_default=False
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")] = False,
 ) -> None:
@@ -177,7 +190,7 @@ def impair(
         listen_address = parsed(
             "--listen", lambda text: parse_address(text, default_host=ALL_INTERFACES), listen
         )
-        target = parsed("--to", lambda text: parse_address(text, default_host=LOOPBACK), to)
+        target = parsed("--to", lambda text: parse_peer_address(text, default_host=LOOPBACK), to)
         if seed is None:
             seed = secrets.randbits(32)
         from udpxfer.relay import RecordLog, Relay

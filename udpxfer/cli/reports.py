@@ -18,11 +18,12 @@ class FormatChoice(StrEnum):
     html = "html"
 
 
-@app.command()
+@app.command(short_help="Render reports as Markdown or one HTML page with plots.")
 def report(
     paths: Annotated[
         list[Path],
         typer.Argument(
+            metavar="REPORT",
             help="A report (.json) or trace (.npz); two or more to compare them side by side.",
             show_default=False,
         ),
@@ -31,11 +32,14 @@ def report(
         FormatChoice,
         typer.Option("--format", "-f", help="md: Markdown with PNG plots; html: one page."),
     ] = FormatChoice.html,
-    out: Annotated[Path, typer.Option("--out", help="Directory to write into.")] = Path("reports"),
+    out: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Directory to write into.")
+    ] = Path("reports"),
     original: Annotated[
         Path | None,
         typer.Option(
             "--original",
+            metavar="FILE",
             help="The sent file, to show beside the received one (images, e.g. a JPEG).",
         ),
     ] = None,
@@ -45,20 +49,21 @@ def report(
     PATHS are JSON reports (from udpxfer recv) or .npz traces (recv --trace).
     Two or more are compared side by side.
 
-    Plots: loss map over chunk index and over time; burst lengths against
+    Pages are named after the input: run.json or run.npz gives OUT/run.html
+    (or run.md). Plots: loss map over chunk index and over time; burst lengths against
     the geometric law of a memoryless channel; goodput and delay variation.
 
     Example: udpxfer report reports/demo-blast.json --format html
     """
+    from udpxfer.reading import load_report
     from udpxfer.render import render_comparison, render_html, render_markdown
-    from udpxfer.report import load_report
 
     with guarded():
         loaded = [load_report(path) for path in paths]
         if len(loaded) > 1:
             written = render_comparison([doc for doc, _ in loaded], out, fmt.value)
         elif fmt is FormatChoice.md:
-            written = render_markdown(loaded[0][0], out, loaded[0][1])
+            written = render_markdown(loaded[0][0], out, loaded[0][1], stem=paths[0].stem)
         else:
             doc, trace = loaded[0]
             images = None
@@ -66,18 +71,22 @@ def report(
                 if not original.is_file():
                     fail(f"{original}: no such file")
                 images = (original, Path(doc["file"]["path"]))
-            written = render_html(doc, out, trace, images=images)
+            written = render_html(doc, out, trace, images=images, stem=paths[0].stem)
         typer.echo(str(written))
 
 
-@app.command()
+@app.command(short_help="A sample file through a lossy relay on loopback.")
 def demo(
     file: Annotated[
         Path | None,
-        typer.Option("--file", help="Send this file instead of the bundled photo.jpg."),
+        typer.Option(
+            "--file", metavar="FILE", help="Send this file instead of the bundled photo.jpg."
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Where reports go.")] = Path("reports"),
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the impairment.")] = 1,
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where reports go.")] = Path(
+        "reports"
+    ),
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the impairment.")] = 1,
 ) -> None:
     """Show the whole job on loopback: a sample file through a lossy relay, both modes.
 

@@ -4,35 +4,47 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
+import time
+from collections.abc import Callable
 from contextlib import suppress
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
 from udpxfer.cli.keys import KeyFileOption, NoEncryptOption, load_key
-from udpxfer.driver import ReceiverServer, TransferResult, send_file
-from udpxfer.errors import TransferError, UsageError
-from udpxfer.files import ensure_writable_dir
+from udpxfer.cli.progress import show_progress
+from udpxfer.cli.watch import RecvObserver, SendWatch, human, json_line
+from udpxfer.driver import ReceiverServer, send_file
+from udpxfer.errors import TransferError
+from udpxfer.output import check_target, is_directory_target, is_stdout, write_report
+from udpxfer.send_report import send_report
 from udpxfer.sender import SenderConfig, SenderSession
 from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
-from udpxfer.units import format_rate, format_size, parse_address, parse_rate, parse_size
-from udpxfer.wire import DEFAULT_CHUNK_BYTES, DEFAULT_KEYED_CHUNK_BYTES, Mode
+from udpxfer.stream import (
+    DEFAULT_INTERVAL_S,
+    MIN_INTERVAL_S,
+)
+from udpxfer.units import (
+    format_rate,
+    format_size,
+    parse_address,
+    parse_peer_address,
+    parse_rate,
+    parse_size,
+    plural,
+)
+from udpxfer.wire import DEFAULT_CHUNK_BYTES, DEFAULT_KEYED_CHUNK_BYTES, MAX_CHUNK_BYTES, Mode
 
-if TYPE_CHECKING:
-    from tqdm import tqdm
-
-    from udpxfer.receiver import ReceiverSession
-
-# Only what "send" needs is imported up front; tqdm, the receiver and its reports (numpy, the
+# Only what "send" needs is imported up front; the receiver and its reports (numpy, the
 # analysis) load where they are used, so that a sender's first datagram leaves sooner.
 
 DEFAULT_PORT = 9000
+DEFAULT_IDLE_TIMEOUT_S = 20.0  # recv and tcp recv alike
 
 
 class ModeChoice(StrEnum):
@@ -42,28 +54,41 @@ class ModeChoice(StrEnum):
     blast = "blast"
 
 
-def show_progress(quiet: bool) -> bool:
-    """Progress bars only on a terminal and when not asked to be quiet."""
-    return not quiet and sys.stderr.isatty()
+def stream_interval(json_stream: bool, interval: float) -> float | None:
+    """``--interval`` checked; the seconds between records, or None without ``--json-stream``."""
+    if interval < MIN_INTERVAL_S:
+        fail(f"--interval must be at least {MIN_INTERVAL_S} s")
+    return interval if json_stream else None
+
+
+_ADDR_SEND_HELP = "Receiver address: HOST:PORT, [v6addr]:PORT, or a bare PORT (loopback)."
+STREAM_HELP = (
+    "Print one JSON object per --interval on stdout while the transfer runs (bytes, chunks, "
+    "loss, rate, window, RTT; per interval and cumulative), then the final report as the "
+    "last line. Human output goes to stderr."
+)
+INTERVAL_HELP = "Seconds between two --json-stream records (at least 0.1)."
+JsonStreamOption = Annotated[bool, typer.Option("--json-stream", help=STREAM_HELP)]
+IntervalOption = Annotated[float, typer.Option("--interval", metavar="SECONDS", help=INTERVAL_HELP)]
 
 
 @app.command()
 def send(
-    file: Annotated[Path, typer.Argument(help="The file to send.", show_default=False)],
-    to: Annotated[
-        str,
-        typer.Option(
-            "--to",
-            help="Receiver address: HOST:PORT, \\[v6addr]:PORT, or a bare PORT (loopback).",
-        ),
-    ] = str(DEFAULT_PORT),
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The file to send.", show_default=False)
+    ],
+    to: Annotated[str, typer.Option("--to", metavar="ADDR", help=_ADDR_SEND_HELP)] = str(
+        DEFAULT_PORT
+    ),
     chunk_size: Annotated[
         str | None,
         typer.Option(
             "--chunk-size",
-            help=f"Payload bytes per datagram (8K-style suffixes accepted). Default "
-            f"{DEFAULT_CHUNK_BYTES} ({DEFAULT_KEYED_CHUNK_BYTES} with --key-file): a datagram "
-            "then fits a 1500-byte Ethernet MTU under IPv6 with udpxfer's header and check.",
+            metavar="SIZE",
+            help=f"Payload bytes per datagram (e.g. 1200, 8K; at most {MAX_CHUNK_BYTES}). "
+            f"Default {DEFAULT_CHUNK_BYTES} ({DEFAULT_KEYED_CHUNK_BYTES} with --key-file): a "
+            "datagram then fits a 1500-byte Ethernet MTU under IPv6 with udpxfer's header and "
+            "check.",
             show_default=False,
         ),
     ] = None,
@@ -71,11 +96,12 @@ def send(
         str,
         typer.Option(
             "--rate",
-            help="Pace sending to this many bits per second (100M = 10^8 bit/s, counting "
-            "whole UDP payloads). 0: a congestion controller after BBR finds the path's "
-            "bottleneck rate and paces at it, under the receiver's window (no relay or "
-            "bottleneck on the path overflows; random loss does not slow it); with a rate, "
-            "the pace is yours.",
+            metavar="RATE",
+            help="Pace sending to RATE bits per second (100M = 10^8 bit/s, counting whole UDP "
+            "payloads; 12.5MB/s in bytes works too). 0: a congestion controller after BBR "
+            "finds the path's bottleneck rate and paces at it, under the receiver's window (no "
+            "relay or bottleneck on the path overflows; random loss does not slow it); with a "
+            "rate, the pace is yours.",
         ),
     ] = "0",
     mode: Annotated[
@@ -89,13 +115,30 @@ def send(
     timeout: Annotated[
         float,
         typer.Option(
-            "--timeout", help="Reliable mode: give up after this many seconds of silence."
+            "--timeout",
+            metavar="SECONDS",
+            help="Reliable mode: give up after this many seconds without an answer.",
         ),
     ] = 20.0,
     name: Annotated[
         str | None,
-        typer.Option("--name", help="Name to announce instead of the file's own name."),
+        typer.Option(
+            "--name", metavar="NAME", help="Name to announce instead of the file's own name."
+        ),
     ] = None,
+    report: Annotated[
+        str | None,
+        typer.Option(
+            "--report",
+            metavar="PATH",
+            help="Write the sender's JSON report (udpxfer.send-report/1) to PATH; - for "
+            "stdout (then nothing else goes there). An existing file is never replaced: "
+            "the report gets a -1, -2 name beside it.",
+            show_default=False,
+        ),
+    ] = None,
+    json_stream: JsonStreamOption = False,
+    interval: IntervalOption = DEFAULT_INTERVAL_S,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     key_file: KeyFileOption = None,
     no_encrypt: NoEncryptOption = False,
@@ -120,159 +163,115 @@ def send(
             rate_bps=parse_rate(rate),
             give_up_s=timeout,
         )
-        address = parse_address(to, default_host=LOOPBACK)
+        address = parse_peer_address(to, default_host=LOOPBACK)
+        report_target = check_target(report, what="--report") if report is not None else None
+        every = stream_interval(json_stream, interval)
         if not file.exists():
             fail(f"{file}: no such file")
-        bar = _SendBar(file, address_text=str(address), enabled=show_progress(quiet))
+        on_stdout = report_target is not None and is_stdout(report_target)
+        machine = json_stream or on_stdout
+        watch = SendWatch(file, str(address), bar=show_progress(quiet), stream_every=every)
+        started = time.time()
+
+        def publish(session: SenderSession) -> dict[str, Any]:
+            doc = send_report(session, source=file, peer=str(address), started_unix_s=started)
+            if report_target is not None:
+                written = write_report(doc, report_target)
+                if not on_stdout and not quiet:
+                    typer.echo(f"report    {written}", err=machine)
+            if json_stream and not on_stdout:
+                json_line(doc)
+            return doc
+
         try:
             session = send_file(
                 file,
                 address,
                 config,
-                on_progress=bar.update,
+                on_progress=watch.update,
                 name=name,
                 key=key,
                 encrypt=not no_encrypt,
             )
+        except KeyboardInterrupt:
+            watch.close()
+            if watch.session is not None:  # the session, aborted: its report all the same
+                publish(watch.session)
+            raise
         finally:
-            bar.close()
-        _report_send(session, str(address))
+            watch.close()
+        doc = publish(session)
+        _conclude_send(session, doc, say=human(machine))
 
 
-class _SendBar:
-    """tqdm bar of the bytes the receiver confirmed."""
-
-    def __init__(self, file: Path, *, address_text: str, enabled: bool) -> None:
-        self._bar: tqdm[Any] | None = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=file.stat().st_size,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=f"{file.name} -> {address_text}",
-                leave=False,
-            )
-
-    def update(self, session: SenderSession) -> None:
-        if self._bar is None:
-            return
-        done = min(session.size, session.acked_held * session.chunk_size)
-        self._bar.n = done
-        self._bar.set_postfix(resent=session.chunks_resent, refresh=False)
-        self._bar.refresh()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _report_send(session: SenderSession, address: str) -> None:
+def _conclude_send(
+    session: SenderSession, doc: dict[str, Any], *, say: Callable[[str], None]
+) -> None:
     outcome = session.outcome
-    # Blast mode: the time to send everything, not the wait for the receiver's verdict.
-    end = session.sent_all_at if session.mode is Mode.BLAST else session.finished_at
-    elapsed = (end or session.finished_at or session.started_at) - session.started_at
-    rate = session.size * 8 / elapsed if elapsed > 0 else 0.0
-    head = f"{session.meta.name} ({format_size(session.size)}) -> {address}"
-    detail = (
-        f"{session.chunk_count} chunks, {session.chunks_resent} resent in "
-        f"{session.repair_rounds} repair rounds, {elapsed:.3f} s, {format_rate(rate)}"
-    )
+    timing = doc["timing"]
+    head = f"{session.meta.name} ({format_size(session.size)}) -> {doc['peer']}"
+    chunks = plural(session.chunk_count, "chunk")
+    rounds = plural(session.repair_rounds, "repair round")
     if outcome is None:
         raise TransferError(f"{head}: the transfer did not finish")
     if session.mode is Mode.BLAST:
+        # Blast: the time to send everything, not the wait for the receiver's verdict.
+        rate = timing["first_pass_rate_bps"] or 0.0
+        detail = f"{chunks} in {timing['send_duration_s']:.3f} s, sent at {format_rate(rate)}"
         verdicts = {
             "complete": "the receiver verified the SHA-256",
             "incomplete": "the receiver reports chunks missing",
             "sent": "no verdict from the receiver",
         }
-        typer.echo(f"sent {head}: {detail}; {verdicts.get(outcome.outcome, outcome.outcome)}")
+        say(f"sent {head}: {detail}; {verdicts.get(outcome.outcome, outcome.outcome)}")
         raise typer.Exit(EXIT_OK)
     if outcome.outcome == "complete":
-        resumed = f"; {session.resumed} chunks were already there" if session.resumed else ""
-        typer.echo(f"sent {head}: verified by the receiver; {detail}{resumed}")
+        rate = timing["goodput_bps"] or 0.0
+        resumed = f"; {plural(session.resumed, 'chunk')} already there" if session.resumed else ""
+        say(
+            f"sent {head}: verified by the receiver; {chunks}, {session.chunks_resent} resent "
+            f"in {rounds}; {timing['duration_s']:.3f} s until the verdict, "
+            f"goodput {format_rate(rate)}{resumed}"
+        )
         raise typer.Exit(EXIT_OK)
     raise TransferError(f"{head}: {outcome.reason or outcome.outcome}")
 
 
-class _RecvObserver:
-    """tqdm bars and summaries for the receiver."""
-
-    def __init__(self, *, bars: bool, quiet: bool) -> None:
-        self._bars_enabled = bars
-        self._quiet = quiet
-        self._bars: dict[ReceiverSession, tqdm[Any]] = {}
-
-    def transfer_started(self, session: ReceiverSession) -> None:
-        from udpxfer.report import peer_text  # loaded with the receiver, not with send
-
-        meta = session.meta
-        if meta is None:
-            return
-        if not self._quiet:
-            typer.echo(
-                f"receiving {meta.name} ({format_size(meta.size)}, {meta.chunk_count} chunks, "
-                f"{meta.mode.label}) from {peer_text(session.peer)}"
-            )
-        if self._bars_enabled:
-            from tqdm import tqdm
-
-            self._bars[session] = tqdm(
-                total=meta.size,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=meta.name[:40],
-                leave=False,
-            )
-
-    def progress(self, session: ReceiverSession) -> None:
-        bar = self._bars.get(session)
-        if bar is not None and session.meta is not None:
-            bar.n = min(session.meta.size, session.held_count * session.meta.chunk_size)
-            bar.refresh()
-
-    def transfer_ended(self, session: ReceiverSession, result: TransferResult) -> None:
-        from udpxfer.report import summary_lines
-
-        bar = self._bars.pop(session, None)
-        if bar is not None:
-            bar.close()
-        for line in summary_lines(result.report):
-            typer.echo(line)
-        typer.echo(f"report    {result.report_path}")
-
-
-@app.command()
+@app.command(short_help="Receive files over UDP, writing a JSON report for each.")
 def recv(
     bind: Annotated[
         str,
         typer.Option(
             "--bind",
-            help="Address to listen on: HOST:PORT, \\[v6addr]:PORT, or a bare PORT (all "
+            metavar="ADDR",
+            help="Address to listen on: HOST:PORT, [v6addr]:PORT, or a bare PORT (all "
             "interfaces, IPv4 and IPv6).",
         ),
     ] = str(DEFAULT_PORT),
     out: Annotated[
-        Path, typer.Option("--out", help="Directory to write received files into.")
+        Path,
+        typer.Option("--out", metavar="DIR", help="Directory to write received files into."),
     ] = Path("received"),
     report: Annotated[
         str | None,
         typer.Option(
             "--report",
-            help="Where to write the JSON report: a directory (an existing one, or a path "
-            "ending in /) or a file path (later transfers get -1, -2 suffixes). "
-            "Default: reports/<time>-<name>.json.",
+            metavar="PATH",
+            help="Where to write each transfer's JSON report: a file (never replaced: an "
+            "existing name gets -1, -2...), a directory (an existing one, or PATH/), - for "
+            "stdout (one report per line, nothing else there), or a FIFO. "
+            "Default: reports/<UTC time>-<name>.json.",
+            show_default=False,
         ),
     ] = None,
     trace: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--trace",
+            metavar="PATH",
             help="Save each transfer's per-datagram trace (chunk, times, pass, flags) to this "
-            ".npz file (later transfers get -1, -2 suffixes); `udpxfer report` renders it.",
+            ".npz file (never replaced: -1, -2 names); `udpxfer report` renders it.",
+            show_default=False,
         ),
     ] = None,
     once: Annotated[
@@ -280,18 +279,31 @@ def recv(
     ] = False,
     idle_timeout: Annotated[
         float,
-        typer.Option("--idle-timeout", help="Give a transfer up after this many silent seconds."),
-    ] = 20.0,
+        typer.Option(
+            "--idle-timeout",
+            metavar="SECONDS",
+            help="Give a transfer up after this many silent seconds.",
+        ),
+    ] = DEFAULT_IDLE_TIMEOUT_S,
     grace: Annotated[
         float,
         typer.Option(
-            "--grace", help="Blast mode: seconds to wait after the sender's END for late chunks."
+            "--grace",
+            metavar="SECONDS",
+            help="Blast mode: seconds to wait after the sender's END for late chunks.",
         ),
     ] = 0.5,
     max_size: Annotated[
         str | None,
-        typer.Option("--max-size", help="Refuse files larger than this (e.g. 10G)."),
+        typer.Option(
+            "--max-size",
+            metavar="SIZE",
+            help="Refuse files larger than SIZE (e.g. 10G). Default: no limit but free space.",
+            show_default=False,
+        ),
     ] = None,
+    json_stream: JsonStreamOption = False,
+    interval: IntervalOption = DEFAULT_INTERVAL_S,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars or start messages.")
     ] = False,
@@ -319,14 +331,31 @@ def recv(
             blast_grace_s=grace,
             max_file_bytes=parse_size(max_size) if max_size else None,
         )
+        report_target = check_target(report, what="--report") if report is not None else None
+        trace_target = _trace_target(trace)
+        every = stream_interval(json_stream, interval)
+        on_stdout = report_target is not None and is_stdout(report_target)
+        machine = json_stream or on_stdout
+        say = human(machine)
+        server_target = report_target
+        if json_stream and on_stdout:
+            # The stream prints each report as its last line, after the final record; the
+            # server's own copy (which it would write before the observer hears) is dropped.
+            server_target = Path(os.devnull)
         server = ReceiverServer(
             parse_address(bind, default_host=ALL_INTERFACES),
             out,
-            report_path=_report_target(report),
-            trace_path=_trace_target(trace),
+            report_path=server_target,
+            trace_path=trace_target,
             once=once,
             config=config,
-            observer=_RecvObserver(bars=show_progress(quiet), quiet=quiet),
+            observer=RecvObserver(
+                bars=show_progress(quiet),
+                quiet=quiet,
+                say=say,
+                stream_every=every,
+                report_on_stdout=on_stdout,
+            ),
             key=key,
             encrypt=not no_encrypt,
             log=lambda line: typer.echo(f"udpxfer: {line}", err=True),
@@ -350,32 +379,20 @@ def recv(
         stop = threading.Event()
         with _sigterm_sets(stop):
             if not quiet:
-                typer.echo(f"listening on {'[' + host + ']' if ':' in host else host}:{port}")
+                say(f"listening on {'[' + host + ']' if ':' in host else host}:{port}")
             results = server.serve(stop)
         if once:
             ok = bool(results) and results[-1].verified
             raise typer.Exit(EXIT_OK if ok else EXIT_INCOMPLETE)
 
 
-def _report_target(text: str | None) -> Path | None:
-    """``--report``: a trailing slash means a directory, created if need be."""
+def _trace_target(text: str | None) -> Path | None:
+    """``--trace``: a file path (the trace is binary: no stdout, no directory)."""
     if text is None:
         return None
-    path = Path(text)
-    if text.endswith(("/", os.sep)) or path.is_dir():
-        ensure_writable_dir(path)
-    else:
-        ensure_writable_dir(path.parent)  # fail now, not after the first transfer
-    return path
-
-
-def _trace_target(path: Path | None) -> Path | None:
-    """``--trace``: its directory must be writable now, not after the first transfer."""
-    if path is not None:
-        if path.is_dir():
-            raise UsageError(f"--trace {path} is a directory: give a file name such as run.npz")
-        ensure_writable_dir(path.parent)
-    return path
+    if is_directory_target(text):
+        fail(f"--trace {text}: is a directory; give a file path such as {text.rstrip('/')}/run.npz")
+    return check_target(text, what="--trace", allow_stdout=False)
 
 
 class _sigterm_sets:

@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Protocol, TypeVar
 
 from udpxfer.errors import TransportError, UsageError
@@ -147,17 +148,23 @@ def run_until_stopped(
 ) -> T:
     """Run ``main(stop)`` in a fresh event loop; SIGINT and SIGTERM set ``stop``.
 
-    Signal handling needs the main thread (tests run servers in threads and pass False).
+    The handlers stay in place after the loop ends: a second signal while the server shuts
+    down and prints its summary is ignored, where the default action would kill it (exit
+    143). Signal handling needs the main thread (tests run servers in threads and pass False).
     """
 
     async def runner() -> T:
         stop = asyncio.Event()
         if handle_signals:
             loop = asyncio.get_running_loop()
+
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: stopping already
+                    loop.call_soon_threadsafe(stop.set)
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                # Windows, or not the main thread: Ctrl-C stays a KeyboardInterrupt.
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.add_signal_handler(sig, stop.set)
+                with contextlib.suppress(ValueError):  # not the main thread
+                    signal.signal(sig, on_signal)
         return await main(stop)
 
     return asyncio.run(runner())

@@ -42,13 +42,13 @@ from udpxfer.files import (
     ensure_writable_dir,
     safe_name,
 )
+from udpxfer.output import STDOUT, check_target, write_report
 from udpxfer.report import (
     ChunkSection,
     FileSection,
     TransferReport,
     report_path,
     summary_lines,
-    write_report,
 )
 from udpxfer.units import Address, format_size
 
@@ -107,6 +107,7 @@ class _Receiver:
     idle_timeout_s: float
     log: Log
     progress: ProgressFactory
+    on_report: Callable[[dict[str, Any]], None] | None = None
     report_used: bool = False
     result: ReceiverResult = field(default_factory=ReceiverResult)
     stop: asyncio.Event | None = None
@@ -220,6 +221,8 @@ class _Receiver:
     def _finish(self, state: TransferState) -> None:
         state.report = doc = tcp_report(state, time.perf_counter() - state.t0)
         self.result.reports.append(doc)
+        if self.on_report is not None:
+            self.on_report(doc)
         for line in summary_lines(doc):
             self.log(line)
         try:
@@ -228,7 +231,7 @@ class _Receiver:
             self.log(f"report    NOT WRITTEN: {exc}")
             return
         self.result.report_paths.append(path)
-        self.log(f"report    {path}")
+        self.log(f"report    {'stdout' if path == STDOUT else path}")
 
     def _report_path(self, name: str, started: float) -> Path:
         """``--report`` for the first transfer, fresh names after: never overwrite a report."""
@@ -287,8 +290,9 @@ def run_tcp_receiver(
     report: Path | None = None,
     reports_dir: Path = Path("reports"),
     once: bool = False,
-    idle_timeout_s: float = 10.0,
+    idle_timeout_s: float = 20.0,
     progress: ProgressFactory = NoProgress,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
     ready: Ready | None = None,
     handle_signals: bool = True,
 ) -> ReceiverResult:
@@ -298,6 +302,7 @@ def run_tcp_receiver(
         report: where the (first) report goes; a directory means fresh names inside it.
         reports_dir: where reports go without ``report``.
         idle_timeout_s: a sender silent this long is abandoned (its file stays ``.partial``).
+        on_report: called with each transfer's report when it ends (``--json-stream``).
 
     Raises:
         UsageError: the address is in use, or a directory cannot be written.
@@ -306,7 +311,7 @@ def run_tcp_receiver(
     if report is None:
         ensure_writable_dir(reports_dir)
     else:
-        ensure_writable_dir(report if report.is_dir() else report.parent)
+        check_target(str(report), what="report")
     receiver = _Receiver(
         out_dir=out_dir,
         report=report,
@@ -315,6 +320,7 @@ def run_tcp_receiver(
         idle_timeout_s=idle_timeout_s,
         log=log,
         progress=progress,
+        on_report=on_report,
     )
 
     async def main(stop: asyncio.Event) -> ReceiverResult:

@@ -18,6 +18,7 @@ one verdict line once it has checked the SHA-256. The sender exits successfully 
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import time
@@ -30,6 +31,7 @@ from udpxfer.companions.runtime import NoProgress, ProgressFactory, connect_tcp
 from udpxfer.companions.tcp_info import read_tcp_info
 from udpxfer.errors import MalformedPacket, TransferError, UsageError
 from udpxfer.files import sha256_file
+from udpxfer.send_report import SEND_SCHEMA
 from udpxfer.units import Address, format_size
 
 DEFAULT_PORT = defaults.TCP_TRANSFER_PORT
@@ -204,23 +206,6 @@ def set_congestion(sock: socket.socket, name: str) -> None:
         ) from None
 
 
-def send_report(result: SendResult, goodput_bps: float) -> dict[str, Any]:
-    """The sender's JSON report (``udpxfer.send-report/1``) of a confirmed TCP transfer."""
-    info = result.tcp_info or {}
-    return {
-        "schema": "udpxfer.send-report/1",
-        "transport": "tcp",
-        "mode": "stream",
-        "file": {"name": result.name, "size": result.size, "sha256": result.sha256_hex},
-        "timing": {"duration_s": result.duration_s, "goodput_bps": goodput_bps},
-        "chunks": {"sent": info.get("data_segs_out"), "resent": info.get("total_retrans")},
-        "repair": None,
-        "verdict": result.verdict,
-        "outcome": "complete",
-        "tcp_info": result.tcp_info,
-    }
-
-
 def _read_verdict(sock: socket.socket) -> tuple[bool, str]:
     line = b""
     while not line.endswith(b"\n") and len(line) < MAX_VERDICT_BYTES:
@@ -234,3 +219,62 @@ def _read_verdict(sock: socket.socket) -> tuple[bool, str]:
         return decode_verdict_untrusted(line)
     except MalformedPacket as exc:
         raise TransferError(str(exc)) from None
+
+
+REPORT_CHUNK_BYTES = 1 << 20  # a TCP report's "chunk", as the receiver's largest read
+
+
+def tcp_send_report(
+    path: Path,
+    peer: str,
+    *,
+    sent_bytes: int,
+    duration_s: float,
+    started_unix_s: float,
+    result: SendResult | None,
+    reason: str = "",
+) -> dict[str, Any]:
+    """The sender's report (``udpxfer.send-report/1``) of a ``tcp send``: ``result`` when the
+    receiver confirmed the file, None when the transfer failed for ``reason``."""
+    size = result.size if result is not None else _size_or_zero(path)
+    total = math.ceil(size / REPORT_CHUNK_BYTES)
+    return {
+        "schema": SEND_SCHEMA,
+        "transport": "tcp",
+        "mode": "reliable",
+        "outcome": "complete" if result is not None else "failed",
+        "reason": reason,
+        "peer": peer,
+        "started_unix_s": round(started_unix_s, 6),
+        "file": {
+            "name": path.name,
+            "size": size,
+            "path": str(path),
+            "sha256_expected": result.sha256_hex if result is not None else None,
+            "sha256_actual": result.sha256_hex if result is not None else None,
+            "complete": result is not None,
+            "verified": result is not None,
+        },
+        "verdict": "verified" if result is not None else None,
+        # TCP resends what the network lost inside the kernel: nothing is resent up here.
+        "chunks": {
+            "size": REPORT_CHUNK_BYTES,
+            "total": total,
+            "sent": min(total, math.ceil(sent_bytes / REPORT_CHUNK_BYTES)),
+            "resent": 0,
+        },
+        "repair": {"rounds": 0},
+        "timing": {
+            "duration_s": max(0.0, duration_s),
+            "goodput_bps": size * 8 / duration_s if result is not None and duration_s > 0 else None,
+        },
+        # The kernel's own counters (Linux): segments sent and retransmitted, RTT, cwnd.
+        "tcp_info": result.tcp_info if result is not None else None,
+    }
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

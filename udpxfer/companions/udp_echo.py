@@ -57,8 +57,21 @@ class _EchoProtocol(asyncio.DatagramProtocol):
         self.stats.bytes_in += len(data)
         self.log(f"Received {len(data)} bytes from {peer}: {printable(data)}")
         assert self.transport is not None
-        self.transport.sendto(data, addr)
+        if data:
+            self.transport.sendto(data, addr)
+        else:
+            self._send_empty(addr)
         self.stats.bytes_out += len(data)
+
+    def _send_empty(self, addr: SockAddr) -> None:
+        """Echo a zero-length datagram, which asyncio's ``sendto`` (before Python 3.12)
+        silently drops: through a duplicate of the socket, sent at once."""
+        assert self.transport is not None
+        with self.transport.get_extra_info("socket").dup() as sock:
+            try:
+                sock.sendto(b"", addr)
+            except OSError as exc:
+                self.log(f"Socket error (ignored): {exc}")
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors about earlier echoes (peer gone) land here; they end nothing.
