@@ -147,6 +147,9 @@ def run_lab(
             config = SenderConfig(mode=mode, rate_bps=RATE_BPS, chunk_size=CHUNK)
             session = send_file(source, Address(*relay.listen_address), config)
             wait_for(lambda: len(done) == 1)
+            # The sender's last words (ABORT closed, after the verdict) are still on the
+            # delayed path: let them through, so that the relay drops nothing at its stop.
+            wait_for(lambda: not relay.forward.pending, what="the relay to deliver what it holds")
         assert relay.stop_reason is not None, "the relay loop did not end"
     (result,) = done
     return LabRun(

@@ -561,12 +561,16 @@ def time_series(
     nbins = int(end // width) + 1
 
     def to_bins(t: F64) -> I64:
-        return np.clip(((t - origin) // width).astype(np.int64), 0, nbins - 1)
+        # A multiply and a cast (truncation; below 0 is clipped anyway): a float floor
+        # division costs several times more over millions of datagrams.
+        return np.clip(((t - origin) * (1.0 / width)).astype(np.int64), 0, nbins - 1)
 
     arr_bins = to_bins(arrival)
-    chunks, first_arrival = np.unique(trace.index, return_index=True)
-    new_bytes = trace.chunk_bytes(chunks).astype(np.float64)
-    new_bits = np.bincount(arr_bins[first_arrival], weights=new_bytes, minlength=nbins) * 8.0
+    # A chunk's new bytes arrive with the datagram that is not marked a duplicate (the
+    # receiver marks every copy of a chunk it already held): no sort of the trace needed.
+    fresh = (trace.flags & DUPLICATE) == 0
+    new_bytes = trace.chunk_bytes(trace.index[fresh]).astype(np.float64)
+    new_bits = np.bincount(arr_bins[fresh], weights=new_bytes, minlength=nbins) * 8.0
     goodput = new_bits * (NS_PER_S / width)
     loss = np.full(nbins, np.nan)
     if send_t is not None:

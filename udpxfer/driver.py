@@ -13,6 +13,7 @@ import queue
 import secrets
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -70,7 +71,13 @@ class _MappedFile:
         if isinstance(self.data, memoryview):
             self.data.release()
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:
+                # Views of it are still referenced (by an error on its way up): the map is
+                # closed when the last of them goes; unmapping now would pull the data away
+                # from under them.
+                self._map = None
 
 
 def file_digests(data: bytes | memoryview, chunk_size: int) -> tuple[bytes, tuple[bytes, ...]]:
@@ -197,7 +204,11 @@ def _run_sender(
                 session.handle_timer(now)
                 continue
             transport.wait(None if timer is None else timer - now)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # Frames the interrupt cut short hold views of the mapped file (a run being sent):
+        # let them go, so that the file can be unmapped.
+        traceback.clear_frames(exc.__traceback__)
+        batch = []
         session.abort("sender interrupted", clock())
         _send(transport, session.transmit(clock()))
         raise
