@@ -256,3 +256,14 @@ def test_report_into_a_fifo_reaches_its_reader(tmp_path: Path, sample: Path) -> 
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the FIFO, not replaced by a file
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("reports-")]
     assert f"report    {fifo}" in out
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("option", ["--report", "--trace"])
+def test_a_directory_that_refuses_files_fails_at_start_even_as_root(
+    tmp_path: Path, option: str
+) -> None:
+    """Permission bits say yes to root everywhere; /proc takes no new file all the same."""
+    done = run_in_process("recv", "--bind", "127.0.0.1:0", option, "/proc/run.npz", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith("udpxfer: error: directory /proc is not writable")

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import tempfile
 import threading
 import unicodedata
 from collections.abc import Sequence
@@ -90,6 +91,14 @@ def ensure_writable_dir(directory: Path) -> Path:
         raise UsageError(f"{directory} is not a directory")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError(f"directory {directory} is not writable")
+    # Permission bits do not tell the whole story (root passes os.access everywhere; /proc,
+    # /sys and read-only mounts still refuse): create a file there and remove it.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".udpxfer-probe-", dir=directory)
+    except OSError as exc:
+        raise UsageError(f"directory {directory} is not writable: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
     return directory
 
 
