@@ -351,3 +351,43 @@ def test_payload_views_are_the_payloads_of_the_chosen_rows() -> None:
         chosen = np.array(positions, dtype=np.int64)
         got = [bytes(p) for p in payload_views(view, batch, chosen)]
         assert got == [bytes([i]) * (CHUNK if i < 6 else 9) for i in positions]
+
+
+@pytest.mark.parametrize("encrypt", [True, False], ids=["encrypted", "tag-only"])
+def test_keyed_batch_opens_what_the_row_path_opens(encrypt: bool) -> None:
+    """Keyed DATA decoded as a batch and opened by the seal: the same payloads as the row
+    decoder; tampered rows fail both ways; a keyless datagram never takes the keyed path."""
+    from udpxfer.keyed import AeadSeal
+    from udpxfer.keys import Direction, PacketProtection
+
+    protection = PacketProtection.session(b"k" * 32, SESSION, b"s" * 16, b"r" * 16)
+    sealing = AeadSeal(protection, Direction.TO_RECEIVER, encrypt=encrypt)
+    opening = AeadSeal(protection, Direction.TO_SENDER, encrypt=encrypt)
+    rng = random.Random(11)
+    rows = [
+        bytearray(encode_data(SESSION, i, 100 + i, rng.randbytes(CHUNK), seal=sealing, flags=i % 4))
+        for i in range(30)
+    ]
+    rows[3][50] ^= 1  # payload tampered
+    rows[7][20] ^= 4  # header tampered (the pn): another nonce
+    rows[9][-1] ^= 0x80  # tag tampered
+    rows.append(bytearray(encode_data(SESSION, 30, 130, rng.randbytes(CHUNK - 5), seal=sealing)))
+    failed = 0
+    for buffer, length, segment in gro_buffers([bytes(r) for r in rows]):
+        view = memoryview(buffer)
+        batch = decode_batch_untrusted(view, length, segment, keyed=True)
+        assert len(decode_batch_untrusted(view, length, segment)) == 0  # no CRC passes
+        plain, authentic = opening.open_batch(view, batch)
+        failed += int(np.count_nonzero(~authentic))
+        step = batch.segment
+        opened = dict(zip(batch.rows[authentic].tolist(), plain, strict=True))
+        for row in range(row_count(length, segment)):
+            datagram = bytes(buffer[row * step : min(row * step + step, length)])
+            try:
+                expected = decode_untrusted(datagram, opening)
+            except MalformedPacket:
+                assert row not in opened
+                continue
+            assert isinstance(expected, Data)
+            assert bytes(opened[row]) == bytes(expected.payload)
+    assert failed == 3

@@ -27,6 +27,7 @@ from udpxfer.wire import (
     MAGIC,
     MAX_PN,
     MAX_STAMP_NS,
+    TAG_BYTES,
     VERSION,
     Flags,
     PacketType,
@@ -40,6 +41,10 @@ _MIN_BYTES = HEADER_BYTES + CRC_BYTES
 # DATA has these bits fixed; only the two DATA flags and the pass number may vary.
 _FIXED_MASK = np.uint64(~((_DATA_FLAGS << 8) | 0xFF) & 0xFFFFFFFFFFFFFFFF)
 _FIXED_DATA = np.uint64((_MAGIC << 32) | (VERSION << 24) | (_DATA << 16))
+# Keyed DATA: the KEYED bit set, ENCRYPTED either way (the tag covers the choice).
+_KEYED_FLAGS = int(Flags.KEYED)
+_KEYED_MASK = np.uint64(~(((_DATA_FLAGS | int(Flags.ENCRYPTED)) << 8) | 0xFF) & 0xFFFFFFFFFFFFFFFF)
+_KEYED_DATA = np.uint64((_MAGIC << 32) | (VERSION << 24) | (_DATA << 16) | (_KEYED_FLAGS << 8))
 _ROWS = np.arange(1 << 12, dtype=np.int64)
 
 I64 = npt.NDArray[np.int64]
@@ -99,12 +104,15 @@ def row_count(length: int, segment: int) -> int:
 
 
 def decode_batch_untrusted(
-    buffer: bytes | bytearray | memoryview, length: int, segment: int
+    buffer: bytes | bytearray | memoryview, length: int, segment: int, *, keyed: bool = False
 ) -> DataBatch:
     """Decode the first ``length`` bytes of ``buffer``, a run of datagrams ``segment`` bytes
     apart (``segment`` 0 or at least ``length``: one datagram).
 
-    Never raises for any content: what the fast path does not take goes to ``slow``.
+    Keyless, the fast rows are DATA whose CRC-32 checks. ``keyed``, they are DATA with an
+    AEAD tag, not yet authenticated: the session's seal opens them (``AeadSeal.open_batch``)
+    before anything in them is used. Never raises for any content: what the fast path does
+    not take goes to ``slow``.
     """
     view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
     if view.ndim != 1 or view.itemsize != 1:
@@ -113,9 +121,11 @@ def decode_batch_untrusted(
     if segment <= 0 or segment >= length:
         segment = max(length, 1)
     last_bytes = length - (n - 1) * segment if n else 0
-    # Rows long enough to hold a header and a check (only the last can be shorter).
-    full = n if last_bytes >= _MIN_BYTES else n - 1
-    if segment < _MIN_BYTES:
+    trailer = TAG_BYTES if keyed else CRC_BYTES
+    least = HEADER_BYTES + trailer
+    # Rows long enough to hold a header and a trailer (only the last can be shorter).
+    full = n if last_bytes >= least else n - 1
+    if segment < least:
         full = 0
     if full <= 0:
         return _empty(segment, list(range(n)))
@@ -124,25 +134,14 @@ def decode_batch_untrusted(
     raw = np.ndarray((full, HEADER_BYTES), dtype=np.uint8, buffer=view, strides=(segment, 1))
     raw = raw.copy()
     words = raw.view(">u8").astype(np.uint64)
+    mask, fixed = (_KEYED_MASK, _KEYED_DATA) if keyed else (_FIXED_MASK, _FIXED_DATA)
     ok = (
-        ((words[:, 0] & _FIXED_MASK) == _FIXED_DATA)
+        ((words[:, 0] & mask) == fixed)
         & ((words[:, 2] | words[:, 3]) <= MAX_PN)  # no chunk index is near 2^62: int64 below
         & (words[:, 4] <= MAX_STAMP_NS)
     )
-    # The check: CRC-32 of header and payload, against the big-endian trailer.
-    span = segment - CRC_BYTES
-    short = full == n and last_bytes != segment  # the last datagram is shorter
-    whole = full - 1 if short else full  # rows of exactly ``segment`` bytes
-    spans = _spans(view, segment)[:whole]
-    trailers = np.ndarray(
-        (whole,), dtype=">u4", buffer=view, offset=span, strides=(segment,)
-    ).tolist()
-    if short:
-        spans.append(view[(n - 1) * segment : length - CRC_BYTES])
-        trailers.append(int.from_bytes(view[length - CRC_BYTES : length], "big"))
-    computed = list(map(crc32, spans))
-    if computed != trailers:
-        ok &= np.equal(computed, trailers)
+    if not keyed:
+        _check_crc(view, length, segment, n, full, last_bytes, ok)
     if full == n and ok.all():
         rows = _ROWS[:n]
         slow: list[int] = []
@@ -150,9 +149,9 @@ def decode_batch_untrusted(
         rows = np.flatnonzero(ok)
         slow = sorted(set(range(n)) - set(rows.tolist()))
         raw, words = raw[rows], words[rows]
-    sizes = np.full(rows.size, segment - _MIN_BYTES, dtype=np.int64)
+    sizes = np.full(rows.size, segment - least, dtype=np.int64)
     if full == n and rows.size and rows[-1] == n - 1:
-        sizes[-1] = last_bytes - _MIN_BYTES
+        sizes[-1] = last_bytes - least
     signed = words.view(np.int64)  # every value checked above to be below 2^63
     return DataBatch(
         segment,
@@ -166,6 +165,31 @@ def decode_batch_untrusted(
         sizes,
         slow,
     )
+
+
+def _check_crc(
+    view: memoryview,
+    length: int,
+    segment: int,
+    n: int,
+    full: int,
+    last_bytes: int,
+    ok: npt.NDArray[np.bool_],
+) -> None:
+    """Clear ``ok`` where the CRC-32 of header and payload differs from the trailer."""
+    span = segment - CRC_BYTES
+    short = full == n and last_bytes != segment  # the last datagram is shorter
+    whole = full - 1 if short else full  # rows of exactly ``segment`` bytes
+    spans = _spans(view, segment)[:whole]
+    trailers = np.ndarray(
+        (whole,), dtype=">u4", buffer=view, offset=span, strides=(segment,)
+    ).tolist()
+    if short:
+        spans.append(view[(n - 1) * segment : length - CRC_BYTES])
+        trailers.append(int.from_bytes(view[length - CRC_BYTES : length], "big"))
+    computed = list(map(crc32, spans))
+    if computed != trailers:
+        ok &= np.equal(computed, trailers)
 
 
 def payload_views(view: memoryview, batch: DataBatch, positions: I64) -> list[memoryview]:

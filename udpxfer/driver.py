@@ -506,7 +506,10 @@ class ReceiverServer:
         if partial is None:
             return
         chunk_size = session.chunk_size
-        payloads = self._payload_views(buffer, batch, positions)
+        if run.plain is not None:  # keyed: authenticated (and decrypted) payloads
+            payloads = [run.plain[p] for p in positions.tolist()]
+        else:
+            payloads = self._payload_views(buffer, batch, positions)
         index = batch.index[positions]
         try:
             first, last = int(index[0]), int(index[-1])

@@ -35,6 +35,7 @@ from udpxfer.receiver import (
 )
 from udpxfer.wire import (
     CRC,
+    HEADER_BYTES,
     MAX_PN,
     NONCE_BYTES,
     AbortCode,
@@ -59,7 +60,6 @@ MAX_TRACKED_ADDRESSES = 16384  # budgets kept at once (oldest forgotten first)
 _DATA = int(PacketType.DATA)
 _META = int(PacketType.META)
 _ORPHANS = (int(PacketType.DATA), int(PacketType.END), int(PacketType.ABORT))
-_ROW_OVERHEAD = 44  # header and check around a keyless DATA payload (wire.HEADER_BYTES + 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +72,7 @@ class StoreRun:
     session: ReceiverSession
     batch: DataBatch
     positions: npt.NDArray[np.int64]
+    plain: list[bytes | memoryview] | None = None  # keyed: the payloads, one per batch row
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +237,8 @@ class ReceiverEndpoint:
         ``receive_datagram``, in buffer order.
         """
         view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
-        batch = decode_batch_untrusted(view, length, segment)
+        keyed = self._keying is not None
+        batch = decode_batch_untrusted(view, length, segment, keyed=keyed)
         stores: list[StoreRun] = []
         slow = batch.slow
         if len(batch):
@@ -246,17 +248,26 @@ class ReceiverEndpoint:
             if (
                 session is not None
                 and session.state is ReceiverState.RECEIVING
-                and session.seal is CRC
+                and (session.seal is not CRC) is keyed
                 and bool((sessions == sessions[0]).all())
             ):
                 n = len(batch)
+                overhead = n * (HEADER_BYTES + session.seal.trailer_bytes)
                 self.received += n
-                self._budget(peer).received += int(batch.payload_bytes.sum()) + n * _ROW_OVERHEAD
-                session.datagrams += n
-                new = session.on_data_batch(batch, now, queued_s)
-                self.rejected += session.rejected_rows
-                if new.size:
-                    stores.append(StoreRun(session, batch, new))
+                self._budget(peer).received += int(batch.payload_bytes.sum()) + overhead
+                plain = None
+                if keyed:
+                    plain, authentic = session.seal.open_batch(view, batch)  # type: ignore[attr-defined]
+                    if len(plain) != n:
+                        self.unauthenticated += n - len(plain)
+                        batch = batch.take(authentic)
+                        n = len(plain)
+                if n:
+                    session.datagrams += n
+                    new = session.on_data_batch(batch, now, queued_s)
+                    self.rejected += session.rejected_rows
+                    if new.size:
+                        stores.append(StoreRun(session, batch, new, plain))
             else:
                 slow = sorted([*slow, *batch.rows.tolist()])
         step = batch.segment
