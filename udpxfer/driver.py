@@ -380,7 +380,7 @@ class ReceiverServer:
         for session, partial in self._files.items():
             if partial.identity is not None and session.is_transfer:
                 try:
-                    partial.save_state(session.held.flags())
+                    partial.save_state_soon(session.held.flags())
                 except TransportError as exc:
                     session.close(now, str(exc))
 

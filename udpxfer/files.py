@@ -258,6 +258,10 @@ class PartialFile:
         self._run: list[bytes | memoryview] = []  # chunks waiting for flush(), back to back
         self._run_start = self._run_end = 0
         self._hasher = PrefixHasher(self._fd)
+        self._saver: threading.Thread | None = None  # a background save_state_soon
+        self._saver_error: TransportError | None = None
+        self._state_lock = threading.Lock()  # the sidecar is written under it
+        self._state_generation = 0  # bumped by every save: only the newest one records
         self.closed = False
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
@@ -359,6 +363,7 @@ class PartialFile:
             self.flush()
         finally:
             self._hasher.close()
+            self._cancel_saves()
             os.close(self._fd)
 
     def save_state(self, held: np.ndarray) -> None:
@@ -370,9 +375,59 @@ class PartialFile:
         if self.identity is None or self.closed:
             return
         self.flush()
-        write_state(
-            self.path, self.identity, blocks_on_disk(held, self.identity.block_chunks), self._fd
-        )
+        with self._state_lock:
+            self._state_generation += 1  # a background save still syncing records nothing
+            write_state(
+                self.path, self.identity, blocks_on_disk(held, self.identity.block_chunks), self._fd
+            )
+
+    def save_state_soon(self, held: np.ndarray) -> None:
+        """``save_state`` in a worker thread: syncing a file being written at line rate can
+        take a good part of a second, which the receive loop must not wait for.
+
+        What it records is written (``flush``) before the worker syncs it, through a
+        descriptor of its own; the sidecar is written only if no later save (or the end of
+        the transfer) came meanwhile; a save still under way makes this one wait for the
+        next interval.
+
+        Raises:
+            TransportError: an earlier background save failed.
+        """
+        if self.identity is None or self.closed:
+            return
+        if self._saver is not None and self._saver.is_alive():
+            return
+        error, self._saver_error = self._saver_error, None
+        if error is not None:
+            raise error
+        self.flush()
+        blocks = blocks_on_disk(held, self.identity.block_chunks)
+        identity, path = self.identity, self.path
+        fd = os.dup(self._fd)
+        with self._state_lock:
+            self._state_generation += 1
+            generation = self._state_generation
+
+        def save() -> None:
+            try:
+                os.fdatasync(fd)
+                with self._state_lock:
+                    if generation == self._state_generation:
+                        write_state(path, identity, blocks, fd, sync=False)
+            except OSError as exc:
+                self._saver_error = TransportError(f"cannot sync {path}: {exc.strerror}")
+            except TransportError as exc:
+                self._saver_error = exc
+            finally:
+                os.close(fd)
+
+        self._saver = threading.Thread(target=save, name="udpxfer-state", daemon=True)
+        self._saver.start()
+
+    def _cancel_saves(self) -> None:
+        """No background save records anything from now on (the file is being closed)."""
+        with self._state_lock:
+            self._state_generation += 1
 
     def commit(self) -> Path:
         """Close and rename to the final name (a fresh one if that name appeared meanwhile)."""
@@ -435,9 +490,12 @@ def state_path(partial: Path) -> Path:
     return Path(str(partial) + STATE_SUFFIX)
 
 
-def write_state(partial: Path, identity: SourceIdentity, blocks: bytes, fd: int) -> None:
-    """Record which blocks are on disk, atomically: data synced first, then a temporary file
-    renamed over the sidecar, so a crash leaves the old state or the new, never half of one.
+def write_state(
+    partial: Path, identity: SourceIdentity, blocks: bytes, fd: int, *, sync: bool = True
+) -> None:
+    """Record which blocks are on disk, atomically: data synced first (``sync``; or by the
+    caller), then a temporary file renamed over the sidecar, so a crash leaves the old state
+    or the new, never half of one.
 
     Raises:
         TransportError: the file system refused.
@@ -446,7 +504,8 @@ def write_state(partial: Path, identity: SourceIdentity, blocks: bytes, fd: int)
     doc = {"schema": STATE_SCHEMA, **asdict(identity), "blocks": base64.b64encode(blocks).decode()}
     tmp = target.with_name(target.name + ".tmp")
     try:
-        os.fdatasync(fd)
+        if sync:
+            os.fdatasync(fd)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
         out = os.open(tmp, flags, 0o644)
         try:
