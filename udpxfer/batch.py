@@ -180,7 +180,7 @@ def _check_crc(
     span = segment - CRC_BYTES
     short = full == n and last_bytes != segment  # the last datagram is shorter
     whole = full - 1 if short else full  # rows of exactly ``segment`` bytes
-    spans = _spans(view, segment)[:whole]
+    spans = _spans(view, segment, whole)
     trailers = np.ndarray(
         (whole,), dtype=">u4", buffer=view, offset=span, strides=(segment,)
     ).tolist()
@@ -196,8 +196,10 @@ def payload_views(view: memoryview, batch: DataBatch, positions: I64) -> list[me
     """The payloads of the rows of ``batch`` at ``positions`` (increasing), as views of
     ``view``, the buffer it was decoded from (for a gathered write straight from it)."""
     step = batch.segment
-    slots = _views(view, step, HEADER_BYTES, step - CRC_BYTES)
     rows = batch.rows[positions]
+    slots = _views(
+        view, step, HEADER_BYTES, step - CRC_BYTES, int(rows[-1]) + 1 if rows.size else 0
+    )
     n = rows.size
     # Rows 0 .. n-1 (the common case) take no work per row.
     out = slots[:n] if n and int(rows[-1]) == n - 1 else [slots[row] for row in rows.tolist()]
@@ -211,25 +213,32 @@ _view_cache: dict[tuple[int, int, int], tuple[memoryview, list[memoryview]]] = {
 _VIEW_CACHE_ENTRIES = 128
 
 
-def _spans(view: memoryview, segment: int) -> list[memoryview]:
-    """The checked span of every datagram slot of ``view`` (all but the trailer), as views."""
-    return list(_views(view, segment, 0, segment - CRC_BYTES))
+def _spans(view: memoryview, segment: int, rows: int) -> list[memoryview]:
+    """The checked span of the first ``rows`` datagram slots of ``view`` (all but the
+    trailer), as views."""
+    return _views(view, segment, 0, segment - CRC_BYTES, rows)[:rows]
 
 
-def _views(view: memoryview, segment: int, start: int, end: int) -> list[memoryview]:
-    """``view[slot * segment + start : slot * segment + end]`` for every slot that fits.
+def _views(view: memoryview, segment: int, start: int, end: int, rows: int) -> list[memoryview]:
+    """``view[slot * segment + start : slot * segment + end]`` for at least the first ``rows``
+    slots (fewer where ``view`` ends).
 
-    A receiver reads into the same few buffers over and over: the views of each buffer (the
-    same memoryview object each time) are made once and shared; do not change the list.
+    A receiver reads into the same buffer over and over: the views of each buffer (the same
+    memoryview object each time) are made once, as far as they are asked for, and shared;
+    do not change the list.
     """
     key = (id(view), segment, start)
     cached = _view_cache.get(key)
     if cached is None or cached[0] is not view:
         if len(_view_cache) >= _VIEW_CACHE_ENTRIES:
             _view_cache.clear()
-        views = [view[at + start : at + end] for at in range(0, len(view) - end + 1, segment)]
-        cached = _view_cache[key] = (view, views)
-    return cached[1]
+        cached = _view_cache[key] = (view, [])
+    views = cached[1]
+    if len(views) < rows:
+        first = len(views) * segment
+        last = min(rows * segment, len(view) - end + 1)
+        views.extend(view[at + start : at + end] for at in range(first, last, segment))
+    return views
 
 
 def _empty(segment: int, slow: list[int]) -> DataBatch:

@@ -31,6 +31,7 @@ from udpxfer.files import (
 )
 from udpxfer.ranges import Bitmap, missing_ranges
 from udpxfer.sender import DataRun, SenderConfig, SenderSession
+from udpxfer.sockets import SockAddr
 from udpxfer.transport import MAX_DATAGRAM, UdpTransport
 from udpxfer.units import Address
 from udpxfer.wire import NONCE_BYTES, Mode, block_chunks_for, chunk_count_for
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 Clock = Callable[[], float]
 PROGRESS_INTERVAL_S = 0.1
 _RECV_BURST = 256  # receives handled between two looks at timers
-RING_BUFFERS = 16  # receive buffers whose chunks are gathered before they are written
+ARENA_RECEIVES = 16  # receives (GRO runs of up to 64 datagrams) decoded as one batch at most
 _HASH_POLL_S = 0.005  # how often an idle loop looks for finished hashes
 STATE_SAVE_INTERVAL_S = 1.0  # resume sidecars are rewritten this often
 MAX_BLOCK_REPAIRS = 8  # times a transfer may fetch bad blocks again before it is a mismatch
@@ -324,8 +325,9 @@ class ReceiverServer:
         self._reports_written = 0
         self._next_progress = 0.0
         # Receive buffers: chunks are written straight from them, a ring's worth at a time.
-        self._ring = [memoryview(bytearray(MAX_DATAGRAM)) for _ in range(RING_BUFFERS)]
-        self._slot = 0
+        # Receives land back to back in one arena; a run of them from one sender, all cut
+        # at one segment size, is decoded and written as one batch (one pwritev per run).
+        self._arena = memoryview(bytearray(ARENA_RECEIVES * MAX_DATAGRAM))
         self._payload_views = payload_views
 
     @property
@@ -451,32 +453,10 @@ class ReceiverServer:
 
     def _loop(self, stop: threading.Event | None) -> None:
         endpoint, transport, clock = self.endpoint, self.transport, self.clock
-        queue = endpoint.events
-        ring = self._ring
         while stop is None or not stop.is_set():
             handled = 0
-            while handled < _RECV_BURST:
-                buffer = ring[self._slot]
-                got = transport.recv_into(buffer)
-                if got is None:
-                    break
-                length, segment, addr, kernel_ns = got
-                now = clock()
-                queued_s = max(0.0, (time.time_ns() - kernel_ns) / 1e9) if kernel_ns else 0.0
-                for run in endpoint.receive_buffer(buffer, length, segment, addr, now, queued_s):
-                    self._store_run(run, buffer, now)
-                if queue:
-                    self._handle_events(now)
-                self._slot += 1
-                if self._slot == len(ring):
-                    # Every buffer of the ring holds chunks not yet written: write them all
-                    # (one pwritev per run) before the first buffer is received into again.
-                    self._slot = 0
-                    self._write_gathered()
-                self._flush()  # feedback leaves at once: its delay is the sender's signal
-                handled += 1
-            if handled:
-                self._write_gathered()
+            while handled < _RECV_BURST and (received := self._receive_arena()):
+                handled += received
             if self._hashing:
                 self._take_hashes()
             now = clock()
@@ -498,6 +478,54 @@ class ReceiverServer:
                 longest = _HASH_POLL_S if self._hashing else 0.25
                 wait = longest if timer is None else min(longest, max(0.0, timer - clock()))
                 transport.wait(wait)
+
+    def _receive_arena(self) -> int:
+        """Read what waits into the arena and hand it to the endpoint; how many receives.
+
+        Receives from one sender that are all cut at one segment size continue each other
+        in the arena: the endpoint decodes them as one batch. Anything else (another
+        sender, another size, a shorter last datagram) ends the batch. Every chunk is
+        written before the arena is read into again.
+        """
+        arena, transport = self._arena, self.transport
+        pos = receives = 0
+        group: tuple[int, SockAddr] | None = None  # segment size and sender of the batch
+        queued_ns = 0
+        while pos + MAX_DATAGRAM <= len(arena):
+            got = transport.recv_into(arena[pos : pos + MAX_DATAGRAM])
+            if got is None:
+                break
+            receives += 1
+            length, segment, addr, kernel_ns = got
+            size = segment or length
+            fits = length % size == 0 if size else False
+            if group is not None and group != (size, addr):
+                self._deliver(pos, group, queued_ns)  # this receive starts afresh
+                arena[:length] = bytes(arena[pos : pos + length])
+                pos, group = 0, None
+            if group is None:
+                group = (size, addr)
+            queued_ns = kernel_ns
+            pos += length
+            if not fits:  # a shorter last datagram, or nothing to cut: the batch ends here
+                break
+        if group is not None:
+            self._deliver(pos, group, queued_ns)
+        return receives
+
+    def _deliver(self, length: int, group: tuple[int, SockAddr], kernel_ns: int) -> None:
+        """The arena's first ``length`` bytes, datagrams of ``group``'s size from its sender,
+        to the endpoint; store what it returns, act on its events, send its feedback."""
+        segment, addr = group
+        now = self.clock()
+        queued_s = max(0.0, (time.time_ns() - kernel_ns) / 1e9) if kernel_ns else 0.0
+        buffer = self._arena
+        for run in self.endpoint.receive_buffer(buffer, length, segment, addr, now, queued_s):
+            self._store_run(run, buffer, now)
+        if self.endpoint.events:
+            self._handle_events(now)
+        self._write_gathered()  # the arena is read into again next
+        self._flush()  # feedback leaves at once: its delay is the sender's signal
 
     def _store_run(self, run: StoreRun, buffer: memoryview, now: float) -> None:
         """Gather the new chunks of one receive for writing (straight from ``buffer``)."""
