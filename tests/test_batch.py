@@ -165,7 +165,7 @@ def new_session() -> tuple[ReceiverSession, list[tuple[int, bytes]]]:
         PEER,
         SESSION,
         1.0,
-        ReceiverConfig(),
+        ReceiverConfig(stream_trace=True),
         sink,
         lambda _s, offset, payload: stored.append((offset, bytes(payload))),
     )
@@ -221,6 +221,20 @@ def state_of(session: ReceiverSession) -> dict[str, object]:
             list(trace.pass_no),
             list(trace.flags),
         ],
+        "stats": exact_sections(session),
+    }
+
+
+def exact_sections(session: ReceiverSession) -> dict[str, object]:
+    """The online statistics that are exact (delay figures are floats summed in other orders
+    on the two paths, durations come from send-time anchors; test_online bounds them)."""
+    assert session.stats is not None
+    session.flush_stats()
+    doc = session.stats.sections(tx_sent=50)
+    for key in ("burst_duration_ms", "gap_duration_ms"):  # from send-time anchors: approximate
+        del doc["loss"]["rfc3611"][key]
+    return {key: doc[key] for key in ("loss", "reorder", "duplicates", "analysis")} | {
+        "pdv_max": doc["timing"]["pdv_ms"]["max"]
     }
 
 

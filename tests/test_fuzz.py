@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from udpxfer.endpoint import AMPLIFICATION_FACTOR, ReceiverEndpoint
 from udpxfer.errors import MalformedPacket
 from udpxfer.receiver import MAX_STAMP_SPREAD_NS, Peer, ReceiverConfig, ReceiverSession
-from udpxfer.report import session_trace, udp_report
+from udpxfer.report import udp_report
 from udpxfer.sender import SenderConfig, SenderSession, SenderState
 from udpxfer.wire import (
     DEFAULT_CHUNK_BYTES,
@@ -242,7 +242,6 @@ def test_data_at_the_largest_counter_and_stamp_is_survived() -> None:
         None,
         datagrams_received=2,
         datagrams_rejected=1,
-        trace=session_trace(case.session),
     )
     assert report["chunks"]["received"] == 1  # the stamp is no clock of this transfer's sender
     case.finish()
@@ -257,9 +256,7 @@ def stamp_report(stamps: list[int]) -> dict[str, object]:
         case.endpoint.receive_datagram(datagram, SENDER_PEER, NOW + 0.001 * index)
         pump_events(case.endpoint, case.store, NOW)
     session = case.session
-    return udp_report(
-        session, None, datagrams_received=3, datagrams_rejected=0, trace=session_trace(session)
-    )
+    return udp_report(session, None, datagrams_received=3, datagrams_rejected=0)
 
 
 def test_far_apart_send_stamps_do_not_break_the_report() -> None:

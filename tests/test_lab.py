@@ -133,7 +133,7 @@ def run_lab(
     source = tmp_path / "lab.bin"
     source.write_bytes(random.Random(seed).randbytes(chunks * CHUNK - 123))
     records: list[Record] = []
-    with receiver(tmp_path, trace_path=tmp_path / "lab.npz", blast_grace_s=0.3) as (server, done):
+    with receiver(tmp_path, trace_path=tmp_path / "lab.trace", blast_grace_s=0.3) as (server, done):
         relay = Relay(
             Address(LOOPBACK, 0),
             Address(*server.address),
@@ -588,7 +588,7 @@ def test_report_compares_two_runs(lab: Callable[[str], LabRun], tmp_path: Path) 
 def test_report_renders_a_trace_alone(lab: Callable[[str], LabRun], tmp_path: Path) -> None:
     run = lab("gilbert-2%-25%")
     assert run.result.trace_path is not None
-    trace = tmp_path / "alone.npz"
+    trace = tmp_path / "alone.trace"
     shutil.copy(run.result.trace_path, trace)
     out = tmp_path / "rendered"
     text = render(str(trace), out=out, suffix=".html").read_text()
@@ -639,7 +639,7 @@ def test_demo_runs_end_to_end(demo: Demo) -> None:
     assert demo.result.returncode == 0, demo.result.stderr
     out = demo.out
     for mode in ("blast", "reliable"):
-        for suffix in ("json", "md", "html", "npz"):
+        for suffix in ("json", "md", "html", "trace"):
             assert (out / f"demo-{mode}.{suffix}").is_file(), f"demo-{mode}.{suffix}"
     assert (out / "demo-comparison.html").is_file()
     reliable = json.loads((out / "demo-reliable.json").read_text())

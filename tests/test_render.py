@@ -98,8 +98,8 @@ def table(markdown: str) -> dict[str, str]:
 def test_markdown_figures_match_the_report(
     tmp_path: Path, blast: tuple[dict[str, Any], Trace]
 ) -> None:
-    doc, trace = blast
-    path = render_markdown(doc, tmp_path, trace)
+    doc, _ = blast
+    path = render_markdown(doc, tmp_path)
     assert path == tmp_path / "photo.jpg-udp-blast-5e55.md"
     text = path.read_text(encoding="utf-8")
     rows = table(text)
@@ -124,8 +124,8 @@ def test_markdown_figures_match_the_report(
 def test_markdown_links_plots_written_beside_it(
     tmp_path: Path, blast: tuple[dict[str, Any], Trace]
 ) -> None:
-    doc, trace = blast
-    text = render_markdown(doc, tmp_path, trace).read_text(encoding="utf-8")
+    doc, _ = blast
+    text = render_markdown(doc, tmp_path).read_text(encoding="utf-8")
     links = re.findall(r"!\[[^]]+\]\(([^)]+)\)", text)
     assert len(links) == 5  # loss map, loss over time, bursts, goodput, delay
     for link in links:
@@ -137,14 +137,14 @@ def test_markdown_links_plots_written_beside_it(
 def test_html_is_self_contained_with_embedded_plots_and_images(
     tmp_path: Path, reliable: tuple[dict[str, Any], Trace]
 ) -> None:
-    doc, trace = reliable
+    doc, _ = reliable
     original = tmp_path / "in" / "cat.jpg"
     original.parent.mkdir()
     original.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
     received = tmp_path / "in" / "cat.jpg.partial"
     received.write_bytes(b"\xff\xd8\xff\xe0" + bytes(1024))
     out = tmp_path / "out"
-    path = render_html(doc, out, trace, images=(original, received))
+    path = render_html(doc, out, images=(original, received))
     assert path == out / "photo.jpg-udp-reliable-5e55.html"
     assert [p.name for p in out.iterdir()] == [path.name]
     page = path.read_text(encoding="utf-8")
@@ -194,8 +194,8 @@ def test_report_without_analysis_or_trace_still_renders(tmp_path: Path) -> None:
 def test_empty_transfers_render(tmp_path: Path, chunks: int) -> None:
     trace = synthetic_trace(np.ones(chunks, dtype=np.bool_))
     doc = make_report(trace)
-    assert render_markdown(doc, tmp_path, trace).exists()
-    assert "<table>" in render_html(doc, tmp_path, trace).read_text(encoding="utf-8")
+    assert render_markdown(doc, tmp_path).exists()
+    assert "<table>" in render_html(doc, tmp_path).read_text(encoding="utf-8")
 
 
 def test_comparison_tables_and_overlays(

@@ -19,6 +19,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from udpxfer.lossruns import MomentCounts
 from udpxfer.trace import DUPLICATE, RESENT, Trace
 
 Bools = npt.NDArray[np.bool_]
@@ -203,8 +204,17 @@ def gilbert_two_state(lost: Bools) -> tuple[float | None, float | None, float | 
     prev, nxt = lost[:-1], lost[1:]
     from_received = int(np.count_nonzero(~prev))
     from_lost = int(prev.size - from_received)
-    p = _ratio(int(np.count_nonzero(~prev & nxt)), from_received)
-    r = _ratio(int(np.count_nonzero(prev & ~nxt)), from_lost)
+    to_lost = int(np.count_nonzero(~prev & nxt))
+    to_received = int(np.count_nonzero(prev & ~nxt))
+    return gilbert_from_counts(to_lost, from_received, to_received, from_lost)
+
+
+def gilbert_from_counts(
+    to_lost: int, from_received: int, to_received: int, from_lost: int
+) -> tuple[float | None, float | None, float | None]:
+    """``gilbert_two_state`` from its transition counts (as ``lossruns.LossRuns`` keeps them)."""
+    p = _ratio(to_lost, from_received)
+    r = _ratio(to_received, from_lost)
     if p is not None and r is not None:
         steady = _ratio(p, p + r)
     elif p == 0.0:
@@ -240,18 +250,19 @@ def gilbert_elliott_moments(lost: Bools, z: float = 3.0) -> GilbertFit | None:
         independent, so any h, k with the same mean fits), or lag moments that no
         Gilbert-Elliott chain can produce (C2 <= 0 or C2 >= C1).
     """
-    n = lost.size
-    if n < 3:
+    return gilbert_elliott_from_counts(MomentCounts.of(lost), z)
+
+
+def gilbert_elliott_from_counts(counts: MomentCounts, z: float = 3.0) -> GilbertFit | None:
+    """``gilbert_elliott_moments`` from the exact integer lag sums of the lost mask (the
+    centred moments follow from them: ``MomentCounts.centred``), as kept block by block."""
+    moments = counts.centred()
+    if moments is None:
         return None
-    x = lost.astype(np.float64)
-    mean = float(x.mean())
-    y = x - mean
-    var = float(np.dot(y, y)) / n
-    c1 = float(np.dot(y[:-1], y[1:])) / (n - 1)
-    c2 = float(np.dot(y[:-2], y[2:])) / (n - 2)
+    n = counts.n
+    mean, var, c1, c2, k3 = moments
     if var <= 0 or c1 <= z * var / math.sqrt(n) or c2 <= 0 or c2 >= c1:
         return None
-    k3 = float(np.dot(y[:-2] * y[1:-1], y[2:])) / (n - 2)
     lam = c2 / c1
     a = c1 / lam
     u = k3 / (lam * lam) / a
@@ -518,6 +529,20 @@ def _json_list(values: F64) -> list[float | None]:
     return [None if math.isnan(v) else v for v in values.tolist()]
 
 
+def empty_series() -> dict[str, Any]:
+    """The ``series`` section of a transfer with no datagram (its keys, no bins)."""
+    return {
+        "bin_s": None,
+        "clock": "receiver, seconds since the first datagram",
+        "time_s": [],
+        "goodput_bps": [],
+        "loss_rate": [],
+        "pdv_mean_ms": [],
+        "pdv_max_ms": [],
+        "jitter_ms": [],
+    }
+
+
 def time_series(
     trace: Trace, lost: Bools, send_ns: F64 | None, pdv_ms: F64, jitter_ms: F64
 ) -> dict[str, Any]:
@@ -536,16 +561,7 @@ def time_series(
         pdv_ms: RFC 5481 PDV per arrival, in ms.
         jitter_ms: RFC 3550 jitter after each arrival, in ms.
     """
-    empty: dict[str, Any] = {
-        "bin_s": None,
-        "clock": "receiver, seconds since the first datagram",
-        "time_s": [],
-        "goodput_bps": [],
-        "loss_rate": [],
-        "pdv_mean_ms": [],
-        "pdv_max_ms": [],
-        "jitter_ms": [],
-    }
+    empty = empty_series()
     if len(trace) == 0:
         return empty
     arrival = (trace.arrival_ns - trace.started_ns).astype(np.float64)

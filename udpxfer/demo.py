@@ -1,7 +1,7 @@
 """The demo: a sample file over loopback through the impairment relay, in both modes.
 
 Everything runs in this process on 127.0.0.1: a receiver, an impairing relay in front of it
-and a sender. Each mode writes ``demo-MODE.json`` (report), ``.npz`` (trace), ``.md`` and
+and a sender. Each mode writes ``demo-MODE.json`` (report), ``.trace`` (trace), ``.md`` and
 ``.html`` under the reports directory, plus a side-by-side comparison page.
 """
 
@@ -23,7 +23,6 @@ from udpxfer.render import render_comparison, render_html, render_markdown
 from udpxfer.report import summary_lines
 from udpxfer.samples import SAMPLE_DIR
 from udpxfer.sender import SenderConfig
-from udpxfer.trace import Trace
 from udpxfer.units import Address, plural
 from udpxfer.wire import Mode
 
@@ -101,7 +100,7 @@ def _run_mode(
         Address(LOOPBACK, 0),
         files_dir / mode.label,
         report_path=reports_dir / f"{stem}.json",
-        trace_path=reports_dir / f"{stem}.npz",
+        trace_path=reports_dir / f"{stem}.trace",
         once=True,
         config=ReceiverConfig(blast_grace_s=0.3, idle_timeout_s=5.0),
     )
@@ -129,12 +128,11 @@ def _run_mode(
         relay.close()
     result = server.results[0]
     doc = result.report
-    trace = Trace.load(result.trace_path) if result.trace_path is not None else None
     images = None
     if result.file_path is not None and sample.suffix.lower() in {".jpg", ".jpeg", ".png"}:
         images = (sample, result.file_path)
-    markdown = render_markdown(doc, reports_dir, trace, stem=stem)
-    page = render_html(doc, reports_dir, trace, images=images, stem=stem)
+    markdown = render_markdown(doc, reports_dir, stem=stem)
+    page = render_html(doc, reports_dir, images=images, stem=stem)
     forward = relay.forward.stats
     loss = doc["loss"]
     say(

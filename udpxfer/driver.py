@@ -27,7 +27,6 @@ from udpxfer.files import (
     chunks_of_blocks,
     ensure_writable_dir,
     safe_name,
-    unique_path,
 )
 from udpxfer.ranges import Bitmap, missing_ranges
 from udpxfer.sender import DataRun, SenderConfig, SenderSession
@@ -39,6 +38,7 @@ from udpxfer.wire import NONCE_BYTES, Mode, block_chunks_for, chunk_count_for
 if TYPE_CHECKING:
     from udpxfer.endpoint import StoreRun
     from udpxfer.receiver import ReceiverConfig, ReceiverSession
+    from udpxfer.tracefile import TraceWriter
 
 Clock = Callable[[], float]
 PROGRESS_INTERVAL_S = 0.1
@@ -304,6 +304,7 @@ class ReceiverServer:
                 base,
                 buffer_bytes=self.transport.buffers.recv_granted,
                 record_trace=base.record_trace,
+                stream_trace=trace_path is not None,
             ),
             chunk_sink=self._store,
             token_secret=secrets.token_bytes(32),
@@ -314,6 +315,7 @@ class ReceiverServer:
         self._logged: dict[object, float] = {}  # peer -> when its last auth failure was logged
         self._next_state_save = 0.0
         self.results: list[TransferResult] = []
+        self._traces: dict[ReceiverSession, TraceWriter] = {}  # --trace: written as it comes
         self._files: dict[ReceiverSession, PartialFile] = {}
         self._refused: set[ReceiverSession] = set()
         self._hashed: queue.Queue[tuple[ReceiverSession, bytes | list[int] | TransportError]] = (
@@ -353,6 +355,9 @@ class ReceiverServer:
         finally:
             for partial in self._files.values():
                 partial.close()
+            for writer in self._traces.values():
+                writer.handle.close()  # a transfer still open: its whole chunks stay readable
+            self._traces.clear()
             self.transport.close()
         return self.results
 
@@ -457,6 +462,8 @@ class ReceiverServer:
             handled = 0
             while handled < _RECV_BURST and (received := self._receive_arena()):
                 handled += received
+            if handled and self._traces:
+                self._write_traces()
             if self._hashing:
                 self._take_hashes()
             now = clock()
@@ -565,11 +572,47 @@ class ReceiverServer:
         for datagram, peer in self.endpoint.datagrams_to_send(self.clock()):
             self.transport.send(datagram, peer)  # type: ignore[arg-type]
 
+    def _start_trace(self, session: ReceiverSession) -> None:
+        """``--trace``: the session's trace file, its header written now."""
+        from udpxfer.tracefile import TraceWriter
+
+        meta = session.meta
+        if self.trace_path is None or session.trace is None or meta is None:
+            return
+        if session in self._traces:
+            return
+        self._traces[session] = TraceWriter.create(
+            self.trace_path,
+            chunk_count=meta.chunk_count,
+            chunk_size=meta.chunk_size,
+            file_size=meta.size,
+            mode=meta.mode.label,
+            started_ns=int(session.started_at * 1e9),
+        )
+
+    def _write_traces(self, *, chunk_rows: int = 1 << 16) -> None:
+        """Append each trace's records once a chunk's worth has gathered."""
+        for session, writer in self._traces.items():
+            if session.trace is not None and len(session.trace) >= chunk_rows:
+                writer.write(session.trace.drain())
+
+    def _end_trace(self, session: ReceiverSession) -> Path | None:
+        writer = self._traces.pop(session, None)
+        if writer is None or session.trace is None:
+            return None
+        writer.write(session.trace.drain())
+        return writer.close(
+            tx_sent=session.tx_sent,
+            chunks_sent=session.sent_upto if session.not_sent else -1,
+            held_before=session.resumed_bits(),
+        )
+
     def _handle_events(self, now: float) -> None:
         while (item := self.endpoint.next_event()) is not None:
             session, event = item
             if isinstance(event, TransferStarted):
                 self._open(session, now)
+                self._start_trace(session)
             elif isinstance(event, VerifyRequested):
                 partial = self._open(session, now)
                 if partial is not None:
@@ -632,7 +675,7 @@ class ReceiverServer:
             self._flush()
 
     def _finish(self, session: ReceiverSession) -> None:
-        from udpxfer.report import session_trace, udp_report, write_report
+        from udpxfer.report import udp_report, write_report
 
         partial = self._files.pop(session, None)
         verified = session.outcome is not None and session.outcome.outcome == "complete"
@@ -645,23 +688,19 @@ class ReceiverServer:
             except TransportError:
                 file_path = partial.path  # the write or rename failed: what is there stays
         received, rejected = self.endpoint.received, self.endpoint.rejected_so_far
-        trace = session_trace(session)
         doc = udp_report(
             session,
             file_path,
             datagrams_received=received - self._marks[0],
             datagrams_rejected=max(0, rejected - self._marks[1]),
-            trace=trace,
             datagrams_unauthenticated=self.endpoint.unauthenticated - self._marks[2],
         )
         self._marks = (received, rejected, self.endpoint.unauthenticated)
         report_path = self._next_report_path(session)
-        trace_path = None
-        if trace is not None and self.trace_path is not None:
-            target = self.trace_path
-            if self.results:  # later transfers: a fresh name beside the first trace
-                target = unique_path(target.parent, target.name)
-            trace_path = trace.save(target)
+        if self.trace_path is not None and session not in self._traces:
+            self._start_trace(session)  # a transfer that ended before it started: empty
+        trace_path = self._end_trace(session)
+        if trace_path is not None:
             doc["trace_path"] = str(trace_path)
         report_path = write_report(doc, report_path)
         result = TransferResult(doc, report_path, file_path, trace_path)

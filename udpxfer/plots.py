@@ -2,8 +2,8 @@
 
 Imported lazily by ``render.py`` so that ``import udpxfer`` never loads matplotlib. Figures are
 built with the object API (``Figure`` + Agg canvas), never ``pyplot``: no global state, no GUI.
-The numbers come from the report and, when given, its trace through ``analysis.py``; this module
-only draws them.
+The numbers come from the report alone (its ranges, time bins and histograms, which the receiver
+keeps online in bounded memory); this module only draws them, per pixel or per bin.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from udpxfer import analysis as an
 from udpxfer.render import lookup
-from udpxfer.trace import Trace
 
 Report = Mapping[str, Any]
 F64 = npt.NDArray[np.float64]
@@ -38,8 +37,6 @@ MAP_ROWS: Final = 280
 MAP_ASPECT: Final = 2.4  # columns per row of a map that fills the axes
 BORDER_COLUMNS: Final = 80  # fewer columns than this: cells are wide enough for borders
 LOSS_SHADES: Final = "Reds"
-STRIP_BINS: Final = 400  # loss strip columns: fewer than the axes' pixels, so none vanishes
-SCATTER_POINTS: Final = 50_000  # delay scatter is thinned to about this many points
 RECEIVED, REPAIRED, MISSING, EMPTY = "#cfe0ee", "#f4a261", "#c1121f", "#ffffff"
 MAX_BARS: Final = 40  # burst-length bars before lengths are binned
 
@@ -80,18 +77,57 @@ def _legend(ax: Axes) -> None:
 # One report
 
 
-def chunk_status(doc: Report, trace: Trace | None = None) -> npt.NDArray[np.int8] | None:
+def chunk_status(doc: Report) -> npt.NDArray[np.int8] | None:
     """Per chunk: 0 received on the first pass, 1 lost then repaired, 2 still missing."""
     total = int(lookup(doc, "chunks.total") or 0)
     if total <= 0:
         return None
-    if trace is not None and trace.chunk_count == total:
-        lost = an.lost_chunks(trace)
-    else:
-        lost = an.ranges_to_mask(doc.get("first_pass_gaps") or [], total)
+    lost = an.ranges_to_mask(doc.get("first_pass_gaps") or [], total)
     status = lost.astype(np.int8)
     status[an.ranges_to_mask(doc.get("gaps") or [], total)] = 2
     return status
+
+
+def _bounds(ranges: Sequence[Sequence[int]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Inclusive ranges as sorted, merged ``(firsts, ends)`` (``end`` = last + 1)."""
+    pairs = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+    if not pairs.size:
+        return pairs[:, 0], pairs[:, 1]
+    pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
+    firsts, ends = pairs[:, 0], np.maximum.accumulate(pairs[:, 1] + 1)
+    new = np.concatenate(([True], firsts[1:] > ends[:-1]))
+    groups = np.flatnonzero(new)
+    last_of = np.concatenate((groups[1:] - 1, [firsts.size - 1]))
+    return firsts[groups], ends[last_of]
+
+
+def _covered_below(
+    firsts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64], edges: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """How many indexes below each edge the disjoint sorted ranges ``[first, end)`` cover."""
+    before = np.concatenate(([0], np.cumsum(ends - firsts)))
+    whole = np.searchsorted(ends, edges, side="right")  # ranges ending at or below the edge
+    partial = np.zeros(edges.size, dtype=np.int64)
+    inside = whole < firsts.size
+    at = whole[inside]
+    partial[inside] = np.clip(edges[inside] - firsts[at], 0, None)
+    covered: npt.NDArray[np.int64] = before[whole] + partial
+    return covered
+
+
+def lost_per_cell(doc: Report, total: int, group: int) -> tuple[F64, int, int]:
+    """Share of chunks lost on the first pass or still missing in each cell of ``group``
+    chunks, computed from the report's ranges (no array of one value per chunk), and the
+    counts of chunks lost and still missing."""
+    union = _bounds([*(doc.get("first_pass_gaps") or []), *(doc.get("gaps") or [])])
+    missing = _bounds(doc.get("gaps") or [])
+    cells = math.ceil(total / group)
+    edges = np.minimum(np.arange(cells + 1, dtype=np.int64) * group, total)
+    covered = np.diff(_covered_below(*union, edges)).astype(np.float64)
+    share = covered / np.diff(edges)
+    lost = int(_covered_below(*union, np.array([total]))[0])
+    still = int(_covered_below(*missing, np.array([total]))[0])
+    return share, lost, still
 
 
 _WHOLE = FuncFormatter(lambda value, _: f"{value:,.0f}")
@@ -103,22 +139,24 @@ def _map_shape(cells: int) -> tuple[int, int]:
     return columns, math.ceil(cells / columns)
 
 
-def loss_map(doc: Report, trace: Trace | None = None) -> Plot | None:
+def loss_map(doc: Report) -> Plot | None:
     """Every chunk, row by row: one cell per chunk while they fit the pixels (with borders when
-    cells are large), else one cell per group of chunks coloured by the share lost in it."""
-    status = chunk_status(doc, trace)
-    if status is None:
+    cells are large), else one cell per group of chunks coloured by the share lost in it (from
+    the report's ranges: a map of 10^8 chunks costs what one of 10^5 does)."""
+    total = int(lookup(doc, "chunks.total") or 0)
+    if total <= 0:
         return None
-    total = status.size
     group = max(1, math.ceil(total / (MAP_COLUMNS * MAP_ROWS)))
     cells = math.ceil(total / group)
     columns, rows = _map_shape(cells)
     row_chunks = columns * group
     fig = _figure((9.0, 4.2))
     ax = fig.add_subplot()
-    counts = np.bincount(status, minlength=3)
     extent = (0, row_chunks, rows * row_chunks, 0)
     if group == 1:
+        status = chunk_status(doc)
+        assert status is not None
+        counts = np.bincount(status, minlength=3)
         grid = np.full(rows * columns, 3, dtype=np.int8)
         grid[:total] = status
         ax.imshow(
@@ -143,11 +181,9 @@ def loss_map(doc: Report, trace: Trace | None = None) -> Plot | None:
     else:
         # Too many chunks for a pixel each: the share lost per cell, so that no loss vanishes
         # between pixels and a cell of isolated losses stays lighter than a burst.
-        padded = np.zeros(cells * group, dtype=np.float64)
-        padded[:total] = status > 0
+        lost_share, lost, still = lost_per_cell(doc, total, group)
         share = np.full(rows * columns, np.nan)
-        share[:cells] = padded.reshape(cells, group).mean(axis=1) * 100
-        share[cells - 1] *= group / (total - (cells - 1) * group)  # the last cell is short
+        share[:cells] = lost_share * 100
         image = ax.imshow(
             share.reshape(rows, columns),
             cmap=LOSS_SHADES,
@@ -161,7 +197,7 @@ def loss_map(doc: Report, trace: Trace | None = None) -> Plot | None:
         bar.set_label(f"first-pass loss in a cell of {group} chunks (%)")
         ax.set_title(
             f"Loss map over chunk index: {total} chunks, {group} per cell, {row_chunks} per "
-            f"row; {counts[1] + counts[2]} lost, {counts[2]} still missing"
+            f"row; {lost} lost, {still} still missing"
         )
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_formatter(_WHOLE)  # 2,500,000, not 2.5 x 1e6
@@ -172,38 +208,14 @@ def loss_map(doc: Report, trace: Trace | None = None) -> Plot | None:
     return Plot("loss-map", "Loss map over chunk index", _png(fig))
 
 
-def loss_over_time(doc: Report, trace: Trace | None = None) -> Plot | None:
-    """First-pass loss rate per time bin, with a fine strip of lost chunks when a trace is given."""
+def loss_over_time(doc: Report) -> Plot | None:
+    """First-pass loss rate per time bin (chunks at their send time)."""
     t, rate = _series(doc, "time_s"), _series(doc, "loss_rate")
     if not t.size or np.all(np.isnan(rate)):
         return None
-    send_ns = an.trace_send_times(trace) if trace is not None else None
-    fig = _figure((9.0, 4.0) if send_ns is not None else WIDE)
-    if send_ns is not None and trace is not None:
-        ax, strip = fig.subplots(2, 1, sharex=True, height_ratios=(4, 1))
-        times = send_ns[:-1] / an.NS_PER_S
-        lost = an.lost_chunks(trace).astype(np.float64)
-        columns = min(STRIP_BINS, times.size)
-        edges = np.linspace(float(times.min()), float(times.max()) + 1e-9, columns + 1)
-        sent, _ = np.histogram(times, bins=edges)
-        dropped, _ = np.histogram(times, bins=edges, weights=lost)
-        fraction = np.full(columns, np.nan)
-        np.divide(dropped, sent, out=fraction, where=sent > 0)
-        strip.imshow(
-            fraction[None, :] * 100,
-            cmap=LOSS_SHADES,
-            vmin=0,
-            vmax=max(1.0, float(np.nanmax(fraction, initial=0.0)) * 100),  # low loss stays visible
-            aspect="auto",
-            interpolation="nearest",
-            extent=(float(edges[0]), float(edges[-1]), 0, 1),
-        )
-        strip.set_yticks([])
-        strip.set_ylabel("lost", rotation=0, ha="right", va="center")
-        strip.set_xlabel("time since the first datagram (s), chunks at their send time")
-    else:
-        ax = fig.add_subplot()
-        ax.set_xlabel("time since the first datagram (s), chunks at their send time")
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.set_xlabel("time since the first datagram (s), chunks at their send time")
     width = float(lookup(doc, "series.bin_s") or 0.0)
     ax.plot(
         t, rate * 100, drawstyle="steps-post", color=MISSING, label="first-pass loss per bin (%)"
@@ -310,31 +322,16 @@ def goodput_over_time(doc: Report) -> Plot | None:
     return Plot("goodput", "Goodput over time", _png(fig))
 
 
-def delay_over_time(doc: Report, trace: Trace | None = None) -> Plot | None:
-    """Packet delay variation (RFC 5481) and RFC 3550 jitter over time."""
+def delay_over_time(doc: Report) -> Plot | None:
+    """Packet delay variation (RFC 5481: mean and max per bin) and RFC 3550 jitter over time."""
     t = _series(doc, "time_s")
-    if not t.size and (trace is None or len(trace) == 0):
+    if not t.size:
         return None
     fig = _figure()
     ax = fig.add_subplot()
-    if trace is not None and len(trace):
-        step = max(1, math.ceil(len(trace) / SCATTER_POINTS))
-        pdv = an.delay_variation_ns(trace.sent_ns, trace.arrival_ns)[::step] / an.NS_PER_MS
-        when = (trace.arrival_ns[::step] - trace.started_ns) / an.NS_PER_S
-        thinned = f", 1 in {step}" if step > 1 else ""
-        ax.plot(
-            when,
-            pdv,
-            linestyle="none",
-            marker=".",
-            markersize=2,
-            alpha=0.35,
-            rasterized=True,
-            label=f"PDV per datagram (ms){thinned}",
-        )
-    if t.size:
-        ax.plot(t, _series(doc, "pdv_max_ms"), drawstyle="steps-post", label="PDV max per bin (ms)")
-        ax.plot(t, _series(doc, "jitter_ms"), color="0.1", label="RFC 3550 jitter (ms)")
+    ax.plot(t, _series(doc, "pdv_mean_ms"), drawstyle="steps-post", label="PDV mean per bin (ms)")
+    ax.plot(t, _series(doc, "pdv_max_ms"), drawstyle="steps-post", label="PDV max per bin (ms)")
+    ax.plot(t, _series(doc, "jitter_ms"), color="0.1", label="RFC 3550 jitter (ms)")
     ax.set_title("Delay variation over time (PDV = delay - min delay, RFC 5481)")
     ax.set_xlabel("arrival time since the first datagram (s)")
     ax.set_ylabel("delay variation (ms)")
@@ -344,14 +341,15 @@ def delay_over_time(doc: Report, trace: Trace | None = None) -> Plot | None:
     return Plot("delay", "Delay variation over time", _png(fig))
 
 
-def report_plots(doc: Report, trace: Trace | None = None) -> list[Plot]:
-    """Every figure the report has data for, in reading order."""
+def report_plots(doc: Report) -> list[Plot]:
+    """Every figure the report has data for, in reading order: drawn from the report's own
+    aggregates (ranges, time bins, histograms), never one point per datagram."""
     plots = (
-        loss_map(doc, trace),
-        loss_over_time(doc, trace),
+        loss_map(doc),
+        loss_over_time(doc),
         burst_histogram(doc),
         goodput_over_time(doc),
-        delay_over_time(doc, trace),
+        delay_over_time(doc),
     )
     return [plot for plot in plots if plot is not None]
 

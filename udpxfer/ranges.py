@@ -21,7 +21,8 @@ def missing_ranges(held: bytes | bytearray | npt.NDArray[np.uint8]) -> list[tupl
     flags = np.frombuffer(held, dtype=np.uint8) if not isinstance(held, np.ndarray) else held
     if flags.size == 0:
         return []
-    missing = np.concatenate(([0], (flags == 0).astype(np.int8), [0]))
+    pad = np.zeros(1, dtype=np.int8)  # a list [0] would make the whole array int64
+    missing = np.concatenate((pad, (flags == 0).astype(np.int8), pad))
     edges = np.flatnonzero(np.diff(missing))
     starts, ends = edges[0::2], edges[1::2] - 1
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
@@ -47,6 +48,9 @@ def batched(ranges: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int
     """Consecutive slices of at most ``size`` ranges (one NACK datagram each)."""
     for start in range(0, len(ranges), size):
         yield ranges[start : start + size]
+
+
+_BLOCK_BITS = 1 << 21  # bits unpacked at once by ``Bitmap.missing_ranges`` (2 MB of flags)
 
 
 class Bitmap:
@@ -116,9 +120,25 @@ class Bitmap:
         return int.from_bytes(self.bits, "little").bit_count()
 
     def missing_ranges(self, limit: int | None = None) -> list[tuple[int, int]]:
-        """Inclusive ranges of clear bits among the first ``limit`` indexes (all by default)."""
-        flags = self.flags()
-        return missing_ranges(flags if limit is None else flags[: max(0, limit)])
+        """Inclusive ranges of clear bits among the first ``limit`` indexes (all by default).
+
+        Unpacked a block at a time (``_BLOCK_BITS``), so a map of 10^8 chunks never becomes
+        10^8 bytes at once; a range across a block boundary is joined.
+        """
+        import numpy as np
+
+        end = self.size if limit is None else min(max(0, limit), self.size)
+        packed = np.frombuffer(self.bits, dtype=np.uint8)
+        out: list[tuple[int, int]] = []
+        for start in range(0, end, _BLOCK_BITS):
+            stop = min(start + _BLOCK_BITS, end)
+            flags = np.unpackbits(packed[start >> 3 : (stop + 7) >> 3], bitorder="little")
+            found = missing_ranges(flags[: stop - start])
+            if found and out and out[-1][1] == start - 1 and found[0][0] == 0:
+                out[-1] = (out[-1][0], found[0][1] + start)
+                found = found[1:]
+            out.extend((first + start, last + start) for first, last in found)
+        return out
 
     def set_ranges(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Set every index the (already clamped) inclusive ranges cover."""

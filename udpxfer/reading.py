@@ -7,16 +7,18 @@ clear error naming what is missing, never in a ``KeyError`` deep in the renderer
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from udpxfer.analysis import analyse, first_transmissions
 from udpxfer.errors import UsageError
-from udpxfer.ranges import as_lists, missing_ranges
+from udpxfer.online import OnlineStats
+from udpxfer.ranges import Bitmap, as_lists
 from udpxfer.report import SCHEMA, ChunkSection, FileSection, TransferReport
-from udpxfer.trace import DUPLICATE, RESENT, Trace
+from udpxfer.trace import MODES, Trace
+from udpxfer.tracefile import COLUMNS, TraceReader, is_stream
 
 _NUMBER = (int, float)
 # The keys a report must have for a summary or a page (DESIGN.md's contract; the JSON Schema in
@@ -83,55 +85,111 @@ def report_problem(
     return ""
 
 
-def report_from_trace(trace: Trace, *, source: Path) -> dict[str, Any]:
-    """A report rebuilt from a trace alone (no file name, path or hashes are known)."""
-    held = np.zeros(trace.chunk_count, dtype=np.uint8)
-    held[trace.index] = 1
-    first = np.zeros(trace.chunk_count, dtype=np.uint8)
-    first[trace.index[first_transmissions(trace.pass_no, trace.flags)]] = 1
-    received = int(held.sum())
-    end_ns = int(trace.arrival_ns.max()) if len(trace) else trace.started_ns
+def report_from_trace(path: Path) -> dict[str, Any]:
+    """A report rebuilt from a trace file alone (no file name, path or hashes are known),
+    read a chunk at a time: memory stays bounded whatever the trace's length.
+
+    Raises:
+        UsageError: the file is missing, unreadable, not a trace or inconsistent.
+    """
+    try:
+        with path.open("rb") as handle:
+            if not is_stream(handle.read(8)):
+                return _report(iter_trace(Trace.load(path)), path)  # an earlier .npz trace
+            handle.seek(0)
+            reader = TraceReader(handle)
+            return _report(_stream(reader), path)
+    except OSError as exc:
+        raise UsageError(f"cannot read trace {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"bad trace file {path}: {exc}") from None
+
+
+def iter_trace(trace: Trace) -> Iterator[tuple[dict[str, Any], Any]]:
+    """An in-memory trace as ``(scalars, chunk)`` pairs like a streamed one."""
+    scalars = {**trace.header(), "tx_sent": trace.tx_sent, "chunks_sent": trace.chunks_sent}
+    scalars["held_before"] = trace.held_before.tobytes()
+    columns = {name: getattr(trace, name) for name in COLUMNS}
+    yield scalars, columns
+    yield scalars, None
+
+
+def _stream(reader: TraceReader) -> Iterator[tuple[dict[str, Any], Any]]:
+    scalars = dict(reader.header)
+    for chunk in reader.chunks():
+        yield scalars, chunk
+    yield {**scalars, **reader.footer, "held_before": reader.held_before}, None
+
+
+def _report(chunks: Iterator[tuple[dict[str, Any], Any]], source: Path) -> dict[str, Any]:
+    scalars, chunk = next(chunks)
+    count, mode = int(scalars["chunk_count"]), str(scalars["mode"])
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    stats = OnlineStats(count, scalars["chunk_size"], scalars["file_size"], scalars["started_ns"])
+    held = Bitmap(count)
+    end_ns = int(scalars["started_ns"])
+    while chunk is not None:
+        index = np.asarray(chunk["index"])
+        if index.size:
+            if int(index.min()) < 0 or int(index.max()) >= count:
+                raise ValueError(f"chunk index outside 0..{count - 1}")
+            bits = np.frombuffer(held.bits, dtype=np.uint8)
+            np.bitwise_or.at(bits, index >> 3, np.left_shift(1, index & 7).astype(np.uint8))
+            arrival = np.asarray(chunk["arrival_ns"])
+            end_ns = max(end_ns, int(arrival.max()))
+            stats.add(index, chunk["tx"], chunk["sent_ns"], arrival, chunk["pass_no"],
+                      chunk["flags"])  # fmt: skip
+        scalars, chunk = next(chunks)
+    received = held.count()
+    sections = stats.sections(
+        held_before=scalars.get("held_before", b""),
+        chunks_sent=int(scalars.get("chunks_sent", -1)),
+        tx_sent=int(scalars.get("tx_sent", -1)),
+    )
     report = TransferReport(
         transport="udp",
-        mode=trace.mode,
+        mode=mode,
         file=FileSection(
             name=source.stem,
-            size=trace.file_size,
+            size=int(scalars["file_size"]),
             path="",
             sha256_expected=None,
             sha256_actual=None,
-            complete=received == trace.chunk_count,
+            complete=received == count,
             verified=False,
         ),
         chunks=ChunkSection(
-            size=trace.chunk_size,
-            total=trace.chunk_count,
+            size=int(scalars["chunk_size"]),
+            total=count,
             received=received,
-            missing=trace.chunk_count - received,
-            duplicates=int(np.count_nonzero(trace.flags & DUPLICATE)),
-            retransmitted=int(np.count_nonzero(trace.flags & RESENT)),
+            missing=count - received,
+            duplicates=stats.duplicates,
+            retransmitted=stats.resent,
         ),
-        gaps=as_lists(missing_ranges(held)),
-        first_pass_gaps=as_lists(missing_ranges(first)),
-        duration_s=(end_ns - trace.started_ns) / 1e9,
-        datagrams_received=len(trace),
+        gaps=as_lists(held.missing_ranges()),
+        first_pass_gaps=as_lists(stats.first_pass.missing_ranges()),
+        duration_s=(end_ns - int(scalars["started_ns"])) / 1e9,
+        datagrams_received=stats.datagrams,
         outcome="trace",
-        extra={"trace_path": str(source), **analyse(trace)},
+        extra={"trace_path": str(source), **sections},
     )
     doc = report.to_dict()
     doc["chunks"]["out_of_order"] = doc.get("reorder", {}).get("count", 0)
     return doc
 
 
-def load_report(path: Path) -> tuple[dict[str, Any], Trace | None]:
-    """A report and its trace from a ``.json`` report or a ``.npz`` trace.
+def load_report(path: Path) -> dict[str, Any]:
+    """A report from a ``.json`` report or a trace (``recv --trace``: any other file).
 
     Raises:
         UsageError: the file is missing or is neither.
     """
-    if path.suffix == ".npz":
-        only = Trace.load(path)
-        return report_from_trace(only, source=path), only
+    if path.suffix != ".json" and path.is_file():
+        with path.open("rb") as handle:
+            head = handle.read(8)
+        if is_stream(head) or head.startswith(b"PK") or path.suffix in (".npz", ".trace"):
+            return report_from_trace(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -143,12 +201,4 @@ def load_report(path: Path) -> tuple[dict[str, Any], Trace | None]:
     problem = report_problem(doc)
     if problem:
         raise UsageError(f"{path} is a damaged report: {problem}")
-    trace: Trace | None = None
-    trace_path = doc.get("trace_path")
-    if isinstance(trace_path, str):
-        candidate = Path(trace_path)
-        if not candidate.is_absolute() and not candidate.exists():
-            candidate = path.parent / candidate.name
-        if candidate.exists():
-            trace = Trace.load(candidate)
-    return doc, trace
+    return doc

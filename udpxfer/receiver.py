@@ -32,6 +32,7 @@ from udpxfer.events import (
     TransferStarted,
     VerifyRequested,
 )
+from udpxfer.online import TRACE_DUPLICATE, OnlineStats
 from udpxfer.ranges import Bitmap, batched, missing_ranges
 from udpxfer.wire import (
     CRC,
@@ -66,9 +67,6 @@ Payload = bytes | memoryview
 ChunkSink = Callable[["ReceiverSession", int, Payload], None]
 _RESENT = int(Flags.RESENT)
 _ACK_REQUESTED = int(Flags.ACK_REQUESTED)
-# Bits of a trace record's flags (udpxfer.trace reads them back).
-TRACE_RESENT = 1  # the RESENT wire flag, kept as is
-TRACE_DUPLICATE = 2  # the chunk was already held when this datagram arrived
 # Per-datagram cost in a socket buffer beyond the payload (sk_buff and slab rounding); an
 # estimate on the safe side so that the advertised window never overfills the buffer.
 _BUFFER_OVERHEAD_BYTES = 1200
@@ -108,12 +106,14 @@ class ReceiverConfig:
     max_transfers_per_source: int = 8
     max_unvalidated_transfers: int = 8  # blast transfers from addresses that echoed no token
     max_state_bytes: int = 512 << 20  # chunk maps of all transfers together
-    record_trace: bool = True
+    record_trace: bool = True  # keep the report's statistics (online, bounded memory)
+    stream_trace: bool = False  # also hand per-datagram records to the driver (``--trace``)
     require_token: bool = True  # reliable transfers start only from a validated address
 
 
 class TraceRecorder:
-    """Per-datagram records of one transfer, appended cheaply, read as numpy arrays later."""
+    """Per-datagram records, appended cheaply and taken out in chunks (``drain``): the rows
+    waiting for the statistics, or for the driver to write them to a trace file."""
 
     __slots__ = ("arrival_ns", "flags", "index", "pass_no", "sent_ns", "tx")
 
@@ -144,6 +144,37 @@ class TraceRecorder:
         self.arrival_ns.frombytes(np.full(index.size, arrival_ns, dtype=np.int64).tobytes())
         self.pass_no.frombytes(pass_no.astype(np.uint8, copy=False).tobytes())
         self.flags.frombytes(flags.astype(np.uint8, copy=False).tobytes())
+
+    def append(
+        self, index: int, tx: int, sent_ns: int, arrival_ns: int, pass_no: int, flags: int
+    ) -> None:
+        """Append one record."""
+        self.index.append(index)
+        self.tx.append(tx)
+        self.sent_ns.append(sent_ns)
+        self.arrival_ns.append(arrival_ns)
+        self.pass_no.append(pass_no)
+        self.flags.append(flags)
+
+    def drain(self) -> dict[str, npt.NDArray[Any]]:
+        """The records so far as numpy columns (copies); the recorder starts empty again."""
+        out: dict[str, npt.NDArray[Any]] = {}
+        for name, dtype in _RECORDER_COLUMNS:
+            column = getattr(self, name)
+            out[name] = np.frombuffer(column, dtype=dtype).copy()
+            setattr(self, name, array(column.typecode))
+        return out
+
+
+_RECORDER_COLUMNS = (
+    ("index", np.int64),
+    ("tx", np.int64),
+    ("sent_ns", np.int64),
+    ("arrival_ns", np.int64),
+    ("pass_no", np.uint8),
+    ("flags", np.uint8),
+)
+_STAGED_ROWS = 256  # rows of the one-at-a-time path folded into the statistics at once
 
 
 class ReceiverSession:
@@ -185,7 +216,9 @@ class ReceiverSession:
         self.resumed = 0  # chunks found verified on disk when the transfer started
         self.contiguous = 0  # chunks held from the start of the file without a hole
         self.sent_upto = 0  # the first pass covered chunks [0, sent_upto) as far as we know
-        self.trace = TraceRecorder() if config.record_trace else None
+        self.stats: OnlineStats | None = None  # from the transfer's start (record_trace)
+        self._staged = TraceRecorder()  # rows of ``on_data`` waiting for ``stats``
+        self.trace = TraceRecorder() if config.stream_trace else None  # for the driver
 
         self.datagrams = 0  # datagrams attributed to this session
         self.pending_bytes = 0  # bytes kept before metadata
@@ -547,6 +580,8 @@ class ReceiverSession:
         self._last_len = meta.size - (meta.chunk_count - 1) * meta.chunk_size
         self.held = Bitmap(meta.chunk_count)
         self.first_pass = Bitmap(meta.chunk_count)
+        if self.config.record_trace:
+            self.stats = OnlineStats(meta.chunk_count, meta.chunk_size, meta.size, _ns(now))
         if meta.block_chunks and meta.mode is Mode.RELIABLE:
             self.manifest = [None] * -(-meta.chunk_count // meta.block_chunks)
         self._events.emit(self, TransferStarted(meta))
@@ -605,14 +640,15 @@ class ReceiverSession:
         self.bytes_in_round += len(payload)
         held = self.held
         duplicate = held[index]
-        if self.trace is not None:
-            trace = self.trace
-            trace.index.append(index)
-            trace.tx.append(tx)
-            trace.sent_ns.append(sent_ns)
-            trace.arrival_ns.append(int(now * 1e9))
-            trace.pass_no.append(pass_no)
-            trace.flags.append((flags & _RESENT) | (TRACE_DUPLICATE if duplicate else 0))
+        if self.stats is not None or self.trace is not None:
+            mark = (flags & _RESENT) | (TRACE_DUPLICATE if duplicate else 0)
+            arrival_ns = int(now * 1e9)
+            if self.trace is not None:
+                self.trace.append(index, tx, sent_ns, arrival_ns, pass_no, mark)
+            if self.stats is not None:
+                self._staged.append(index, tx, sent_ns, arrival_ns, pass_no, mark)
+                if len(self._staged) >= _STAGED_ROWS:
+                    self.flush_stats()
         if tx > self._highest_tx:
             self._highest_tx = tx
         elif not duplicate:
@@ -652,6 +688,8 @@ class ReceiverSession:
         index = batch.index
         first, last = int(index[0]), int(index[-1])
         stamps = batch.sent_ns
+        if self._staged.index:
+            self.flush_stats()  # rows that came one at a time go first: arrival order
         if (
             last - first == n - 1
             and self.state is ReceiverState.RECEIVING
@@ -664,6 +702,19 @@ class ReceiverSession:
         ):
             return self._new_run(batch, first, last, now, queued_s)
         return self._rows(batch, now, queued_s)
+
+    def flush_stats(self) -> None:
+        """Fold the rows that came one at a time into the statistics."""
+        if self.stats is not None and self._staged.index:
+            rows = self._staged.drain()
+            self.stats.add(
+                rows["index"],
+                rows["tx"],
+                rows["sent_ns"],
+                rows["arrival_ns"],
+                rows["pass_no"],
+                rows["flags"],
+            )
 
     def _sizes_fit(self, batch: DataBatch, last: int) -> bool:
         """Every row of an ascending run ending at chunk ``last`` has its chunk's length
@@ -681,16 +732,24 @@ class ReceiverSession:
         self.data_received += n
         self.bytes_in_round += int(batch.payload_bytes.sum())
         resent_flags = flags & _RESENT
+        arrival_ns = int(now * 1e9)
         if self.trace is not None:
             self.trace.extend(
-                batch.index, tx, batch.sent_ns, int(now * 1e9), batch.pass_no, resent_flags
+                batch.index, tx, batch.sent_ns, arrival_ns, batch.pass_no, resent_flags
             )
         tx_first = int(tx[0])
-        if not (tx_first > self._highest_tx and np.array_equal(tx, _ARANGE[:n] + tx_first)):
+        in_order = tx_first > self._highest_tx and np.array_equal(tx, _ARANGE[:n] + tx_first)
+        if not in_order:
             before = np.maximum.accumulate(np.concatenate(([self._highest_tx], tx[:-1])))
             self.out_of_order += int(np.count_nonzero(tx <= before))
         self._highest_tx = max(self._highest_tx, int(tx.max()))
         resent = int(np.count_nonzero(resent_flags))
+        if self.stats is not None:
+            # An ascending run of first transmissions in order: the statistics' scalar path.
+            run = in_order and resent == 0 and not batch.pass_no.any()
+            self.stats.add(
+                batch.index, tx, batch.sent_ns, arrival_ns, batch.pass_no, resent_flags, run=run
+            )
         self.retransmitted += resent
         if resent == 0:
             self.first_pass.set_range(first, last)
@@ -740,10 +799,14 @@ class ReceiverSession:
             repeated[once] = False
             duplicate |= repeated
         resent = (flags & _RESENT) != 0
-        if self.trace is not None:
+        if self.trace is not None or self.stats is not None:
             marks = np.where(duplicate, TRACE_DUPLICATE, 0).astype(np.uint8)
             trace_flags = (flags & _RESENT) | marks
-            self.trace.extend(index, tx, sent_ns, int(now * 1e9), batch.pass_no, trace_flags)
+            arrival_ns = int(now * 1e9)
+            if self.trace is not None:
+                self.trace.extend(index, tx, sent_ns, arrival_ns, batch.pass_no, trace_flags)
+            if self.stats is not None:
+                self.stats.add(index, tx, sent_ns, arrival_ns, batch.pass_no, trace_flags)
         # Out of order: a new chunk whose transmission number is not above every earlier one.
         before = np.maximum.accumulate(np.concatenate(([self._highest_tx], tx[:-1])))
         self.out_of_order += int(np.count_nonzero((tx <= before) & ~duplicate))

@@ -1,4 +1,4 @@
-"""A JSON report (and optionally its trace) -> Markdown or self-contained HTML, with plots.
+"""A JSON report -> Markdown or self-contained HTML, with plots drawn from its own numbers.
 
 Rendering only formats: the figures come from the report (``report.py`` core keys plus the
 ``analysis.py`` sections) and the plots from ``plots.py``, imported lazily so that importing
@@ -22,7 +22,6 @@ from udpxfer.units import format_rate, format_size
 
 if TYPE_CHECKING:
     from udpxfer.plots import Plot
-    from udpxfer.trace import Trace
 
 Report = Mapping[str, Any]
 Format = Literal["md", "html"]
@@ -182,10 +181,10 @@ def _write(path: Path, data: str | bytes) -> Path:
     return path
 
 
-def _plots(doc: Report, trace: Trace | None) -> list[Plot]:
+def _plots(doc: Report) -> list[Plot]:
     from udpxfer import plots  # lazy: matplotlib only when something is drawn
 
-    return plots.report_plots(doc, trace)
+    return plots.report_plots(doc)
 
 
 def _md_cell(text: str) -> str:
@@ -286,9 +285,7 @@ def _image_panel(images: tuple[Path, Path]) -> str:
 # Public API
 
 
-def render_markdown(
-    report: Report, out_dir: Path, trace: Trace | None = None, *, stem: str | None = None
-) -> Path:
+def render_markdown(report: Report, out_dir: Path, *, stem: str | None = None) -> Path:
     """Write ``STEM.md`` (summary, key-figure table) and its ``STEM-*.png`` plots to ``out_dir``.
 
     Raises:
@@ -300,7 +297,7 @@ def render_markdown(
     lines = [f"# udpxfer report: {lookup(report, 'file.name')}", "", f"**{_verdict(report)}**", ""]
     lines += ["```", *summary_lines(dict(report)), "```", "", "## Key figures", ""]
     lines += _md_table(("Figure", "Value"), key_figures(report))
-    plots = _plots(report, trace)
+    plots = _plots(report)
     if plots:
         lines += ["", "## Plots", ""]
         lines += _md_plots(plots, out_dir, stem)
@@ -310,7 +307,6 @@ def render_markdown(
 def render_html(
     report: Report,
     out_dir: Path,
-    trace: Trace | None = None,
     images: tuple[Path, Path] | None = None,
     *,
     stem: str | None = None,
@@ -320,7 +316,6 @@ def render_html(
     Args:
         report: the JSON report document.
         out_dir: where the page goes (created if needed).
-        trace: the transfer's trace, for per-datagram plots.
         images: ``(original file, received file)`` to show side by side, e.g. a JPEG and its
             ``.partial``.
         stem: file name stem (default: ``report_stem(report)``).
@@ -341,7 +336,7 @@ def render_html(
         "<h2>Key figures</h2>",
         _html_table(("Figure", "Value"), key_figures(report)),
     ]
-    plots = _plots(report, trace)
+    plots = _plots(report)
     if plots:
         body += ["<h2>Plots</h2>", _html_plots(plots)]
     if panel is not None:

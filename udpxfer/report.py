@@ -11,14 +11,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from udpxfer.analysis import analyse
 from udpxfer.files import unique_path
 from udpxfer.output import is_stream
 from udpxfer.output import write_report as write_report  # the receiver writes through here
 from udpxfer.ranges import as_lists
 from udpxfer.receiver import ReceiverSession
 from udpxfer.sockets import format_sockaddr
-from udpxfer.trace import Trace
 from udpxfer.units import format_rate, format_size, plural
 from udpxfer.wire import Mode
 
@@ -157,13 +155,14 @@ def _format_ranges(ranges: list[list[int]], width: int) -> str:
     """``22-23, 43-48, 80`` cut to ``width`` characters with ``... (N more)``."""
     if not ranges:
         return "none"
-    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges]
+    # No more than ``width`` ranges can fit: never join all of a long list (quadratic).
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[: max(width, 1)]]
     for shown in range(len(parts), 0, -1):
-        tail = "" if shown == len(parts) else f", ... ({len(parts) - shown} more)"
+        tail = "" if shown == len(ranges) else f", ... ({len(ranges) - shown} more)"
         text = ", ".join(parts[:shown]) + tail
         if len(text) <= width:
             return text
-    return f"{len(parts)} ranges"
+    return f"{len(ranges)} ranges"
 
 
 def _fill(head: str, pieces: list[str], sep: str = ", ") -> list[str]:
@@ -257,21 +256,16 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def session_trace(session: ReceiverSession) -> Trace | None:
-    """The session's per-datagram record as a ``Trace`` (None when not recorded)."""
-    meta = session.meta
-    if session.trace is None or meta is None:
-        return None
-    return Trace.from_recorder(
-        session.trace,
-        chunk_count=meta.chunk_count,
-        chunk_size=meta.chunk_size,
-        file_size=meta.size,
-        mode=meta.mode.label,
-        started_ns=int(session.started_at * 1e9),
-        tx_sent=session.tx_sent,
-        chunks_sent=session.sent_upto if session.not_sent else -1,
+def session_sections(session: ReceiverSession) -> dict[str, Any]:
+    """The analysis sections of a session's report, from its online statistics (empty when
+    the receiver keeps none)."""
+    if session.stats is None or session.meta is None:
+        return {}
+    session.flush_stats()
+    return session.stats.sections(
         held_before=session.resumed_bits(),
+        chunks_sent=session.sent_upto if session.not_sent else -1,
+        tx_sent=session.tx_sent,
     )
 
 
@@ -281,10 +275,10 @@ def udp_report(
     *,
     datagrams_received: int,
     datagrams_rejected: int,
-    trace: Trace | None = None,
     datagrams_unauthenticated: int = 0,
 ) -> dict[str, Any]:
-    """The JSON report of one UDP transfer, with the loss analysis when a trace is given."""
+    """The JSON report of one UDP transfer, with the loss analysis when the session kept its
+    statistics (``ReceiverConfig.record_trace``)."""
     meta = session.meta
     assert meta is not None
     outcome = session.outcome.outcome if session.outcome else "incomplete"
@@ -353,8 +347,7 @@ def udp_report(
             "reason": session.outcome.reason if session.outcome else "",
         },
     )
-    if trace is not None:
-        report.extra.update(analyse(trace))  # extends the core loss and timing sections
+    report.extra.update(session_sections(session))  # extends the core loss and timing sections
     return report.to_dict()
 
 

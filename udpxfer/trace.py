@@ -1,7 +1,9 @@
-"""The per-datagram trace a receiver records: plain numpy columns, saved as ``.npz``.
+"""The per-datagram trace a receiver records: plain numpy columns.
 
 One element per valid DATA datagram that arrived, in arrival order. ``analysis.py`` turns a
 trace into loss, reordering and delay statistics; this module only holds, checks and stores it.
+On disk a trace is streamed (``tracefile``: ``.npy`` chunks appended as they come); traces of
+the earlier ``.npz`` format (``udpxfer.trace/1``) still load.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import numpy as np
 import numpy.typing as npt
 
 from udpxfer.errors import UsageError
-from udpxfer.output import write_target
-from udpxfer.receiver import TRACE_DUPLICATE, TRACE_RESENT
+from udpxfer.online import TRACE_DUPLICATE, TRACE_RESENT
+from udpxfer.tracefile import CHUNK_ROWS, COLUMNS, TraceReader, TraceWriter, is_stream
 
-TRACE_FORMAT: Final = "udpxfer.trace/1"
+TRACE_FORMAT: Final = "udpxfer.trace/1"  # the earlier .npz archive, still read
+
 MODES: Final = ("blast", "reliable")
 
 # Bits of ``Trace.flags``.
@@ -116,6 +119,20 @@ def _read_fields(handle: BinaryIO) -> dict[str, Any]:
             if held.ndim != 1 or held.dtype != np.uint8:
                 raise ValueError("held_before is not a packed bit array")
             fields["held_before"] = held
+    return fields
+
+
+def _read_stream(handle: BinaryIO) -> dict[str, Any]:
+    """The ``Trace`` fields of a streamed trace, all chunks joined (in memory: for tests and
+    small traces; ``udpxfer report`` reads chunk by chunk instead)."""
+    reader = TraceReader(handle)
+    parts = list(reader.chunks())
+    fields: dict[str, Any] = {key: reader.header[key] for key in ("chunk_count", "chunk_size",
+                              "file_size", "mode", "started_ns")}  # fmt: skip
+    for name in COLUMNS:
+        fields[name] = np.concatenate([p[name] for p in parts]) if parts else np.zeros(0, np.int64)
+    fields.update(reader.footer)
+    fields["held_before"] = np.frombuffer(reader.held_before, dtype=np.uint8).copy()
     return fields
 
 
@@ -241,26 +258,34 @@ class Trace:
         return np.clip(remaining, 0, self.chunk_size).astype(np.int64)
 
     def save(self, path: Path) -> Path:
-        """Write the trace to ``path`` as a compressed ``.npz``; return where it went.
-
-        Written as ``udpxfer.output`` writes: atomically, never over an existing file (a
-        taken name gets ``-1``, ``-2``...), into a FIFO as it is.
+        """Write the trace to ``path`` in the streamed format (``tracefile``); return where it
+        went (never over an existing file: a taken name gets ``-1``, ``-2``...).
 
         Raises:
             TransportError: the file cannot be written.
         """
-        members: dict[str, Any] = {"format": np.array(TRACE_FORMAT), "mode": np.array(self.mode)}
-        for name in (*_INT64_COLUMNS, *_UINT8_COLUMNS):
-            members[name] = getattr(self, name)
-        for name in _SCALARS:
-            members[name] = np.array(getattr(self, name), dtype=np.int64)
-        if self.held_before.size:
-            members["held_before"] = self.held_before
+        writer = TraceWriter.create(path, **self.header())
+        try:
+            for start in range(0, len(self), CHUNK_ROWS):
+                part = slice(start, start + CHUNK_ROWS)
+                writer.write({name: getattr(self, name)[part] for name in COLUMNS})
+        finally:
+            target = writer.close(
+                tx_sent=self.tx_sent,
+                chunks_sent=self.chunks_sent,
+                held_before=self.held_before.tobytes(),
+            )
+        return target
 
-        def write(handle: BinaryIO) -> None:
-            np.savez_compressed(handle, **members)
-
-        return write_target(path, write, what="trace")
+    def header(self) -> dict[str, Any]:
+        """The scalars a streamed trace's header holds."""
+        return {
+            "chunk_count": self.chunk_count,
+            "chunk_size": self.chunk_size,
+            "file_size": self.file_size,
+            "mode": self.mode,
+            "started_ns": self.started_ns,
+        }
 
     @classmethod
     def load(cls, path: Path) -> Trace:
@@ -271,7 +296,9 @@ class Trace:
         """
         try:
             with path.open("rb") as handle:
-                fields = _read_fields(handle)
+                stream = is_stream(handle.read(8))
+                handle.seek(0)
+                fields = _read_stream(handle) if stream else _read_fields(handle)
             return cls(**fields)
         except OSError as exc:
             reason = exc.strerror or str(exc)

@@ -24,7 +24,7 @@ def report(
         list[Path],
         typer.Argument(
             metavar="REPORT",
-            help="A report (.json) or trace (.npz); two or more to compare them side by side.",
+            help="A report (.json) or trace (recv --trace); two or more to compare them.",
             show_default=False,
         ),
     ],
@@ -46,10 +46,11 @@ def report(
 ) -> None:
     """Render reports into Markdown or a self-contained HTML page with plots.
 
-    PATHS are JSON reports (from udpxfer recv) or .npz traces (recv --trace).
+    PATHS are JSON reports (from udpxfer recv) or traces (recv --trace),
+    read a chunk at a time.
     Two or more are compared side by side.
 
-    Pages are named after the input: run.json or run.npz gives OUT/run.html
+    Pages are named after the input: run.json or run.trace gives OUT/run.html
     (or run.md). Plots: loss map over chunk index and over time; burst lengths against
     the geometric law of a memoryless channel; goodput and delay variation.
 
@@ -61,17 +62,17 @@ def report(
     with guarded():
         loaded = [load_report(path) for path in paths]
         if len(loaded) > 1:
-            written = render_comparison([doc for doc, _ in loaded], out, fmt.value)
+            written = render_comparison(loaded, out, fmt.value)
         elif fmt is FormatChoice.md:
-            written = render_markdown(loaded[0][0], out, loaded[0][1], stem=paths[0].stem)
+            written = render_markdown(loaded[0], out, stem=paths[0].stem)
         else:
-            doc, trace = loaded[0]
+            doc = loaded[0]
             images = None
             if original is not None:
                 if not original.is_file():
                     fail(f"{original}: no such file")
                 images = (original, Path(doc["file"]["path"]))
-            written = render_html(doc, out, trace, images=images, stem=paths[0].stem)
+            written = render_html(doc, out, images=images, stem=paths[0].stem)
         typer.echo(str(written))
 
 

@@ -269,8 +269,9 @@ def recv(
         typer.Option(
             "--trace",
             metavar="PATH",
-            help="Save each transfer's per-datagram trace (chunk, times, pass, flags) to this "
-            ".npz file (never replaced: -1, -2 names); `udpxfer report` renders it.",
+            help="Write each transfer's per-datagram trace (chunk, times, pass, flags) to this "
+            "file as the datagrams come (.npy chunks appended; never replaced: -1, -2 names); "
+            "`udpxfer report` renders it.",
             show_default=False,
         ),
     ] = None,
@@ -391,7 +392,9 @@ def _trace_target(text: str | None) -> Path | None:
     if text is None:
         return None
     if is_directory_target(text):
-        fail(f"--trace {text}: is a directory; give a file path such as {text.rstrip('/')}/run.npz")
+        fail(
+            f"--trace {text}: is a directory; give a file path such as {text.rstrip('/')}/run.trace"
+        )
     return check_target(text, what="--trace", allow_stdout=False)
 
 
