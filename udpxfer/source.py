@@ -112,8 +112,10 @@ def file_digests(
     """SHA-256 of the whole file and of each manifest block, in one pass over the data.
 
     hashlib releases the GIL on large buffers, so the block hashes run in a worker thread
-    beside the whole-file hash. ``done(start, end)`` is told, about every
-    ``HASH_STEP_BYTES``, of bytes both hashes are past (``MappedFile.drop`` them).
+    beside the whole-file hash, the two kept within about ``HASH_STEP_BYTES`` of each other
+    (one left to run ahead on a busy machine would keep what lies between resident).
+    ``done(start, end)`` is told, about every ``HASH_STEP_BYTES``, of bytes both hashes
+    are past (``MappedFile.drop`` them).
     """
     size = len(data)
     count = chunk_count_for(size, chunk_size)
@@ -121,22 +123,39 @@ def file_digests(
     whole = hashlib.sha256()
     blocks: list[bytes] = []
     view = memoryview(data)
+    hashed = [0, size if not block_bytes else 0]  # bytes behind the whole hash, the blocks'
+    moved = threading.Condition()
+
+    def reached(side: int, end: int) -> None:
+        """``side`` has hashed ``end`` bytes; wait while it is a step ahead of the other."""
+        other = 1 - side
+        with moved:
+            hashed[side] = end
+            moved.notify_all()
+            moved.wait_for(lambda: hashed[side] - hashed[other] <= HASH_STEP_BYTES)
 
     def hash_blocks() -> None:
-        for start in range(0, size, block_bytes):
-            blocks.append(hashlib.sha256(view[start : start + block_bytes]).digest())
+        try:
+            for start in range(0, size, block_bytes):
+                blocks.append(hashlib.sha256(view[start : start + block_bytes]).digest())
+                reached(1, min(start + block_bytes, size))
+        finally:
+            with moved:  # never leave the whole hash waiting
+                hashed[1] = size
+                moved.notify_all()
 
     worker = threading.Thread(target=hash_blocks, name="udpxfer-manifest")
     if block_bytes:
         worker.start()
     released = 0
     for start in range(0, size, HASH_STEP_BYTES):
+        reached(0, start)
         whole.update(view[start : start + HASH_STEP_BYTES])
-        # The blocks are hashed as far as the list is long (read without a lock: it only grows).
-        behind = min(start + HASH_STEP_BYTES, len(blocks) * block_bytes, size)
+        behind = min(start + HASH_STEP_BYTES, hashed[1], size)
         if done is not None and behind > released:
             done(released, behind)
             released = behind
+    reached(0, size)
     if block_bytes:
         worker.join()
     if done is not None and size > released:
