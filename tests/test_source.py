@@ -14,14 +14,15 @@ import pytest
 from helpers import receiver, wait_for
 
 import udpxfer.source as source_module
+from udpxfer.sender import DataRun, SenderConfig, SenderSession
 from udpxfer.source import (
+    AROUND_BYTES,
     DROP_STEP_BYTES,
-    DROP_STEP_RESENT,
     MappedFile,
     SentPages,
     file_digests,
 )
-from udpxfer.wire import block_chunks_for, chunk_count_for
+from udpxfer.wire import Mode, block_chunks_for, chunk_count_for
 
 PAGE = mmap.PAGESIZE
 MIB = 1 << 20
@@ -69,15 +70,14 @@ class RecordingFile:
         self.drops.append((start, end))
 
 
-def test_the_first_pass_drops_behind_itself_in_steps_and_repairs_drop_all_of_it() -> None:
+def test_the_first_pass_drops_behind_itself_in_steps_and_a_repair_drops_around_itself() -> None:
     chunk = 1000
     size = 3 * DROP_STEP_BYTES + 12_345
     chunks = chunk_count_for(size, chunk)
     file = RecordingFile(size)
     pages = SentPages(file, chunk)  # type: ignore[arg-type]
-    for sent in range(0, chunks + 1, 64):
-        pages.sent(sent, 0)
-    pages.sent(chunks, 0)
+    for first in range(0, chunks, 64):
+        pages.sent(first, min(64, chunks - first))
     starts = [start for start, _ in file.drops]
     ends = [end for _, end in file.drops]
     assert starts == [0, *ends[:-1]]  # contiguous, each byte once
@@ -85,11 +85,12 @@ def test_the_first_pass_drops_behind_itself_in_steps_and_repairs_drop_all_of_it(
     assert all(b - a >= DROP_STEP_BYTES for a, b in file.drops[:-1])
     assert len(file.drops) == 3  # two whole steps, then the rest at the end
     file.drops.clear()
-    pages.sent(chunks, DROP_STEP_RESENT - 1)
-    assert file.drops == []
-    pages.sent(chunks, DROP_STEP_RESENT)
-    pages.sent(chunks, DROP_STEP_RESENT + 1)
-    assert file.drops == [(0, size)]
+    pages.sent(5000, 1)  # bytes 5,000,000 .. 5,001,000
+    pages.sent(chunks - 1, 1)
+    assert file.drops == [
+        (2 * AROUND_BYTES, 3 * AROUND_BYTES),
+        ((size - 1) // AROUND_BYTES * AROUND_BYTES, 7 * AROUND_BYTES),
+    ]
 
 
 @pytest.mark.skipif(not LINUX_PROC, reason="reads /proc/self/status")
@@ -150,3 +151,22 @@ def test_a_large_send_keeps_the_senders_peak_resident_set_far_below_the_file(
     # The whole file stayed resident before: a peak above its size. Now the interpreter,
     # a few MiB of the hashing pass and of the send window.
     assert peak_kib * 1024 < size // 3, status["VmHWM"]
+
+
+def test_data_runs_say_which_chunk_they_start_at() -> None:
+    data = bytes(range(256)) * 4000
+    session = SenderSession(
+        data,
+        name="x",
+        sha256=hashlib.sha256(data).digest(),
+        session_id=1,
+        now=0.0,
+        config=SenderConfig(chunk_size=1000, mode=Mode.BLAST, congestion_control=False),
+    )
+    runs = [item for item in session.transmit(0.0) if isinstance(item, DataRun)]
+    assert runs
+    expected = 0
+    for run in runs:
+        assert run.first == expected
+        assert b"".join(run.pieces[1::3])[:1000] == data[run.first * 1000 : run.first * 1000 + 1000]
+        expected += run.count

@@ -125,9 +125,8 @@ def _run_sender(
             now = clock()
             batch = session.transmit(now)
             if batch:
-                _send(transport, batch)
+                _send(transport, batch, pages)
                 session.batch_left(clock())
-                pages.sent(session.first_pass_sent, session.chunks_resent)
             heard = False
             while (incoming := transport.recv_batch()) is not None:
                 now = clock()
@@ -162,8 +161,11 @@ def _run_sender(
         on_progress(session)
 
 
-def _send(transport: UdpTransport, items: list[bytes | DataRun]) -> None:
-    """Send a session's output in order: control datagrams as they are, DATA runs gathered."""
+def _send(
+    transport: UdpTransport, items: list[bytes | DataRun], pages: SentPages | None = None
+) -> None:
+    """Send a session's output in order: control datagrams as they are, DATA runs gathered
+    (then their pages may leave our resident set)."""
     plain: list[bytes] = []
     for item in items:
         if isinstance(item, DataRun):
@@ -171,6 +173,8 @@ def _send(transport: UdpTransport, items: list[bytes | DataRun]) -> None:
                 transport.send_many(plain)
                 plain = []
             transport.send_gathered(item.pieces, item.count, item.segment)
+            if pages is not None:
+                pages.sent(item.first, item.count)
         else:
             plain.append(item)
     if plain:

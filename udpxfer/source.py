@@ -25,9 +25,11 @@ from udpxfer.wire import block_chunks_for, chunk_count_for
 
 HASH_STEP_BYTES = 8 << 20  # the up-front hash drops what it has read this often
 DROP_STEP_BYTES = 4 << 20  # the first pass drops what it has sent this often
-# Resent chunks are scattered: each can map the pages around it (the kernel's fault-around,
-# 64 KiB by default), so repairs drop after this many chunks (at most 8 MiB mapped meanwhile).
-DROP_STEP_RESENT = 128
+# A fault can map far more than the page touched: the pages around it (fault-around, 64 KiB)
+# or the whole large folio of the page cache holding it (up to a PMD, 2 MiB on x86-64). Linux
+# 6.18 on ext4 mapped 1.8 MiB per randomly touched chunk, so a resent chunk's whole aligned
+# neighbourhood of this size is dropped right after it was sent.
+AROUND_BYTES = 2 << 20
 
 _PAGE = mmap.PAGESIZE
 # madvise is missing on some platforms; there the map simply stays resident.
@@ -79,31 +81,33 @@ class MappedFile:
 
 
 class SentPages:
-    """Decides when the pages a sender has sent are dropped from its resident set.
+    """Drops the pages a sender has sent from its resident set.
 
     The first pass walks the file once: what lies behind it goes every ``DROP_STEP_BYTES``.
-    Repairs may touch any page again; the whole file behind the first pass goes every
-    ``DROP_STEP_RESENT`` resent chunks (unmapped stretches cost the kernel next to nothing).
+    A chunk sent again (a repair) lies anywhere: the ``AROUND_BYTES`` around it go at once,
+    which costs a few microseconds a chunk and keeps scattered repairs from mapping the file
+    back in piece by piece.
     """
 
     def __init__(self, source: MappedFile, chunk_size: int) -> None:
         self._source = source
         self._chunk_size = chunk_size
-        self._dropped_to = 0  # bytes [0, _dropped_to) were dropped once the first pass left them
-        self._resent_at_drop = 0
+        self._sent_to = 0  # the first pass has sent bytes [0, _sent_to)
+        self._dropped_to = 0  # and dropped [0, _dropped_to)
 
-    def sent(self, first_pass_chunks: int, resent_chunks: int) -> None:
-        """The first pass has covered ``first_pass_chunks`` chunks, and ``resent_chunks``
-        chunks were resent so far: drop what is due."""
-        behind = min(first_pass_chunks * self._chunk_size, self._source.size)
-        if behind - self._dropped_to >= DROP_STEP_BYTES or (
-            behind == self._source.size and behind > self._dropped_to
-        ):
-            self._source.drop(self._dropped_to, behind)
-            self._dropped_to = behind
-        if resent_chunks - self._resent_at_drop >= DROP_STEP_RESENT:
-            self._source.drop(0, self._dropped_to)
-            self._resent_at_drop = resent_chunks
+    def sent(self, first: int, count: int) -> None:
+        """Chunks ``first .. first+count-1`` were just sent from the map."""
+        size = self._source.size
+        start = first * self._chunk_size
+        end = min((first + count) * self._chunk_size, size)
+        if start < self._sent_to:  # sent before: a repair
+            around = start // AROUND_BYTES * AROUND_BYTES
+            self._source.drop(around, -(-end // AROUND_BYTES) * AROUND_BYTES)
+            return
+        self._sent_to = end
+        if end - self._dropped_to >= DROP_STEP_BYTES or end == size:
+            self._source.drop(self._dropped_to, end)
+            self._dropped_to = end
 
 
 def file_digests(
