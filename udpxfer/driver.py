@@ -6,8 +6,6 @@ until its timer. Progress leaves through callbacks; the CLI connects them to tqd
 
 from __future__ import annotations
 
-import hashlib
-import mmap
 import os
 import queue
 import secrets
@@ -31,9 +29,10 @@ from udpxfer.files import (
 from udpxfer.ranges import Bitmap, missing_ranges
 from udpxfer.sender import DataRun, SenderConfig, SenderSession
 from udpxfer.sockets import SockAddr
+from udpxfer.source import MappedFile, SentPages, file_digests
 from udpxfer.transport import MAX_DATAGRAM, UdpTransport
 from udpxfer.units import Address
-from udpxfer.wire import NONCE_BYTES, Mode, block_chunks_for, chunk_count_for
+from udpxfer.wire import NONCE_BYTES, Mode
 
 if TYPE_CHECKING:
     from udpxfer.endpoint import StoreRun
@@ -50,64 +49,6 @@ MAX_BLOCK_REPAIRS = 8  # times a transfer may fetch bad blocks again before it i
 
 
 # -- sending ----------------------------------------------------------------------------
-
-
-class _MappedFile:
-    """A read-only view of a whole file (a memory map; empty files have none)."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            with path.open("rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                self._map = (
-                    mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ) if size else None
-                )
-        except IsADirectoryError:
-            raise UsageError(f"{path} is a directory, not a file") from None
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-        self.data: bytes | memoryview = memoryview(self._map) if self._map is not None else b""
-
-    def close(self) -> None:
-        if isinstance(self.data, memoryview):
-            self.data.release()
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                # Views of it are still referenced (by an error on its way up): the map is
-                # closed when the last of them goes; unmapping now would pull the data away
-                # from under them.
-                self._map = None
-
-
-def file_digests(data: bytes | memoryview, chunk_size: int) -> tuple[bytes, tuple[bytes, ...]]:
-    """SHA-256 of the whole file and of each manifest block, in one pass over the data.
-
-    hashlib releases the GIL on large buffers, so the block hashes run in a worker thread
-    beside the whole-file hash.
-    """
-    size = len(data)
-    count = chunk_count_for(size, chunk_size)
-    block_bytes = block_chunks_for(count, chunk_size) * chunk_size
-    whole = hashlib.sha256()
-    blocks: list[bytes] = []
-    view = memoryview(data)
-
-    def hash_blocks() -> None:
-        blocks.extend(
-            hashlib.sha256(view[start : start + block_bytes]).digest()
-            for start in range(0, size, block_bytes)
-        )
-
-    worker = threading.Thread(target=hash_blocks, name="udpxfer-manifest")
-    if block_bytes:
-        worker.start()
-    whole.update(view)
-    if block_bytes:
-        worker.join()
-    view.release()
-    return whole.digest(), tuple(blocks)
 
 
 def send_file(
@@ -130,11 +71,11 @@ def send_file(
     """
     if not path.is_file() and path.exists():
         raise UsageError(f"{path} is not a regular file")
-    source = _MappedFile(path)
+    source = MappedFile(path)
     try:
         mtime_ns = os.stat(path).st_mtime_ns
         chunk_size = (config or SenderConfig()).chunk_size
-        digest, manifest = file_digests(source.data, chunk_size)
+        digest, manifest = file_digests(source.data, chunk_size, done=source.drop)
         transport = UdpTransport.connect(to)
         try:
             session_id = secrets.randbits(64)
@@ -156,7 +97,7 @@ def send_file(
                 manifest=manifest,
             )
             try:
-                _run_sender(session, transport, clock, on_progress)
+                _run_sender(session, transport, clock, on_progress, SentPages(source, chunk_size))
             finally:
                 session.release()
             outcome = session.outcome
@@ -177,6 +118,7 @@ def _run_sender(
     transport: UdpTransport,
     clock: Clock,
     on_progress: Callable[[SenderSession], None] | None,
+    pages: SentPages,
 ) -> None:
     next_progress = 0.0
     try:
@@ -184,7 +126,7 @@ def _run_sender(
             now = clock()
             batch = session.transmit(now)
             if batch:
-                _send(transport, batch)
+                _send(transport, batch, pages)
                 session.batch_left(clock())
             heard = False
             while (incoming := transport.recv_batch()) is not None:
@@ -220,8 +162,11 @@ def _run_sender(
         on_progress(session)
 
 
-def _send(transport: UdpTransport, items: list[bytes | DataRun]) -> None:
-    """Send a session's output in order: control datagrams as they are, DATA runs gathered."""
+def _send(
+    transport: UdpTransport, items: list[bytes | DataRun], pages: SentPages | None = None
+) -> None:
+    """Send a session's output in order: control datagrams as they are, DATA runs gathered
+    (then their pages may leave our resident set)."""
     plain: list[bytes] = []
     for item in items:
         if isinstance(item, DataRun):
@@ -229,6 +174,8 @@ def _send(transport: UdpTransport, items: list[bytes | DataRun]) -> None:
                 transport.send_many(plain)
                 plain = []
             transport.send_gathered(item.pieces, item.count, item.segment)
+            if pages is not None:
+                pages.sent(item.first, item.count)
         else:
             plain.append(item)
     if plain:

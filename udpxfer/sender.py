@@ -110,6 +110,10 @@ class SenderConfig:
     verdict_wait_s: float = 3.0  # blast mode: how long to wait for the receiver's verdict
     open_loop_after_s: float = 1.0  # blast mode: go on without feedback after this long
     batch: int = 128  # DATA datagrams returned per transmit call at most (whole GSO runs)
+    # Runs of resent chunks per transmit call at most: scattered repairs are a short run each,
+    # and building one touches its part of the file, which the driver lets go between calls
+    # (source.SentPages), so that a call's repairs do not map much of the file at once.
+    repair_runs: int = 16
     min_rto_s: float = 0.05
     max_rto_s: float = 2.0
 
@@ -605,7 +609,8 @@ class SenderSession:
         # Whole GSO runs: every send, and so every receive at the other end, a full one.
         per_run = datagrams_per_run(datagram_bytes)
         left = max(per_run, config.batch // per_run * per_run)
-        while left > 0:
+        runs_left = config.repair_runs if repairing else left
+        while left > 0 and runs_left > 0:
             if not queue:
                 if not repairing:
                     self._next_index = self.chunk_count
@@ -623,6 +628,7 @@ class SenderSession:
             out.append(run)
             pacer.consume(run.total_bytes)
             left -= count
+            runs_left -= 1
             if repairing:
                 self.chunks_resent += count
             else:
@@ -676,7 +682,7 @@ class SenderSession:
         self._tx = tx
         overhead = HEADER_BYTES + seal.trailer_bytes
         last = overhead + min(chunk_size, size - (first + count - 1) * chunk_size)
-        return DataRun(pieces, count, overhead + chunk_size if count > 1 else last, last)
+        return DataRun(pieces, count, overhead + chunk_size if count > 1 else last, last, first)
 
     def _end_pass(self, now: float) -> None:
         if self.sent_all_at is None:
@@ -826,6 +832,7 @@ class DataRun:
     count: int
     segment: int  # bytes of each datagram but the last
     last_bytes: int  # bytes of the last datagram
+    first: int = 0  # chunk index of the first datagram
 
     @property
     def total_bytes(self) -> int:
