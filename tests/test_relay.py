@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from udpxfer import wire
-from udpxfer.cli.app import app  # importing the package registers the commands
+from udpxfer.cli import app  # every command registered
 from udpxfer.impair import LOG_COLUMNS, Direction, DropCause, Impairment, Record, flip_bit
 from udpxfer.relay import RecordLog, Relay, StopReason, kernel_drops
 from udpxfer.transport import UdpTransport

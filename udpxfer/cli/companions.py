@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_INTERRUPTED, guarded, tcp_app, udp_app
+from udpxfer.cli.application import EXIT_INCOMPLETE, EXIT_INTERRUPTED, guarded, tcp_app, udp_app
 from udpxfer.cli.progress import TransferBar, show_progress
 from udpxfer.cli.transfer import (
     DEFAULT_IDLE_TIMEOUT_S,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_INTERRUPTED, app, fail, guarded
+from udpxfer.cli.application import EXIT_INCOMPLETE, EXIT_INTERRUPTED, app, fail, guarded
 from udpxfer.cli.impair_options import (
     CorruptOpt,
     DelayOpt,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from udpxfer.cli.app import app, guarded
+from udpxfer.cli.application import app, guarded
 from udpxfer.keys import (
     KEY_FILE_ENV,
     generate_key,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from udpxfer.cli.app import app, guarded
+from udpxfer.cli.application import app, guarded
 from udpxfer.cli.impair_options import (
     CorruptOpt,
     DelayOpt,

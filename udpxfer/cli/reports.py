@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from udpxfer.cli.app import app, fail, guarded
+from udpxfer.cli.application import app, fail, guarded
 
 
 class FormatChoice(StrEnum):

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from udpxfer.cli.app import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
+from udpxfer.cli.application import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
 from udpxfer.cli.keys import KeyFileOption, NoEncryptOption, load_key
 from udpxfer.cli.progress import show_progress
 from udpxfer.cli.watch import RecvObserver, SendWatch, human, json_line
