@@ -6,6 +6,7 @@ until its timer. Progress leaves through callbacks; the CLI connects them to tqd
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -68,7 +69,10 @@ class _MappedFile:
         if isinstance(self.data, memoryview):
             self.data.release()
         if self._map is not None:
-            self._map.close()
+            # A view of a chunk may outlive us in an exception's traceback (Ctrl-C while the
+            # chunk was being framed): the map is then unmapped once that view is gone.
+            with contextlib.suppress(BufferError):
+                self._map.close()
 
 
 def file_digests(data: bytes | memoryview, chunk_size: int) -> tuple[bytes, tuple[bytes, ...]]:
@@ -147,6 +151,13 @@ def send_file(
             )
             try:
                 _run_sender(session, transport, clock, on_progress)
+            except KeyboardInterrupt:
+                # Caught here, around a call, as well as in the loop: CPython 3.11 can raise
+                # it at a loop's back edge outside the try around the loop (python/cpython
+                # #108214). Telling the receiver twice sends nothing more (abort is idempotent).
+                session.abort("sender interrupted", clock())
+                transport.send_many(session.datagrams_to_send(clock()))
+                raise
             finally:
                 session.release()
             outcome = session.outcome
