@@ -444,3 +444,56 @@ def test_a_receiver_busy_verifying_still_answers_the_sender() -> None:
         sender.receive_datagram(encode(replies[0]), second)
     sender.handle_timer(12.0)  # 11 s after it started, 3 s after the last answer
     assert not sender.finished  # alive: no give-up while the receiver answers
+
+
+def drive(sender: SenderSession, endpoint: ReceiverEndpoint, now: float, until: float) -> float:
+    """Run a sender against an endpoint on a fake clock over a clean instant link (every
+    chunk kept, every hash computed) until the sender finishes or ``until``; return the time."""
+    stored = bytearray(sender.size)
+    while not sender.finished and now < until:
+        sent = sender.datagrams_to_send(now)
+        for datagram in sent:
+            endpoint.receive_datagram(datagram, PEER, now)
+        while (item := endpoint.next_event()) is not None:
+            session, event = item
+            if isinstance(event, ChunkReceived):
+                stored[event.offset : event.offset + len(event.payload)] = event.payload
+            elif isinstance(event, VerifyRequested):
+                session.hash_computed(hashlib.sha256(stored).digest(), now)
+        answers = endpoint.datagrams_to_send(now)
+        for datagram, _peer in answers:
+            sender.receive_datagram(datagram, now)
+        if sent or answers:
+            continue  # what arrived may let more go out at once
+        timers = [t for t in (sender.get_timer(), endpoint.get_timer()) if t is not None]
+        now = max(now, min(timers, default=until))
+        sender.handle_timer(now)  # each runs only what is due
+        endpoint.handle_timer(now)
+    return now
+
+
+def test_a_receiver_restarted_after_the_first_pass_picks_the_transfer_up() -> None:
+    """The receiver dies once the first pass is out and a new one (new secret, nothing of
+    this transfer known) starts on the same address: the sender, waiting for the verdict of
+    its END, hears nothing, re-announces its META, and the transfer completes."""
+    data = payload(CHUNK * 40)
+    sender = SenderSession(
+        data, name="x", sha256=hashlib.sha256(data).digest(), session_id=5, now=1.0,
+        config=RELIABLE,
+    )  # fmt: skip
+    old = ReceiverEndpoint(token_secret=bytes(32))
+    connect(sender, old, 1.0)
+    now = 1.0
+    while sender.state is not SenderState.WAITING:  # the first pass goes into the old one
+        for datagram in sender.datagrams_to_send(now):
+            old.receive_datagram(datagram, PEER, now)
+        for datagram, _peer in old.datagrams_to_send(now):
+            sender.receive_datagram(datagram, now)
+        now += 0.001
+    # The old receiver is gone: its answer to the END never leaves. A new one starts.
+    restarted = ReceiverEndpoint(token_secret=b"\x01" * 32)
+    give_up_at = now + RELIABLE.give_up_s
+    end = drive(sender, restarted, now, give_up_at + 1.0)
+    assert sender.outcome is not None
+    assert sender.outcome.outcome == "complete", sender.outcome.reason
+    assert end < now + 5.0  # picked up within a few retransmission timeouts, not at give-up
