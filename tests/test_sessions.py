@@ -497,3 +497,39 @@ def test_a_receiver_restarted_after_the_first_pass_picks_the_transfer_up() -> No
     assert sender.outcome is not None
     assert sender.outcome.outcome == "complete", sender.outcome.reason
     assert end < now + 5.0  # picked up within a few retransmission timeouts, not at give-up
+
+
+def test_a_flood_of_forgeries_from_one_host_costs_it_a_few_sessions_and_answers() -> None:
+    """Check-valid forgeries with random session ids: a host opens at most its share of
+    sessions that are no transfer yet, and of answered METAs, each second; a real sender
+    on another host meanwhile gets its transfer."""
+    config = ReceiverConfig(pending_opened_per_source_s=16.0, handshakes_per_source_s=100.0)
+    endpoint = ReceiverEndpoint(config)
+    flooder = ("192.0.2.66", 5000)
+    rng = random.Random(0)
+    opened = set()
+    hellos = 0
+    now = 1.0
+    for _ in range(4000):  # two seconds of a 2,000 datagrams/s flood
+        sid = rng.getrandbits(64)
+        forged = (
+            Data(sid, 0, 0, b"x" * CHUNK)
+            if rng.random() < 0.5
+            else Meta(sid, "x", 10, 5, 2, bytes(32), rng.choice([Mode.RELIABLE, Mode.BLAST]))
+        )
+        endpoint.receive_datagram(encode(forged), flooder, now)
+        opened.update(s.session_id for s in endpoint.sessions.values())
+        replies = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send(now)]
+        hellos += sum(isinstance(r, Hello) for r in replies)
+        now += 0.0005
+    assert len(opened) <= 16 + 16 * 2  # the burst, then 16 a second
+    assert hellos <= 100 + 100 * 2
+    data = payload(CHUNK * 20)
+    real = SenderSession(
+        data, name="real", sha256=hashlib.sha256(data).digest(), session_id=7, now=now,
+        config=RELIABLE,
+    )  # fmt: skip
+    connect(real, endpoint, now)  # from PEER, another host
+    assert drive(real, endpoint, now, now + 5.0) < now + 5.0
+    assert real.outcome is not None
+    assert real.outcome.outcome == "complete"

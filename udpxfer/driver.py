@@ -472,6 +472,8 @@ class ReceiverServer:
         return finished is not None and now >= finished + session.config.linger_s + 1.0
 
     def _flush(self) -> None:
+        if not self.endpoint.has_outgoing:
+            return  # the common case under a flood of junk: nothing to answer
         for datagram, peer in self.endpoint.datagrams_to_send(self.clock()):
             self.transport.send(datagram, peer)  # type: ignore[arg-type]
 

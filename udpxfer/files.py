@@ -108,6 +108,8 @@ class PrefixHasher:
 
     def advance(self, final_bytes: int) -> None:
         """The first ``final_bytes`` bytes of the file are written for good."""
+        if final_bytes <= self._target:
+            return  # the target only grows: read without the lock, it is never too far
         with self._cond:
             if final_bytes <= self._target or self._closed:
                 return
