@@ -236,12 +236,6 @@ def test_resumed_transfer_analysis_counts_no_loss(resumed_run: TwoRuns) -> None:
     assert loss["ci95"][1] < 0.01
 
 
-@pytest.mark.xfail(
-    strict=False,  # intermittent: about one run in two under load, so strict would flake
-    reason="core bug: after a kill -9 of the receiver, the restarted receiver (same port, same "
-    "--out) sometimes never starts a transfer and the sender fails after 20 s with 'no answer "
-    "from the receiver ... nothing is listening'",
-)
 def test_receiver_killed_and_restarted_completes_the_running_transfer(
     tmp_path: Path, procs: Procs
 ) -> None:

@@ -510,3 +510,92 @@ def test_resuming_sender_goes_on_when_the_have_is_lost() -> None:
     sender.handle_timer(timer)
     sent = [decode_untrusted(d) for d in sender.datagrams_to_send(timer)]
     assert [p.index for p in sent if isinstance(p, Data)][:1] == [0]
+
+
+def drive(sender: SenderSession, endpoint: ReceiverEndpoint, now: float, until: float) -> float:
+    """Run a sender against an endpoint on a fake clock over a clean instant link (every
+    chunk kept, every hash computed) until the sender finishes or ``until``; return the time."""
+    stored = bytearray(sender.size)
+    while not sender.finished and now < until:
+        sent = sender.datagrams_to_send(now)
+        for datagram in sent:
+            endpoint.receive_datagram(datagram, PEER, now)
+        while (item := endpoint.next_event()) is not None:
+            session, event = item
+            if isinstance(event, ChunkReceived):
+                stored[event.offset : event.offset + len(event.payload)] = event.payload
+            elif isinstance(event, VerifyRequested):
+                session.hash_computed(hashlib.sha256(stored).digest(), now)
+        answers = endpoint.datagrams_to_send(now)
+        for datagram, _peer in answers:
+            sender.receive_datagram(datagram, now)
+        if sent or answers:
+            continue  # what arrived may let more go out at once
+        timers = [t for t in (sender.get_timer(), endpoint.get_timer()) if t is not None]
+        now = max(now, min(timers, default=until))
+        sender.handle_timer(now)  # each runs only what is due
+        endpoint.handle_timer(now)
+    return now
+
+
+def test_a_receiver_restarted_after_the_first_pass_picks_the_transfer_up() -> None:
+    """The receiver dies once the first pass is out and a new one (new secret, nothing of
+    this transfer known) starts on the same address: the sender, waiting for the verdict of
+    its END, hears nothing, re-announces its META, and the transfer completes."""
+    data = payload(CHUNK * 40)
+    sender = SenderSession(
+        data, name="x", sha256=hashlib.sha256(data).digest(), session_id=5, now=1.0,
+        config=RELIABLE,
+    )  # fmt: skip
+    old = ReceiverEndpoint(token_secret=bytes(32))
+    connect(sender, old, 1.0)
+    now = 1.0
+    while sender.state is not SenderState.WAITING:  # the first pass goes into the old one
+        for datagram in sender.datagrams_to_send(now):
+            old.receive_datagram(datagram, PEER, now)
+        for datagram, _peer in old.datagrams_to_send(now):
+            sender.receive_datagram(datagram, now)
+        now += 0.001
+    # The old receiver is gone: its answer to the END never leaves. A new one starts.
+    restarted = ReceiverEndpoint(token_secret=b"\x01" * 32)
+    give_up_at = now + RELIABLE.give_up_s
+    end = drive(sender, restarted, now, give_up_at + 1.0)
+    assert sender.outcome is not None
+    assert sender.outcome.outcome == "complete", sender.outcome.reason
+    assert end < now + 5.0  # picked up within a few retransmission timeouts, not at give-up
+
+
+def test_a_flood_of_forgeries_from_one_host_costs_it_a_few_sessions_and_answers() -> None:
+    """Check-valid forgeries with random session ids: a host opens at most its share of
+    sessions that are no transfer yet, and of answered METAs, each second; a real sender
+    on another host meanwhile gets its transfer."""
+    config = ReceiverConfig(pending_opened_per_source_s=16.0, handshakes_per_source_s=100.0)
+    endpoint = ReceiverEndpoint(config)
+    flooder = ("192.0.2.66", 5000)
+    rng = random.Random(0)
+    opened = set()
+    hellos = 0
+    now = 1.0
+    for _ in range(4000):  # two seconds of a 2,000 datagrams/s flood
+        sid = rng.getrandbits(64)
+        forged = (
+            Data(sid, 0, 0, b"x" * CHUNK)
+            if rng.random() < 0.5
+            else Meta(sid, "x", 10, 5, 2, bytes(32), rng.choice([Mode.RELIABLE, Mode.BLAST]))
+        )
+        endpoint.receive_datagram(encode(forged), flooder, now)
+        opened.update(s.session_id for s in endpoint.sessions.values())
+        replies = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send(now)]
+        hellos += sum(isinstance(r, Hello) for r in replies)
+        now += 0.0005
+    assert len(opened) <= 16 + 16 * 2  # the burst, then 16 a second
+    assert hellos <= 100 + 100 * 2
+    data = payload(CHUNK * 20)
+    real = SenderSession(
+        data, name="real", sha256=hashlib.sha256(data).digest(), session_id=7, now=now,
+        config=RELIABLE,
+    )  # fmt: skip
+    connect(real, endpoint, now)  # from PEER, another host
+    assert drive(real, endpoint, now, now + 5.0) < now + 5.0
+    assert real.outcome is not None
+    assert real.outcome.outcome == "complete"

@@ -9,6 +9,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import LossyRelay, receiver, wait_for
@@ -300,3 +301,63 @@ def test_reports_are_strict_json_whatever_the_figures(tmp_path: Path) -> None:
     assert "NaN" not in text
     assert "Infinity" not in text
     assert json.loads(text) == {"loss": {"rate": None, "ci95": [0.0, None]}}
+
+
+class _Stop(Exception):
+    """Leaves the send loop without passing through its own Ctrl-C handling."""
+
+
+def test_ctrl_c_that_escapes_the_send_loop_still_aborts_the_transfer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPython 3.11 can raise KeyboardInterrupt at a loop's back edge outside the ``try``
+    around the loop (python/cpython#108214): model it by leaving the loop under way with
+    another exception and raising KeyboardInterrupt from outside it."""
+    import udpxfer.driver
+
+    source = make_file(tmp_path, 2_000_000)
+    run_sender = udpxfer.driver._run_sender
+
+    def escaping(session: Any, transport: Any, clock: Any, on_progress: Any, pages: Any) -> None:
+        def progress(current: Any) -> None:
+            if current.first_pass_sent:
+                raise _Stop
+
+        try:
+            run_sender(session, transport, clock, progress, pages)
+        except _Stop:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr(udpxfer.driver, "_run_sender", escaping)
+    with receiver(tmp_path, idle_timeout_s=60) as (server, results):
+        with pytest.raises(KeyboardInterrupt):
+            send_file(source, Address(*server.address), SenderConfig(rate_bps=20_000_000))
+        wait_for(lambda: len(results) == 1, timeout_s=10, what="the receiver to end it")
+    assert results[0].report["outcome"] == "aborted"
+    assert "sender interrupted" in results[0].report["reason"]
+
+
+def test_ctrl_c_while_a_chunk_is_framed_is_an_interrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interrupt's traceback holds a view of the mapped file (the chunk being framed):
+    closing the map must not turn Ctrl-C into a BufferError."""
+    import udpxfer.sender
+
+    source = make_file(tmp_path, 2_000_000)
+    crc32 = udpxfer.sender.crc32
+    calls = 0
+
+    def interrupted(data: Any, value: int = 0) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 40:
+            raise KeyboardInterrupt  # this frame (and the run's pieces) hold views of the file
+        return crc32(data, value)
+
+    monkeypatch.setattr(udpxfer.sender, "crc32", interrupted)
+    with receiver(tmp_path, idle_timeout_s=60) as (server, results):
+        with pytest.raises(KeyboardInterrupt):
+            send_file(source, Address(*server.address), SenderConfig())
+        wait_for(lambda: len(results) == 1, timeout_s=10, what="the receiver to end it")
+    assert results[0].report["outcome"] == "aborted"

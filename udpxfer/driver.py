@@ -98,6 +98,13 @@ def send_file(
             )
             try:
                 _run_sender(session, transport, clock, on_progress, SentPages(source, chunk_size))
+            except KeyboardInterrupt:
+                # Caught here, around a call, as well as in the loop: CPython 3.11 can raise
+                # it at a loop's back edge outside the try around the loop (python/cpython
+                # #108214). Telling the receiver twice sends nothing more (abort is idempotent).
+                session.abort("sender interrupted", clock())
+                _send(transport, session.transmit(clock()))
+                raise
             finally:
                 session.release()
             outcome = session.outcome
@@ -516,6 +523,8 @@ class ReceiverServer:
         return finished is not None and now >= finished + session.config.linger_s + 1.0
 
     def _flush(self) -> None:
+        if not self.endpoint.has_outgoing:
+            return  # the common case under a flood of junk: nothing to answer
         for datagram, peer in self.endpoint.datagrams_to_send(self.clock()):
             self.transport.send(datagram, peer)  # type: ignore[arg-type]
 

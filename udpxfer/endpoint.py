@@ -100,6 +100,35 @@ class _Budget:
         self.validated = False
 
 
+class _PerSourceRate:
+    """A token bucket per source host (``rate`` a second, as many at once), for work a source
+    can ask for without having proven its address; the oldest hosts are forgotten first."""
+
+    __slots__ = ("_buckets", "_rate")
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._buckets: collections.OrderedDict[object, list[float]] = collections.OrderedDict()
+
+    def allow(self, peer: Peer, now: float) -> bool:
+        """Take one token of ``peer``'s host; False (nothing taken) when it has none left."""
+        source = _source(peer)
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = self._buckets[source] = [self._rate, now]  # level, when last updated
+            if len(self._buckets) > MAX_TRACKED_ADDRESSES:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(source)
+        level = min(self._rate, bucket[0] + max(0.0, now - bucket[1]) * self._rate)
+        bucket[1] = now
+        if level < 1.0:
+            bucket[0] = level
+            return False
+        bucket[0] = level - 1.0
+        return True
+
+
 class ReceiverEndpoint:
     """All transfers arriving at one socket."""
 
@@ -145,6 +174,8 @@ class ReceiverEndpoint:
         self._keying = keying
         self._nonces = nonces or (lambda: bytes(NONCE_BYTES))
         self._budgets: collections.OrderedDict[Peer, _Budget] = collections.OrderedDict()
+        self._openings = _PerSourceRate(self.config.pending_opened_per_source_s)
+        self._handshakes = _PerSourceRate(self.config.handshakes_per_source_s)
         self._pn = max(1, min(hello_pn_start, MAX_PN >> 1))
 
     # -- the sans-IO interface -----------------------------------------------------------
@@ -282,11 +313,18 @@ class ReceiverEndpoint:
         pending, self._stateless = self._stateless, []
         for datagram, peer in pending:
             self._admit(datagram, peer, out)
-        for session in self.sessions.values():
-            if session.has_outgoing:
-                for datagram in session.datagrams_to_send(now):
-                    self._admit(datagram, session.peer, out)
+        if self._sink.outgoing:  # else no session has anything: a flood's flushes stay cheap
+            self._sink.outgoing = False
+            for session in self.sessions.values():
+                if session.has_outgoing:
+                    for datagram in session.datagrams_to_send(now):
+                        self._admit(datagram, session.peer, out)
         return out
+
+    @property
+    def has_outgoing(self) -> bool:
+        """True when ``datagrams_to_send`` may have something (a cheap look)."""
+        return bool(self._stateless) or self._sink.outgoing
 
     def get_timer(self) -> float | None:
         """The earliest timer of any session."""
@@ -334,6 +372,10 @@ class ReceiverEndpoint:
     def _on_meta(
         self, header: Header, peer: Peer, session: ReceiverSession | None, now: float, size: int
     ) -> None:
+        new = session is None or session.state is ReceiverState.AWAITING_META
+        if new and not self._handshakes.allow(peer, now):
+            self.rejected += 1  # before the tag, the token's HMAC and the answer
+            return
         meta = self._open_meta(header, peer)
         if meta is None:
             return
@@ -361,7 +403,7 @@ class ReceiverEndpoint:
         if meta.mode is Mode.BLAST or not self.config.require_token:
             # A blast sender may have no reverse path: keep its META on probation.
             if session is None:
-                if not self._make_room_for_unknown(peer):
+                if not self._openings.allow(peer, now) or not self._make_room_for_unknown(peer):
                     self.rejected += 1
                     return
                 session = self._new_session(peer, meta, now)
@@ -535,6 +577,9 @@ class ReceiverEndpoint:
                 self.unauthenticated += 1
             else:
                 self.rejected += 1
+            return
+        if session is None and not self._openings.allow(peer, now):
+            self.rejected += 1  # before any work: the source opened its share this second
             return
         try:
             packet = decode_header_untrusted(header, CRC)

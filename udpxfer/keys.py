@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import ipaddress
 import os
@@ -361,11 +362,17 @@ def address_bytes(peer: tuple[object, ...]) -> bytes:
     """
     if len(peer) not in (2, 4) or not isinstance(peer[0], str) or not isinstance(peer[1], int):
         raise ValueError(f"not an IP socket address: {peer!r}")
-    host, port = peer[0], peer[1]
+    return _packed_ip(peer[0]) + peer[1].to_bytes(2, "big")
+
+
+@functools.lru_cache(maxsize=4096)
+def _packed_ip(host: str) -> bytes:
+    # Cached: parsing an address costs more than the HMAC of a token, and a receiver hears
+    # the same few hosts over and over.
     address = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return address.packed + port.to_bytes(2, "big")
+    return address.packed
 
 
 class TokenMinter:

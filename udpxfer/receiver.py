@@ -99,6 +99,10 @@ class ReceiverConfig:
     max_nack_datagrams: int = 64  # NACK datagrams per round at most
     max_pending_sessions: int = 256  # sessions that are no transfer yet, in total
     max_pending_per_source: int = 8  # and per source address
+    # Work a source may ask for before proving its address, per source host and second (token
+    # buckets holding as many): a flood of check-valid forgeries is turned away before it.
+    pending_opened_per_source_s: float = 16.0  # sessions that are no transfer yet, opened
+    handshakes_per_source_s: float = 1000.0  # METAs of new sessions (tag, token HMAC, answer)
     max_pending_bytes: int = 256 << 10  # bytes kept before metadata, per unknown session
     max_file_bytes: int | None = None  # refuse larger transfers
     max_chunks: int = 1 << 28  # one bit of state per chunk and map: 64 MiB per transfer at most
@@ -285,6 +289,7 @@ class ReceiverSession:
         elif self.state is ReceiverState.PROBATION:
             self._begin(now)
         self._hello_wanted = meta.sent_ns
+        self._events.outgoing = True
 
     def open_unvalidated(self, meta: Meta, now: float) -> bool:
         """A blast META without a token: wait on probation for the sender to follow it up."""
@@ -609,6 +614,7 @@ class ReceiverSession:
         if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.PROBATION:
             if self.validated:
                 self._hello_wanted = meta.sent_ns  # the HELLO may have been lost
+                self._events.outgoing = True
             else:
                 self._send_status(meta.sent_ns, self.last_heard)
         return True
@@ -955,6 +961,7 @@ class ReceiverSession:
             sent += 1
         self._answered_round = (round_no, spent)
         self.nacks_sent += sent
+        self._events.outgoing = True
         self._events.emit(self, NackSent(end.round, self._chunk_count - self.held_count))
 
     def _finish_blast(self, now: float) -> None:
@@ -979,6 +986,7 @@ class ReceiverSession:
     def _send_status(self, echo_ns: int, now: float, queued_s: float = 0.0) -> None:
         # One STATUS per flush is enough: its counters are cumulative; it echoes the newest.
         self._status_wanted = (echo_ns, now - queued_s, now)
+        self._events.outgoing = True
 
     def _send_done(self, echo_ns: int, now: float) -> None:
         if self.verdict is None:
@@ -1025,6 +1033,7 @@ class ReceiverSession:
 
     def _queue(self, packet: Abort | Done) -> None:
         self._outgoing.append(encode(_with_pn(packet, self._next_pn()), self.seal))
+        self._events.outgoing = True
 
     def _next_pn(self) -> int:
         self._pn += 1
@@ -1040,10 +1049,12 @@ def _ns(now: float) -> int:
 
 
 class EventSink:
-    """The endpoint's queue of (session, event) pairs."""
+    """The endpoint's queue of (session, event) pairs, and whether any of its sessions has
+    queued feedback since the endpoint last collected it (so an idle flush looks at none)."""
 
     def __init__(self) -> None:
         self.queue: collections.deque[tuple[ReceiverSession, Event]] = collections.deque()
+        self.outgoing = False
 
     def emit(self, session: ReceiverSession, event: Event) -> None:
         self.queue.append((session, event))

@@ -719,7 +719,11 @@ class SenderSession:
                     self._verdict_deadline = now + self.config.verdict_wait_s
         else:
             if self._end_at is not None and now >= self._end_at:
-                self.rtt.back_off()  # this END is a retransmission
+                # A retransmission: nothing answered the last END. The receiver may have been
+                # restarted, and a new one knows this transfer only by its META (the END alone
+                # it keeps unanswered): announce it again with the END.
+                self.rtt.back_off()
+                self._queue_control(self._meta(1, now))
             self._end_at = now + self.rtt.rto_s
 
     def _on_feedback(self, now: float, echo_ns: int) -> None:
