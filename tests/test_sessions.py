@@ -36,6 +36,18 @@ BLAST = SenderConfig(chunk_size=CHUNK, mode=Mode.BLAST)
 RELIABLE = SenderConfig(chunk_size=CHUNK)
 
 
+def reliable_sender(data: bytes, session_id: int, name: str = "f") -> SenderSession:
+    """A reliable sender of ``data`` started at time 1.0."""
+    return SenderSession(
+        data,
+        name=name,
+        sha256=hashlib.sha256(data).digest(),
+        session_id=session_id,
+        now=1.0,
+        config=RELIABLE,
+    )
+
+
 def payload(n_bytes: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n_bytes)
 
@@ -427,10 +439,7 @@ def test_junk_sessions_cannot_lock_out_a_real_sender() -> None:
 
 def test_a_receiver_busy_verifying_still_answers_the_sender() -> None:
     data = payload(CHUNK * 4)
-    sender = SenderSession(
-        data, name="x", sha256=hashlib.sha256(data).digest(), session_id=5, now=1.0,
-        config=RELIABLE,
-    )  # fmt: skip
+    sender = reliable_sender(data, 5, "x")
     endpoint = ReceiverEndpoint()
     connect(sender, endpoint, 1.0)
     for datagram in sender.datagrams_to_send(1.0):
@@ -464,10 +473,7 @@ def test_sender_says_closed_after_the_verdict_and_the_receiver_stops_lingering()
 def test_closed_before_the_verdict_changes_nothing() -> None:
     """A forged ABORT closed in the middle of a transfer neither ends nor closes it."""
     data = payload(CHUNK * 10)
-    sender = SenderSession(
-        data, name="f", sha256=hashlib.sha256(data).digest(), session_id=5, now=1.0,
-        config=RELIABLE,
-    )  # fmt: skip
+    sender = reliable_sender(data, 5, "f")
     endpoint = ReceiverEndpoint()
     session = connect(sender, endpoint, 1.0)
     forged = encode(Abort(5, AbortCode.CLOSED, "forged", 2, 0, 77))
@@ -479,10 +485,7 @@ def test_closed_before_the_verdict_changes_nothing() -> None:
 def resuming_sender() -> SenderSession:
     """A sender whose receiver accepted it, resuming with 10 chunks held (its HAVE to come)."""
     data = payload(CHUNK * 30)
-    sender = SenderSession(
-        data, name="f", sha256=hashlib.sha256(data).digest(), session_id=9, now=1.0,
-        config=RELIABLE,
-    )  # fmt: skip
+    sender = reliable_sender(data, 9, "f")
     sender.receive_datagram(encode(Hello(9, HelloFlags.RETRY, token=b"t" * 16, pn=1)), 1.0)
     sender.datagrams_to_send(1.0)
     accepted = Hello(9, HelloFlags.ACCEPTED | HelloFlags.RESUMING, held=10, window=64, pn=2)
@@ -543,10 +546,7 @@ def test_a_receiver_restarted_after_the_first_pass_picks_the_transfer_up() -> No
     this transfer known) starts on the same address: the sender, waiting for the verdict of
     its END, hears nothing, re-announces its META, and the transfer completes."""
     data = payload(CHUNK * 40)
-    sender = SenderSession(
-        data, name="x", sha256=hashlib.sha256(data).digest(), session_id=5, now=1.0,
-        config=RELIABLE,
-    )  # fmt: skip
+    sender = reliable_sender(data, 5, "x")
     old = ReceiverEndpoint(token_secret=bytes(32))
     connect(sender, old, 1.0)
     now = 1.0
