@@ -671,7 +671,7 @@ class SenderSession:
                 sent_ns,
             )  # fmt: skip
             start = index * chunk_size
-            payload = view[start : min(start + chunk_size, size)]
+            payload = view[start : start + chunk_size]  # a slice stops at the end by itself
             append(header)
             if keyless:
                 append(payload)
