@@ -513,3 +513,25 @@ def test_write_run_gathers_more_pieces_than_one_system_call_takes(
     partial.close()
     assert (tmp_path / "f.bin.partial").read_bytes() == data + b"t" * 100
     assert max(calls) <= udpxfer.files.MAX_RUN_CHUNKS
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 999, 1000, 1001, 8 * 37 * 3 + 5])
+@pytest.mark.parametrize("block_chunks", [1, 3, 37])
+def test_blocks_held_from_packed_bits_equals_the_byte_per_chunk_way(
+    size: int, block_chunks: int
+) -> None:
+    """The resume sidecar's blocks, worked out a stretch of the packed bitmap at a time."""
+    import numpy as np
+
+    from udpxfer.files import blocks_held, blocks_on_disk
+    from udpxfer.ranges import Bitmap
+
+    rng = random.Random(size * 100 + block_chunks)
+    bitmap = Bitmap(size)
+    for index in range(size):
+        if rng.random() < 0.97:
+            bitmap.set(index)
+    flags = bitmap.flags()
+    for stretch in (8, 64, 1 << 20):
+        assert blocks_held(bitmap, block_chunks, stretch) == blocks_on_disk(flags, block_chunks)
+    assert np.array_equal(flags, bitmap.flags())  # read only

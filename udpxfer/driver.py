@@ -341,7 +341,7 @@ class ReceiverServer:
         for session, partial in self._files.items():
             if partial.identity is not None and session.is_transfer:
                 try:
-                    partial.save_state_soon(session.held.flags())
+                    partial.save_state_soon(session.held)
                 except TransportError as exc:
                     session.close(now, str(exc))
 
@@ -639,7 +639,7 @@ class ReceiverServer:
         if partial is not None:
             try:
                 if not verified and session.is_transfer:
-                    partial.save_state(session.held.flags())
+                    partial.save_state(session.held)
                 file_path = partial.commit() if verified else _closed(partial)
             except TransportError:
                 file_path = partial.path  # the write or rename failed: what is there stays

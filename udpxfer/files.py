@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+    from udpxfer.ranges import Bitmap
+
 from udpxfer.errors import TransportError, UsageError
 
 MAX_NAME_BYTES = 200  # leaves room for a ``-NN`` suffix and ``.partial`` under NAME_MAX (255)
@@ -366,7 +368,7 @@ class PartialFile:
             self._cancel_saves()
             os.close(self._fd)
 
-    def save_state(self, held: np.ndarray) -> None:
+    def save_state(self, held: Bitmap) -> None:
         """Write the resume sidecar for the chunks held (all of them written already).
 
         Raises:
@@ -378,10 +380,10 @@ class PartialFile:
         with self._state_lock:
             self._state_generation += 1  # a background save still syncing records nothing
             write_state(
-                self.path, self.identity, blocks_on_disk(held, self.identity.block_chunks), self._fd
+                self.path, self.identity, blocks_held(held, self.identity.block_chunks), self._fd
             )
 
-    def save_state_soon(self, held: np.ndarray) -> None:
+    def save_state_soon(self, held: Bitmap) -> None:
         """``save_state`` in a worker thread: syncing a file being written at line rate can
         take a good part of a second, which the receive loop must not wait for.
 
@@ -401,7 +403,7 @@ class PartialFile:
         if error is not None:
             raise error
         self.flush()
-        blocks = blocks_on_disk(held, self.identity.block_chunks)
+        blocks = blocks_held(held, self.identity.block_chunks)
         identity, path = self.identity, self.path
         fd = os.dup(self._fd)
         with self._state_lock:
@@ -555,12 +557,38 @@ def blocks_on_disk(held: np.ndarray, block_chunks: int) -> bytes:
 
     if block_chunks <= 0 or held.size == 0:
         return b""
+    return np.packbits(_full_blocks(held, block_chunks), bitorder="little").tobytes()
+
+
+def blocks_held(held: Bitmap, block_chunks: int, stretch_chunks: int = 1 << 20) -> bytes:
+    """``blocks_on_disk`` of a packed chunk bitmap, a stretch of about ``stretch_chunks`` at a
+    time: a byte per chunk only for the stretch, not for a whole (huge) file."""
+    import numpy as np
+
+    size = held.size
+    if block_chunks <= 0 or size == 0:
+        return b""
+    per = block_chunks * 8  # stretches of whole blocks that start on a whole byte
+    step = max(per, stretch_chunks // per * per)
+    bits = np.frombuffer(held.bits, dtype=np.uint8)
+    parts = []
+    for start in range(0, size, step):
+        end = min(size, start + step)
+        stretch = np.unpackbits(bits[start >> 3 : (end + 7) >> 3], bitorder="little")
+        parts.append(_full_blocks(stretch[: end - start], block_chunks))
+    return np.packbits(np.concatenate(parts), bitorder="little").tobytes()
+
+
+def _full_blocks(held: np.ndarray, block_chunks: int) -> np.ndarray:
+    """0/1 per block of ``block_chunks`` chunks: 1 where every chunk is held (the last block
+    may be shorter)."""
+    import numpy as np
+
     blocks = -(-held.size // block_chunks)
-    padded = np.zeros(blocks * block_chunks, dtype=np.uint8)
+    padded = np.ones(blocks * block_chunks, dtype=np.uint8)
     padded[: held.size] = held
-    padded[held.size :] = 1  # the last block is shorter
-    full = padded.reshape(blocks, block_chunks).all(axis=1).astype(np.uint8)
-    return np.packbits(full, bitorder="little").tobytes()
+    full = np.all(padded.reshape(blocks, block_chunks), axis=1)
+    return np.asarray(full, dtype=np.uint8)
 
 
 def chunks_of_blocks(blocks: bytes, chunk_count: int, block_chunks: int) -> np.ndarray:
