@@ -285,6 +285,7 @@ class ReceiverServer:
         # at one segment size, is decoded and written as one batch (one pwritev per run).
         self._arena = memoryview(bytearray(ARENA_RECEIVES * MAX_DATAGRAM))
         self._payload_views = payload_views
+        self._unwritten = False  # chunks gathered from the arena, not yet written
 
     @property
     def address(self) -> tuple[str, int]:
@@ -318,6 +319,7 @@ class ReceiverServer:
     def _store(self, session: ReceiverSession, offset: int, payload: bytes | memoryview) -> None:
         partial = self._files.get(session) or self._open(session, self.clock())
         if partial is not None:
+            self._unwritten = True
             try:
                 partial.write_at(offset, payload)
             except TransportError as exc:
@@ -485,7 +487,9 @@ class ReceiverServer:
             self._store_run(run, buffer, now)
         if self.endpoint.events:
             self._handle_events(now)
-        self._write_gathered()  # the arena is read into again next
+        if self._unwritten:  # junk stores nothing: no pass over the files for it
+            self._unwritten = False
+            self._write_gathered()  # the arena is read into again next
         self._flush()  # feedback leaves at once: its delay is the sender's signal
 
     def _store_run(self, run: StoreRun, buffer: memoryview, now: float) -> None:
@@ -494,6 +498,7 @@ class ReceiverServer:
         partial = self._files.get(session) or self._open(session, now)
         if partial is None:
             return
+        self._unwritten = True
         chunk_size = session.chunk_size
         if run.plain is not None:  # keyed: authenticated (and decrypted) payloads
             payloads = [run.plain[p] for p in positions.tolist()]
