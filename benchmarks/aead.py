@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from udpxfer.keys import KEY_BYTES, Direction, PacketProtection
+from udpxfer.protocol.keys import KEY_BYTES, Direction, PacketProtection
 
 HEADER = bytes(44)
 SIZES = (1400, 8800)

@@ -1,6 +1,6 @@
 """Long fat path: an unpaced ``udpxfer send`` through a delaying, lossy, rate-limited relay.
 
-The relay (``udpxfer.relay.Relay``, on loopback, in this process) impairs both directions
+The relay (``udpxfer.lab.relay.Relay``, on loopback, in this process) impairs both directions
 alike: a one-way delay, random loss and a rate bottleneck with its queue. Sender and receiver
 are the real CLI in their own processes, and the sender gets no ``--rate``: its congestion
 controller has to find the bottleneck. Usage:
@@ -30,8 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from udpxfer.impair import Direction, Impairment
-from udpxfer.relay import Relay
+from udpxfer.lab.impair import Direction, Impairment
+from udpxfer.lab.relay import Relay
 from udpxfer.units import Address, parse_duration, parse_rate, parse_size
 
 LOOPBACK = "127.0.0.1"

@@ -638,7 +638,7 @@ def main() -> None:
     size = parse_size_arg(args.size)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    from udpxfer.wire import HEADER_BYTES
+    from udpxfer.protocol.wire import HEADER_BYTES
 
     all_rows = rows(HEADER_BYTES)
     patterns = [p.strip() for p in args.only.split(",") if p.strip()]

@@ -1,4 +1,4 @@
--- Wireshark dissector for the udpxfer wire format, version 2 (docs/PROTOCOL.md, udpxfer/wire.py).
+-- Wireshark dissector for the udpxfer wire format, version 2 (docs/PROTOCOL.md, udpxfer/protocol/wire.py).
 --
 -- Load it for one run:      wireshark -X lua_script:contrib/udpxfer.lua
 --                           tshark -X lua_script:contrib/udpxfer.lua -r capture.pcap
@@ -20,7 +20,7 @@ local TAG_BYTES = 16
 local MAGIC = "UDPX"
 local VERSION = 2
 
--- Enumerations (udpxfer/wire.py).
+-- Enumerations (udpxfer/protocol/wire.py).
 local TYPE_NAMES = {
     [1] = "META", [2] = "DATA", [3] = "END", [4] = "STATUS", [5] = "NACK",
     [6] = "DONE", [7] = "ABORT", [8] = "HELLO", [9] = "MANIFEST", [10] = "HAVE",

@@ -8,7 +8,7 @@ to ``decode_untrusted``, to a ``ReceiverEndpoint`` and to a ``SenderSession`` an
 exception that escapes where none may.
 
 The mutations know the wire layout from docs/PROTOCOL.md (struct formats written out here, not
-imported from udpxfer.wire), so a forgery is built independently of the encoder it attacks.
+imported from udpxfer.protocol.wire), so a forgery is built independently of the encoder it attacks.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from udpxfer.driver import MAX_BLOCK_REPAIRS
-from udpxfer.endpoint import Keying, ReceiverEndpoint
 from udpxfer.errors import MalformedPacket
-from udpxfer.events import TransferStarted, VerifyRequested
-from udpxfer.files import safe_name
-from udpxfer.keyed import AeadSeal
-from udpxfer.keys import Direction, PacketProtection
-from udpxfer.receiver import Peer, ReceiverConfig, ReceiverSession, ReceiverState
-from udpxfer.sender import SenderConfig, SenderKeying, SenderSession
-from udpxfer.wire import (
+from udpxfer.net.driver import MAX_BLOCK_REPAIRS
+from udpxfer.net.files import safe_name
+from udpxfer.protocol.endpoint import Keying, ReceiverEndpoint
+from udpxfer.protocol.events import TransferStarted, VerifyRequested
+from udpxfer.protocol.keyed import AeadSeal
+from udpxfer.protocol.keys import Direction, PacketProtection
+from udpxfer.protocol.receiver import Peer, ReceiverConfig, ReceiverSession, ReceiverState
+from udpxfer.protocol.sender import SenderConfig, SenderKeying, SenderSession
+from udpxfer.protocol.wire import (
     Abort,
     AbortCode,
     Have,
@@ -58,7 +58,7 @@ PSK = bytes(range(32))  # the pre-shared key of keyed corpus transfers and harne
 SENDER_NONCE = bytes(range(16, 32))
 RECEIVER_NONCE = bytes(range(32, 48))
 
-# The layout of docs/PROTOCOL.md, written out independently of udpxfer.wire.
+# The layout of docs/PROTOCOL.md, written out independently of udpxfer.protocol.wire.
 HEADER = struct.Struct("!4sBBBBQQQQ")
 HEADER_BYTES = HEADER.size
 CRC = struct.Struct("!I")

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from udpxfer.driver import ReceiverServer, TransferResult
-from udpxfer.endpoint import ReceiverEndpoint
-from udpxfer.events import ChunkReceived, TransferEnded, VerifyRequested
-from udpxfer.receiver import ReceiverConfig, ReceiverSession
-from udpxfer.sender import SenderConfig, SenderSession
-from udpxfer.transport import UdpTransport
+from udpxfer.net.driver import ReceiverServer, TransferResult
+from udpxfer.net.transport import UdpTransport
+from udpxfer.protocol.endpoint import ReceiverEndpoint
+from udpxfer.protocol.events import ChunkReceived, TransferEnded, VerifyRequested
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.sender import SenderConfig, SenderSession
+from udpxfer.protocol.wire import Data, PacketType, decode_untrusted
 from udpxfer.units import Address
-from udpxfer.wire import Data, PacketType, decode_untrusted
 
 PEER = ("192.0.2.1", 4000)  # a documentation address used as an opaque key, never contacted
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpxfer import analysis as an
+from udpxfer.analysis import metrics as an
+from udpxfer.analysis.trace import DUPLICATE, RESENT, Trace
 from udpxfer.errors import UsageError
-from udpxfer.trace import DUPLICATE, RESENT, Trace
 
 Bools = npt.NDArray[np.bool_]
 EPOCH_SENDER_NS = 1_700_000_000_000_000_000  # a wall-clock-like sender epoch

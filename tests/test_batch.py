@@ -12,12 +12,13 @@ from helpers import PEER, gro_buffers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpxfer.batch import decode_batch_untrusted, payload_views, row_count
-from udpxfer.endpoint import ReceiverEndpoint
+from udpxfer.analysis import online_report
 from udpxfer.errors import MalformedPacket
-from udpxfer.receiver import EventSink, ReceiverConfig, ReceiverSession, ReceiverState
-from udpxfer.sender import DataRun, SenderConfig, SenderSession
-from udpxfer.wire import (
+from udpxfer.protocol.batch import decode_batch_untrusted, payload_views, row_count
+from udpxfer.protocol.endpoint import ReceiverEndpoint
+from udpxfer.protocol.receiver import EventSink, ReceiverConfig, ReceiverSession, ReceiverState
+from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
+from udpxfer.protocol.wire import (
     CRC_BYTES,
     HEADER_BYTES,
     MAX_PN,
@@ -230,7 +231,7 @@ def exact_sections(session: ReceiverSession) -> dict[str, object]:
     on the two paths, durations come from send-time anchors; test_online bounds them)."""
     assert session.stats is not None
     session.flush_stats()
-    doc = session.stats.sections(tx_sent=50)
+    doc = online_report.sections(session.stats, tx_sent=50)
     for key in ("burst_duration_ms", "gap_duration_ms"):  # from send-time anchors: approximate
         del doc["loss"]["rfc3611"][key]
     return {key: doc[key] for key in ("loss", "reorder", "duplicates", "analysis")} | {
@@ -345,7 +346,7 @@ def test_flags_outside_data_take_the_row_path() -> None:
     datagram = bytearray(encode_data(SESSION, 0, 0, b"k" * CHUNK))
     datagram[6] |= int(Flags.KEYED)
     body = bytes(datagram[:-CRC_BYTES])
-    from udpxfer.checksum import crc32
+    from udpxfer.protocol.checksum import crc32
 
     datagram[-CRC_BYTES:] = crc32(body).to_bytes(4, "big")
     batch = decode_batch_untrusted(datagram, len(datagram), 0)
@@ -371,8 +372,8 @@ def test_payload_views_are_the_payloads_of_the_chosen_rows() -> None:
 def test_keyed_batch_opens_what_the_row_path_opens(encrypt: bool) -> None:
     """Keyed DATA decoded as a batch and opened by the seal: the same payloads as the row
     decoder; tampered rows fail both ways; a keyless datagram never takes the keyed path."""
-    from udpxfer.keyed import AeadSeal
-    from udpxfer.keys import Direction, PacketProtection
+    from udpxfer.protocol.keyed import AeadSeal
+    from udpxfer.protocol.keys import Direction, PacketProtection
 
     protection = PacketProtection.session(b"k" * 32, SESSION, b"s" * 16, b"r" * 16)
     sealing = AeadSeal(protection, Direction.TO_RECEIVER, encrypt=encrypt)

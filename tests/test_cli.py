@@ -16,7 +16,7 @@ import pytest
 from cli_helpers import UDPXFER, recv_process, run
 from helpers import LossyRelay
 
-from udpxfer.wire import Data, PacketType, decode_untrusted
+from udpxfer.protocol.wire import Data, PacketType, decode_untrusted
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:

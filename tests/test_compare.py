@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 from udpxfer.cli import app
 from udpxfer.companions.tcp_info import decode_tcp_info
 from udpxfer.errors import UsageError
-from udpxfer.impair import Direction, GilbertElliott, Impairment
 from udpxfer.lab import (
     compare_report,
     netns,
 )
 from udpxfer.lab.compare import CompareConfig
+from udpxfer.lab.impair import Direction, GilbertElliott, Impairment
 from udpxfer.lab.netns import (
     Backend,
     describe_lab,

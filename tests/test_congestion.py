@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from udpxfer.congestion import BbrController, Phase
-from udpxfer.pacing import Pacer
+from udpxfer.protocol.congestion import BbrController, Phase
+from udpxfer.protocol.pacing import Pacer
 
 DATAGRAM = 1444  # bytes: a 1400-byte chunk and udpxfer's header
 MBIT = 1_000_000

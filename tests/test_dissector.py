@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import LossyRelay, receiver, wait_for
 
-import udpxfer.keys
-from udpxfer.driver import send_file
-from udpxfer.sender import SenderConfig
-from udpxfer.units import Address
-from udpxfer.wire import (
+import udpxfer.protocol.keys
+from udpxfer.net.driver import send_file
+from udpxfer.protocol.sender import SenderConfig
+from udpxfer.protocol.wire import (
     Abort,
     AbortCode,
     Data,
@@ -39,6 +38,7 @@ from udpxfer.wire import (
     encode,
     encode_data,
 )
+from udpxfer.units import Address
 
 TSHARK = shutil.which("tshark")
 DISSECTOR = Path(__file__).resolve().parent.parent / "contrib" / "udpxfer.lua"
@@ -188,8 +188,8 @@ def test_every_packet_type_and_field_decodes(tmp_path: Path) -> None:
         "udpxfer.meta.name", "udpxfer.sha256", "udpxfer.nonce", "udpxfer.token",
         "udpxfer.chunks_sent", "udpxfer.end.tx_sent", "udpxfer.echo_ns",
         "udpxfer.status.highest_tx", "udpxfer.held", "udpxfer.window",
-        "udpxfer.status.received", "udpxfer.status.queued_ns", "udpxfer.ranges.kind",
-        "udpxfer.ranges.count", "udpxfer.range.first", "udpxfer.range.last",
+        "udpxfer.status.received", "udpxfer.status.queued_ns", "udpxfer.protocol.ranges.kind",
+        "udpxfer.protocol.ranges.count", "udpxfer.range.first", "udpxfer.range.last",
         "udpxfer.done.verdict", "udpxfer.abort.code", "udpxfer.abort.reason",
         "udpxfer.hello.flags", "udpxfer.hello.flags.retry", "udpxfer.hello.flags.accepted",
         "udpxfer.hello.flags.resuming", "udpxfer.manifest.block", "udpxfer.manifest.hash",
@@ -307,7 +307,7 @@ class Recorder:
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["keyless", "keyed"])
 def test_capture_of_a_transfer_decodes(tmp_path: Path, keyed: bool) -> None:
-    key = udpxfer.keys.generate_key() if keyed else None
+    key = udpxfer.protocol.keys.generate_key() if keyed else None
     chunk = 1000
     count = 40
     source = tmp_path / "sample.bin"

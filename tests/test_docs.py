@@ -11,7 +11,7 @@ import typer.main
 from schemas import load
 
 from udpxfer.cli import app
-from udpxfer.reading import REQUIRED
+from udpxfer.reports.reading import REQUIRED
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import udpxfer.files
+import udpxfer.net.files
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.files import (
+from udpxfer.net.files import (
     MAX_NAME_BYTES,
     MAX_RUN_CHUNKS,
     PARTIAL_SUFFIX,
@@ -221,7 +221,7 @@ def test_partial_file_creation_is_exclusive(
         (tmp_path / "f.bin.partial").symlink_to(victim)
     else:
         (tmp_path / "f.bin.partial").symlink_to(victim)
-    monkeypatch.setattr(udpxfer.files, "unique_path", lambda d, n, also_free=(): d / n)
+    monkeypatch.setattr(udpxfer.net.files, "unique_path", lambda d, n, also_free=(): d / n)
     with pytest.raises(TransportError, match=r"cannot create .*f\.bin\.partial"):
         PartialFile(tmp_path, "f.bin", 100)
     if planted == "file":
@@ -346,7 +346,7 @@ def test_partial_file_writes_memoryviews_and_flushes_before_hashing(tmp_path: Pa
 
 
 def test_partial_file_hashes_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(udpxfer.files, "HASH_BLOCK_BYTES", 1000)
+    monkeypatch.setattr(udpxfer.net.files, "HASH_BLOCK_BYTES", 1000)
     content = random.Random(2).randbytes(4567)
     partial = PartialFile(tmp_path, "f.bin", len(content))
     fill(partial, chunks_of(content, 500), bytearray(len(content)))
@@ -459,7 +459,7 @@ def test_ensure_writable_dir_not_writable(tmp_path: Path, monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 4567])
 def test_sha256_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
-    monkeypatch.setattr(udpxfer.files, "HASH_BLOCK_BYTES", 1000)
+    monkeypatch.setattr(udpxfer.net.files, "HASH_BLOCK_BYTES", 1000)
     content = random.Random(size).randbytes(size)
     assert sha256_file(touch(tmp_path / "f", content)) == hashlib.sha256(content).digest()
 
@@ -505,14 +505,14 @@ def test_write_run_gathers_more_pieces_than_one_system_call_takes(
         calls.append(len(buffers))
         return real(fd, buffers, offset) if len(calls) % 2 else real(fd, buffers[:1], offset)
 
-    monkeypatch.setattr(udpxfer.files.os, "pwritev", short_pwritev)
+    monkeypatch.setattr(udpxfer.net.files.os, "pwritev", short_pwritev)
     partial = PartialFile(tmp_path, "f.bin", len(data) + 100)
     partial.write_run(0, pieces[:700], 7000)
     partial.write_run(7000, pieces[700:], len(data) - 7000)
     partial.write_run(len(data), [b"t" * 100], 100)
     partial.close()
     assert (tmp_path / "f.bin.partial").read_bytes() == data + b"t" * 100
-    assert max(calls) <= udpxfer.files.MAX_RUN_CHUNKS
+    assert max(calls) <= udpxfer.net.files.MAX_RUN_CHUNKS
 
 
 @pytest.mark.parametrize("size", [1, 7, 8, 999, 1000, 1001, 8 * 37 * 3 + 5])
@@ -523,8 +523,8 @@ def test_blocks_held_from_packed_bits_equals_the_byte_per_chunk_way(
     """The resume sidecar's blocks, worked out a stretch of the packed bitmap at a time."""
     import numpy as np
 
-    from udpxfer.files import blocks_held, blocks_on_disk
-    from udpxfer.ranges import Bitmap
+    from udpxfer.net.files import blocks_held, blocks_on_disk
+    from udpxfer.protocol.ranges import Bitmap
 
     rng = random.Random(size * 100 + block_chunks)
     bitmap = Bitmap(size)

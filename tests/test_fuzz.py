@@ -33,12 +33,11 @@ from fuzzing import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpxfer.endpoint import AMPLIFICATION_FACTOR, ReceiverEndpoint
 from udpxfer.errors import MalformedPacket
-from udpxfer.receiver import MAX_STAMP_SPREAD_NS, Peer, ReceiverConfig, ReceiverSession
-from udpxfer.report import udp_report
-from udpxfer.sender import SenderConfig, SenderSession, SenderState
-from udpxfer.wire import (
+from udpxfer.protocol.endpoint import AMPLIFICATION_FACTOR, ReceiverEndpoint
+from udpxfer.protocol.receiver import MAX_STAMP_SPREAD_NS, Peer, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
+from udpxfer.protocol.wire import (
     DEFAULT_CHUNK_BYTES,
     MAX_PN,
     MAX_RANGES,
@@ -60,6 +59,7 @@ from udpxfer.wire import (
     encode_data,
     parse_header_untrusted,
 )
+from udpxfer.reports.report import udp_report
 
 FUZZ_CASES = [(1, False), (2, False), (3, False), (4, True)]  # (seed, keyed)
 FUZZ_INPUTS_PER_SEED = 25_000  # 100,000 in all

@@ -15,11 +15,10 @@ from pathlib import Path
 
 from helpers import LossyRelay, receiver, wait_for
 
-from udpxfer.driver import TransferResult, send_file
-from udpxfer.keys import generate_key
-from udpxfer.sender import SenderConfig
-from udpxfer.units import Address
-from udpxfer.wire import (
+from udpxfer.net.driver import TransferResult, send_file
+from udpxfer.protocol.keys import generate_key
+from udpxfer.protocol.sender import SenderConfig
+from udpxfer.protocol.wire import (
     HEADER,
     MAGIC,
     VERSION,
@@ -38,6 +37,7 @@ from udpxfer.wire import (
     encode_data,
     parse_header_untrusted,
 )
+from udpxfer.units import Address
 
 CHUNK = 1000
 U64 = (1 << 64) - 1
@@ -267,8 +267,8 @@ def _serve_once(tmp_path: Path, *, report_path: Path, trace_path: Path) -> Trans
     """One transfer of 20 chunks into a ``ReceiverServer`` with these report and trace paths."""
     import threading
 
-    from udpxfer.driver import ReceiverServer
-    from udpxfer.receiver import ReceiverConfig
+    from udpxfer.net.driver import ReceiverServer
+    from udpxfer.protocol.receiver import ReceiverConfig
 
     source = make_file(tmp_path, CHUNK * 20)
     server = ReceiverServer(
@@ -307,7 +307,7 @@ def test_a_trace_at_a_fifo_is_written_into_it_and_the_fifo_stays(tmp_path: Path)
     import os
     import threading
 
-    from udpxfer.trace import Trace
+    from udpxfer.analysis.trace import Trace
 
     fifo = tmp_path / "t.npz"
     os.mkfifo(fifo)

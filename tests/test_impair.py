@@ -10,10 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpxfer import wire
 from udpxfer.cli.impair_options import parse_gilbert, parse_queue_limit
 from udpxfer.errors import MalformedPacket, UsageError
-from udpxfer.impair import (
+from udpxfer.lab.impair import (
     LOG_COLUMNS,
     Direction,
     DropCause,
@@ -25,6 +24,7 @@ from udpxfer.impair import (
     direction_rng,
     split_by_direction,
 )
+from udpxfer.protocol import wire
 from udpxfer.units import parse_duration, parse_probability
 
 Released = list[tuple[float, bytes]]  # (release time, datagram)

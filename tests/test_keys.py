@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpxfer.errors import AuthenticationFailed, MalformedPacket, UsageError
-from udpxfer.keys import (
+from udpxfer.protocol.keys import (
     KEY_BYTES,
     KEY_FILE_PREFIX,
     NONCE_BYTES,

@@ -32,8 +32,8 @@ import pytest
 from helpers import receiver, wait_for
 from PIL import Image, ImageColor
 
-from udpxfer.driver import TransferResult, send_file
-from udpxfer.impair import (
+from udpxfer.analysis.trace import Trace
+from udpxfer.lab.impair import (
     Direction,
     DirectionStats,
     GilbertElliott,
@@ -41,11 +41,11 @@ from udpxfer.impair import (
     ImpairmentPolicy,
     Record,
 )
-from udpxfer.relay import Relay
-from udpxfer.sender import SenderConfig, SenderSession
-from udpxfer.trace import Trace
+from udpxfer.lab.relay import Relay
+from udpxfer.net.driver import TransferResult, send_file
+from udpxfer.protocol.sender import SenderConfig, SenderSession
+from udpxfer.protocol.wire import Mode
 from udpxfer.units import Address
-from udpxfer.wire import Mode
 
 LOOPBACK = "127.0.0.1"
 CHUNK = 1400
@@ -671,7 +671,7 @@ def test_demo_runs_end_to_end(demo: Demo) -> None:
 def test_demo_html_in_headless_chromium(demo: Demo, tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium")
-    from udpxfer import plots  # matplotlib, loaded only here
+    from udpxfer.reports import plots  # matplotlib, loaded only here
 
     assert demo.result.returncode == 0, demo.result.stderr
     page = demo.out / "demo-blast.html"

@@ -15,23 +15,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_analysis import small_reliable_trace, synthetic_trace
 
-from udpxfer import analysis as an
-from udpxfer.batch import DataBatch
-from udpxfer.online_report import replay
-from udpxfer.reading import load_report
-from udpxfer.receiver import EventSink, ReceiverConfig, ReceiverSession
-from udpxfer.report import udp_report
-from udpxfer.sketch import RELATIVE_ACCURACY, LogHistogram
-from udpxfer.trace import Trace
-from udpxfer.tracefile import COLUMNS, RECORD, TraceReader
-from udpxfer.wire import Meta, Mode
+from udpxfer.analysis import metrics as an
+from udpxfer.analysis import online_report
+from udpxfer.analysis.online_report import replay
+from udpxfer.analysis.trace import Trace
+from udpxfer.analysis.tracefile import COLUMNS, RECORD, TraceReader
+from udpxfer.protocol.batch import DataBatch
+from udpxfer.protocol.receiver import EventSink, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.sketch import RELATIVE_ACCURACY, LogHistogram
+from udpxfer.protocol.wire import Meta, Mode
+from udpxfer.reports.reading import load_report
+from udpxfer.reports.report import udp_report
 
 # Keys whose online value equals the batch one exactly; the rest is checked against bounds.
 EXACT_LOSS = ("ci95", "ci_method", "datagram_rate", "bursts", "gaps", "gilbert")
 
 
 def online_sections(trace: Trace, rows: int) -> dict[str, Any]:
-    return replay(trace, rows).sections(
+    return online_report.sections(
+        replay(trace, rows),
         held_before=trace.held_before.tobytes(),
         chunks_sent=trace.chunks_sent,
         tx_sent=trace.tx_sent,
@@ -279,7 +281,7 @@ def test_a_report_of_ten_million_chunks_renders_in_seconds(tmp_path: Path) -> No
     the summary names a few ranges, and the page stays small."""
     from test_render import make_report
 
-    from udpxfer.render import render_html
+    from udpxfer.reports.render import render_html
 
     doc = make_report(synthetic_trace(np.random.default_rng(1).random(20_000) < 0.01))
     n = 10**7

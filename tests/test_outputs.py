@@ -1,4 +1,4 @@
-"""The one policy for report and trace paths (udpxfer.output), without a network."""
+"""The one policy for report and trace paths (udpxfer.reports.output), without a network."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.output import STDOUT, check_target, is_stream, write_report, write_target
+from udpxfer.reports.output import STDOUT, check_target, is_stream, write_report, write_target
 
 DOC = {"schema": "test", "value": 1}
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from udpxfer.pacing import Pacer, RttEstimator
+from udpxfer.protocol.pacing import Pacer, RttEstimator
 
 
 def run_pacer(pacer: Pacer, size: int, start: float, end: float) -> list[float]:

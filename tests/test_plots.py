@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from test_analysis import gilbert_elliott_losses, synthetic_trace
 
-from udpxfer import analysis as an
-from udpxfer import plots
+from udpxfer.analysis import metrics as an
+from udpxfer.reports import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

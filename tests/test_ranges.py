@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpxfer.ranges import as_lists, batched, count_in, iter_indexes, missing_ranges
+from udpxfer.protocol.ranges import as_lists, batched, count_in, iter_indexes, missing_ranges
 
 
 def reference_missing(held: bytes) -> list[tuple[int, int]]:

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from udpxfer import wire
 from udpxfer.cli import app  # every command registered
-from udpxfer.impair import LOG_COLUMNS, Direction, DropCause, Impairment, Record, flip_bit
-from udpxfer.relay import RecordLog, Relay, StopReason, kernel_drops
-from udpxfer.transport import UdpTransport
+from udpxfer.lab.impair import LOG_COLUMNS, Direction, DropCause, Impairment, Record, flip_bit
+from udpxfer.lab.relay import RecordLog, Relay, StopReason, kernel_drops
+from udpxfer.net.transport import UdpTransport
+from udpxfer.protocol import wire
 from udpxfer.units import Address
 
 pytestmark = pytest.mark.timeout(30)

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from test_analysis import gilbert_elliott_losses, synthetic_trace
 
-from udpxfer import analysis as an
+from udpxfer.analysis import metrics as an
+from udpxfer.analysis.trace import RESENT, Trace
 from udpxfer.errors import UsageError
-from udpxfer.render import (
+from udpxfer.reports.render import (
     comparison_labels,
     key_figures,
     render_comparison,
@@ -24,8 +25,7 @@ from udpxfer.render import (
     render_markdown,
     report_stem,
 )
-from udpxfer.report import ChunkSection, FileSection, TransferReport
-from udpxfer.trace import RESENT, Trace
+from udpxfer.reports.report import ChunkSection, FileSection, TransferReport
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -262,7 +262,8 @@ def test_missing_image_is_a_usage_error(
 
 def test_importing_the_package_does_not_load_matplotlib() -> None:
     code = (
-        "import sys, udpxfer, udpxfer.render, udpxfer.analysis, udpxfer.trace, udpxfer.report;"
+        "import sys, udpxfer, udpxfer.reports.render, udpxfer.analysis.metrics,"
+        " udpxfer.analysis.trace, udpxfer.reports.report;"
         "sys.exit('matplotlib' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0

@@ -21,8 +21,8 @@ from test_render import make_report
 
 from udpxfer.companions.udp_echo import run_udp_echo_server
 from udpxfer.errors import UsageError
-from udpxfer.impair import GilbertElliott
-from udpxfer.report import summary_lines
+from udpxfer.lab.impair import GilbertElliott
+from udpxfer.reports.report import summary_lines
 
 
 def one_line_error(result: Ran) -> str:

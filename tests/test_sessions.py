@@ -9,11 +9,11 @@ from dataclasses import replace
 import pytest
 from helpers import PEER, Link, connect, drop_first_copies, drop_types, run_pair
 
-from udpxfer.endpoint import ReceiverEndpoint
-from udpxfer.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
-from udpxfer.receiver import ReceiverConfig, ReceiverState
-from udpxfer.sender import SenderConfig, SenderSession, SenderState
-from udpxfer.wire import (
+from udpxfer.protocol.endpoint import ReceiverEndpoint
+from udpxfer.protocol.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverState
+from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
+from udpxfer.protocol.wire import (
     Abort,
     AbortCode,
     Data,

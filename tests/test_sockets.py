@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from udpxfer.errors import UsageError
-from udpxfer.sockets import ALL_INTERFACES, bind_socket, format_sockaddr
+from udpxfer.net.sockets import ALL_INTERFACES, bind_socket, format_sockaddr
 from udpxfer.units import Address
 
 

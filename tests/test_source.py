@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from helpers import receiver, wait_for
 
-import udpxfer.source as source_module
-from udpxfer.sender import DataRun, SenderConfig, SenderSession
-from udpxfer.source import (
+import udpxfer.net.source as source_module
+from udpxfer.net.source import (
     AROUND_BYTES,
     DROP_STEP_BYTES,
     MappedFile,
     SentPages,
     file_digests,
 )
-from udpxfer.wire import Mode, block_chunks_for, chunk_count_for
+from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
+from udpxfer.protocol.wire import Mode, block_chunks_for, chunk_count_for
 
 PAGE = mmap.PAGESIZE
 MIB = 1 << 20
@@ -114,7 +114,7 @@ SENDER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from udpxfer.driver import send_file
+    from udpxfer.net.driver import send_file
     from udpxfer.units import Address
 
     session = send_file(Path(sys.argv[1]), Address("127.0.0.1", int(sys.argv[2])))

@@ -19,11 +19,11 @@ pytestmark = pytest.mark.timeout(60)
 # Top-level packages and udpxfer modules a sender must not load.
 HEAVY = {"numpy", "matplotlib", "PIL"}
 RECEIVING_SIDE = {
-    "udpxfer.analysis",
-    "udpxfer.plots",
-    "udpxfer.render",
-    "udpxfer.report",
-    "udpxfer.trace",
+    "udpxfer.analysis.metrics",
+    "udpxfer.reports.plots",
+    "udpxfer.reports.render",
+    "udpxfer.reports.report",
+    "udpxfer.analysis.trace",
 }
 
 
@@ -47,8 +47,10 @@ def run_udpxfer(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str]
 
 
 def assert_sender_only(modules: set[str]) -> None:
-    assert "udpxfer.sender" in modules  # the listing is real: the send path itself is there
-    assert "udpxfer.transport" in modules
+    assert (
+        "udpxfer.protocol.sender" in modules
+    )  # the listing is real: the send path itself is there
+    assert "udpxfer.net.transport" in modules
     assert {name.split(".")[0] for name in modules} & HEAVY == set()
     assert modules & RECEIVING_SIDE == set()
 

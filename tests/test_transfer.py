@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from helpers import LossyRelay, receiver, wait_for
 
-from udpxfer.driver import send_file
-from udpxfer.sender import SenderConfig
+from udpxfer.net.driver import send_file
+from udpxfer.protocol.sender import SenderConfig
+from udpxfer.protocol.wire import Data, Meta, Mode, PacketType, decode_untrusted, encode
 from udpxfer.units import Address
-from udpxfer.wire import Data, Meta, Mode, PacketType, decode_untrusted, encode
 
 CHUNK = 1400
 REPORT_KEYS = {
@@ -292,7 +292,7 @@ def test_a_full_disk_refuses_the_transfer_instead_of_crashing(tmp_path: Path) ->
 
 
 def test_reports_are_strict_json_whatever_the_figures(tmp_path: Path) -> None:
-    from udpxfer.output import write_report
+    from udpxfer.reports.output import write_report
 
     path = write_report(
         {"loss": {"rate": float("nan"), "ci95": [0.0, float("inf")]}}, tmp_path / "r.json"
@@ -313,10 +313,10 @@ def test_ctrl_c_that_escapes_the_send_loop_still_aborts_the_transfer(
     """CPython 3.11 can raise KeyboardInterrupt at a loop's back edge outside the ``try``
     around the loop (python/cpython#108214): model it by leaving the loop under way with
     another exception and raising KeyboardInterrupt from outside it."""
-    import udpxfer.driver
+    import udpxfer.net.driver
 
     source = make_file(tmp_path, 2_000_000)
-    run_sender = udpxfer.driver._run_sender
+    run_sender = udpxfer.net.driver._run_sender
 
     def escaping(session: Any, transport: Any, clock: Any, on_progress: Any, pages: Any) -> None:
         def progress(current: Any) -> None:
@@ -328,7 +328,7 @@ def test_ctrl_c_that_escapes_the_send_loop_still_aborts_the_transfer(
         except _Stop:
             raise KeyboardInterrupt from None
 
-    monkeypatch.setattr(udpxfer.driver, "_run_sender", escaping)
+    monkeypatch.setattr(udpxfer.net.driver, "_run_sender", escaping)
     with receiver(tmp_path, idle_timeout_s=60) as (server, results):
         with pytest.raises(KeyboardInterrupt):
             send_file(source, Address(*server.address), SenderConfig(rate_bps=20_000_000))
@@ -342,10 +342,10 @@ def test_ctrl_c_while_a_chunk_is_framed_is_an_interrupt(
 ) -> None:
     """The interrupt's traceback holds a view of the mapped file (the chunk being framed):
     closing the map must not turn Ctrl-C into a BufferError."""
-    import udpxfer.sender
+    import udpxfer.protocol.sender
 
     source = make_file(tmp_path, 2_000_000)
-    crc32 = udpxfer.sender.crc32
+    crc32 = udpxfer.protocol.sender.crc32
     calls = 0
 
     def interrupted(data: Any, value: int = 0) -> int:
@@ -355,7 +355,7 @@ def test_ctrl_c_while_a_chunk_is_framed_is_an_interrupt(
             raise KeyboardInterrupt  # this frame (and the run's pieces) hold views of the file
         return crc32(data, value)
 
-    monkeypatch.setattr(udpxfer.sender, "crc32", interrupted)
+    monkeypatch.setattr(udpxfer.protocol.sender, "crc32", interrupted)
     with receiver(tmp_path, idle_timeout_s=60) as (server, results):
         with pytest.raises(KeyboardInterrupt):
             send_file(source, Address(*server.address), SenderConfig())

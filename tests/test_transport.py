@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from udpxfer.errors import UsageError
-from udpxfer.sockets import SockAddr
-from udpxfer.transport import (
+from udpxfer.net.sockets import SockAddr
+from udpxfer.net.transport import (
     _SO_TIMESTAMPNS,
     GSO_MAX_BYTES,
     GSO_MAX_SEGMENTS,

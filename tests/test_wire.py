@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpxfer.errors import AuthenticationFailed, MalformedPacket
-from udpxfer.keyed import AeadSeal, session_seals
-from udpxfer.keys import Direction, PacketProtection
-from udpxfer.wire import (
+from udpxfer.protocol.keyed import AeadSeal, session_seals
+from udpxfer.protocol.keys import Direction, PacketProtection
+from udpxfer.protocol.wire import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_KEYED_CHUNK_BYTES,
     HEADER_BYTES,

@@ -25,9 +25,9 @@ from udpxfer.cli.transfer import (
 from udpxfer.cli.watch import json_line
 from udpxfer.companions import defaults
 from udpxfer.errors import TransferError, UsageError
-from udpxfer.output import check_target, is_stdout, write_report
-from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
-from udpxfer.stream import DEFAULT_INTERVAL_S, ByteStream
+from udpxfer.net.sockets import ALL_INTERFACES, LOOPBACK
+from udpxfer.reports.output import check_target, is_stdout, write_report
+from udpxfer.reports.stream import DEFAULT_INTERVAL_S, ByteStream
 from udpxfer.units import (
     Address,
     format_rate,

@@ -35,9 +35,8 @@ from udpxfer.cli.impair_options import (
     build_impairment,
 )
 from udpxfer.errors import UsageError
-from udpxfer.files import ensure_writable_dir
-from udpxfer.impair import Direction, Impairment, JitterDistribution
 from udpxfer.lab.compare import CompareConfig, Comparison, Progress
+from udpxfer.lab.impair import Direction, Impairment, JitterDistribution
 from udpxfer.lab.live import (
     STATE_DIR,
     Interrupted,
@@ -57,6 +56,7 @@ from udpxfer.lab.netns import (
     remove_leftovers,
 )
 from udpxfer.lab.plan import parse_sweep, parse_transports, sweep_points
+from udpxfer.net.files import ensure_writable_dir
 from udpxfer.units import parse_rate
 
 lab_app = typer.Typer(

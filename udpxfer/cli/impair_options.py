@@ -13,7 +13,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from udpxfer.errors import UsageError
-from udpxfer.impair import (
+from udpxfer.lab.impair import (
     DEFAULT_QUEUE_LIMIT,
     Direction,
     GilbertElliott,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from udpxfer.cli.application import app, guarded
-from udpxfer.keys import (
+from udpxfer.protocol.keys import (
     KEY_FILE_ENV,
     generate_key,
     key_file_warning,

@@ -34,8 +34,8 @@ from udpxfer.cli.impair_options import (
     build_impairment,
     parsed,
 )
-from udpxfer.impair import Direction, JitterDistribution
-from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
+from udpxfer.lab.impair import Direction, JitterDistribution
+from udpxfer.net.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import (
     Address,
     parse_address,
@@ -43,7 +43,7 @@ from udpxfer.units import (
 )
 
 if TYPE_CHECKING:
-    from udpxfer.relay import RecordLog, Relay
+    from udpxfer.lab.relay import RecordLog, Relay
 
 T = TypeVar("T")
 
@@ -193,7 +193,7 @@ def impair(
         target = parsed("--to", lambda text: parse_peer_address(text, default_host=LOOPBACK), to)
         if seed is None:
             seed = secrets.randbits(32)
-        from udpxfer.relay import RecordLog, Relay
+        from udpxfer.lab.relay import RecordLog, Relay
 
         record_log = RecordLog(log) if log is not None else None
         try:

@@ -56,8 +56,8 @@ def report(
 
     Example: udpxfer report reports/demo-blast.json --format html
     """
-    from udpxfer.reading import load_report
-    from udpxfer.render import render_comparison, render_html, render_markdown
+    from udpxfer.reports.reading import load_report
+    from udpxfer.reports.render import render_comparison, render_html, render_markdown
 
     with guarded():
         loaded = [load_report(path) for path in paths]
@@ -99,7 +99,7 @@ def demo(
     Written to --out: demo-blast.*, demo-reliable.* (report, trace,
     Markdown, HTML) and demo-comparison.html. No network needed.
     """
-    from udpxfer.demo import find_sample, run_demo
+    from udpxfer.lab.demo import find_sample, run_demo
 
     with guarded():
         sample = file if file is not None else find_sample(out)

@@ -19,13 +19,19 @@ from udpxfer.cli.application import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
 from udpxfer.cli.keys import KeyFileOption, NoEncryptOption, load_key
 from udpxfer.cli.progress import show_progress
 from udpxfer.cli.watch import RecvObserver, SendWatch, human, json_line
-from udpxfer.driver import ReceiverServer, send_file
 from udpxfer.errors import TransferError
-from udpxfer.output import check_target, is_directory_target, is_stdout, write_report
-from udpxfer.send_report import send_report
-from udpxfer.sender import SenderConfig, SenderSession
-from udpxfer.sockets import ALL_INTERFACES, LOOPBACK
-from udpxfer.stream import (
+from udpxfer.net.driver import ReceiverServer, send_file
+from udpxfer.net.sockets import ALL_INTERFACES, LOOPBACK
+from udpxfer.protocol.sender import SenderConfig, SenderSession
+from udpxfer.protocol.wire import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_KEYED_CHUNK_BYTES,
+    MAX_CHUNK_BYTES,
+    Mode,
+)
+from udpxfer.reports.output import check_target, is_directory_target, is_stdout, write_report
+from udpxfer.reports.send_report import send_report
+from udpxfer.reports.stream import (
     DEFAULT_INTERVAL_S,
     MIN_INTERVAL_S,
 )
@@ -38,7 +44,6 @@ from udpxfer.units import (
     parse_size,
     plural,
 )
-from udpxfer.wire import DEFAULT_CHUNK_BYTES, DEFAULT_KEYED_CHUNK_BYTES, MAX_CHUNK_BYTES, Mode
 
 # Only what "send" needs is imported up front; the receiver and its reports (numpy, the
 # analysis) load where they are used, so that a sender's first datagram leaves sooner.
@@ -321,7 +326,7 @@ def recv(
 
     Example: udpxfer recv --bind 9000 --out incoming --once
     """
-    from udpxfer.receiver import ReceiverConfig
+    from udpxfer.protocol.receiver import ReceiverConfig
 
     with guarded():
         key = load_key(key_file)

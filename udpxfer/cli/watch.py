@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from udpxfer.cli.progress import TransferBar
-from udpxfer.output import json_text
-from udpxfer.stream import IntervalMeter, receiver_record, sender_record
+from udpxfer.reports.output import json_text
+from udpxfer.reports.stream import IntervalMeter, receiver_record, sender_record
 from udpxfer.units import format_size, plural
 
 if TYPE_CHECKING:
-    from udpxfer.driver import TransferResult
-    from udpxfer.receiver import ReceiverSession
-    from udpxfer.sender import SenderSession
+    from udpxfer.net.driver import TransferResult
+    from udpxfer.protocol.receiver import ReceiverSession
+    from udpxfer.protocol.sender import SenderSession
 
 # The receiver's side (numpy, the analysis, the report) loads in RecvObserver's methods only,
 # so that a sender does not pay for it.
@@ -97,7 +97,7 @@ class RecvObserver:
         self._meters: dict[ReceiverSession, IntervalMeter] = {}
 
     def transfer_started(self, session: ReceiverSession) -> None:
-        from udpxfer.report import peer_text
+        from udpxfer.reports.report import peer_text
 
         meta = session.meta
         if meta is None:
@@ -126,7 +126,7 @@ class RecvObserver:
             json_line(receiver_record(meter, session, now))
 
     def transfer_ended(self, session: ReceiverSession, result: TransferResult) -> None:
-        from udpxfer.report import summary_lines
+        from udpxfer.reports.report import summary_lines
 
         bar = self._bars.pop(session, None)
         if bar is not None:

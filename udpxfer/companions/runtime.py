@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Protocol, TypeVar
 
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.sockets import SockAddr, bind_socket, format_sockaddr
+from udpxfer.net.sockets import SockAddr, bind_socket, format_sockaddr
 from udpxfer.units import Address
 
 T = TypeVar("T")

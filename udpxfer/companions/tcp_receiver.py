@@ -36,14 +36,14 @@ from udpxfer.companions.tcp_transfer import (
     header_length_untrusted,
 )
 from udpxfer.errors import ProtocolError, TransportError, UdpxferError
-from udpxfer.files import (
+from udpxfer.net.files import (
     PARTIAL_SUFFIX,
     PartialFile,
     ensure_writable_dir,
     safe_name,
 )
-from udpxfer.output import STDOUT, check_target, write_report
-from udpxfer.report import (
+from udpxfer.reports.output import STDOUT, check_target, write_report
+from udpxfer.reports.report import (
     ChunkSection,
     FileSection,
     TransferReport,

@@ -30,8 +30,8 @@ from udpxfer.companions import defaults
 from udpxfer.companions.runtime import NoProgress, ProgressFactory, connect_tcp
 from udpxfer.companions.tcp_info import read_tcp_info
 from udpxfer.errors import MalformedPacket, TransferError, UsageError
-from udpxfer.files import sha256_file
-from udpxfer.send_report import SEND_SCHEMA
+from udpxfer.net.files import sha256_file
+from udpxfer.reports.send_report import SEND_SCHEMA
 from udpxfer.units import Address, format_size
 
 DEFAULT_PORT = defaults.TCP_TRANSFER_PORT

@@ -29,7 +29,7 @@ from udpxfer.companions.runtime import (
     run_until_stopped,
 )
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.sockets import SockAddr, bind_socket, connect_udp, format_sockaddr
+from udpxfer.net.sockets import SockAddr, bind_socket, connect_udp, format_sockaddr
 from udpxfer.units import Address
 
 DEFAULT_PORT = defaults.UDP_ECHO_PORT

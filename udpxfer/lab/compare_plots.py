@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from udpxfer.lab.plan import mathis_bps
-from udpxfer.plots import Plot, _figure, _png
+from udpxfer.reports.plots import Plot, _figure, _png
 
 COLOURS: Final = {"stream": "#1f5fa8", "reliable": "#2a9d4b", "blast": "#e07b00"}
 MARKERS: Final = {"stream": "o", "reliable": "s", "blast": "^"}

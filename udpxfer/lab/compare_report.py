@@ -25,9 +25,9 @@ from udpxfer.lab.plan import (
     mathis_bps,
     summarise,
 )
-from udpxfer.output import write_report
-from udpxfer.plots import Plot
-from udpxfer.render import _data_uri, _html_page, _html_table, _md_table
+from udpxfer.reports.output import write_report
+from udpxfer.reports.plots import Plot
+from udpxfer.reports.render import _data_uri, _html_page, _html_table, _md_table
 from udpxfer.units import format_rate
 
 SCHEMA: Final = "udpxfer.compare/1"

@@ -22,7 +22,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from udpxfer.impair import Direction, DirectionStats, Impairment, ImpairmentPolicy, direction_rng
+from udpxfer.lab.impair import (
+    Direction,
+    DirectionStats,
+    Impairment,
+    ImpairmentPolicy,
+    direction_rng,
+)
 from udpxfer.lab.netns import LabError, in_netns
 
 TUNSETIFF = 0x400454CA

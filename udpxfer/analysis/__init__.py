@@ -1,0 +1,1 @@
+"""Numpy over what a transfer recorded: traces, loss runs, delay, reordering, time series."""

@@ -1,0 +1,1 @@
+"""What a user reads: JSON reports, HTML pages, plots, the progress stream."""
