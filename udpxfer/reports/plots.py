@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -24,9 +24,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from udpxfer.analysis import metrics as an
-from udpxfer.reports.render import lookup
+from udpxfer.reports.document import Report, lookup
 
-Report = Mapping[str, Any]
 F64 = npt.NDArray[np.float64]
 
 DPI: Final = 100

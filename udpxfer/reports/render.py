@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from udpxfer import __version__
 from udpxfer.errors import TransportError, UsageError
 from udpxfer.net.files import ensure_writable_dir, safe_name
+from udpxfer.reports.document import Report, lookup
 from udpxfer.reports.report import summary_lines, verdict_text
 from udpxfer.units import format_rate, format_size
 
 if TYPE_CHECKING:
     from udpxfer.reports.plots import Plot
 
-Report = Mapping[str, Any]
 Format = Literal["md", "html"]
 NA: Final = "—"
 MAX_EMBED_BYTES: Final = 32 << 20  # larger images are named, not embedded
@@ -37,16 +37,6 @@ _MAGIC: Final = (
 
 # --------------------------------------------------------------------------------------------
 # Key figures: one formatting for Markdown, HTML and comparisons
-
-
-def lookup(doc: Report, path: str) -> Any:
-    """``doc["a"]["b"]`` for ``"a.b"``, or ``None`` where any step is missing."""
-    node: Any = doc
-    for key in path.split("."):
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def _pct(value: Any) -> str:
