@@ -15,11 +15,18 @@ from typer.testing import CliRunner
 from udpxfer.cli import app
 from udpxfer.companions.tcp_info import decode_tcp_info
 from udpxfer.errors import UsageError
-from udpxfer.lab import (
-    compare_report,
-    netns,
+from udpxfer.lab import netns
+from udpxfer.lab.compare import report as compare_report
+from udpxfer.lab.compare.plan import (
+    TRANSPORTS,
+    effective_loss,
+    mathis_bps,
+    parse_sweep,
+    parse_transports,
+    summarise,
+    sweep_points,
 )
-from udpxfer.lab.compare import CompareConfig
+from udpxfer.lab.compare.run import CompareConfig
 from udpxfer.lab.impair import Direction, GilbertElliott, Impairment
 from udpxfer.lab.netns import (
     Backend,
@@ -30,15 +37,6 @@ from udpxfer.lab.netns import (
     owner_of,
     path_commands,
     stale_namespaces,
-)
-from udpxfer.lab.plan import (
-    TRANSPORTS,
-    effective_loss,
-    mathis_bps,
-    parse_sweep,
-    parse_transports,
-    summarise,
-    sweep_points,
 )
 
 # ---------------------------------------------------------------- the lab as data

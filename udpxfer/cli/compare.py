@@ -35,7 +35,8 @@ from udpxfer.cli.impair_options import (
     build_impairment,
 )
 from udpxfer.errors import UsageError
-from udpxfer.lab.compare import CompareConfig, Comparison, Progress
+from udpxfer.lab.compare.plan import parse_sweep, parse_transports, sweep_points
+from udpxfer.lab.compare.run import CompareConfig, Comparison, Progress
 from udpxfer.lab.impair import Direction, Impairment, JitterDistribution
 from udpxfer.lab.live import (
     STATE_DIR,
@@ -55,7 +56,6 @@ from udpxfer.lab.netns import (
     pid_alive,
     remove_leftovers,
 )
-from udpxfer.lab.plan import parse_sweep, parse_transports, sweep_points
 from udpxfer.net.files import ensure_writable_dir
 from udpxfer.units import parse_rate
 
@@ -253,7 +253,7 @@ def compare(
 def _run_compare(config: CompareConfig, spec: LabSpec, direction: str) -> None:
     # Imported here: matplotlib would slow down every other command's start (and each
     # process the lab starts).
-    from udpxfer.lab import compare_report
+    from udpxfer.lab.compare import report as compare_report
 
     started = time.time()
     raise_on_sigterm()
@@ -299,7 +299,7 @@ def _run_compare(config: CompareConfig, spec: LabSpec, direction: str) -> None:
 
 
 def _print_summary(doc: dict[str, Any]) -> None:
-    from udpxfer.lab import compare_report
+    from udpxfer.lab.compare import report as compare_report
 
     points = doc["sweep"] or [doc]
     for point in points:

@@ -1,6 +1,6 @@
 """The plan of a comparison, pure: transports, sweeps and their points, the Mathis model.
 
-Nothing here touches the lab; ``compare.py`` runs the plan and ``compare_report.py`` reads
+Nothing here touches the lab; ``run.py`` runs the plan and ``report.py`` reads
 its results. Every function has a unit test without root.
 """
 

@@ -16,15 +16,15 @@ from typing import Any, Final
 import numpy as np
 
 from udpxfer import __version__
-from udpxfer.lab.compare import CompareConfig
-from udpxfer.lab.compare_plots import compare_plots
-from udpxfer.lab.plan import (
+from udpxfer.lab.compare.plan import (
     TCP_HEADERS_BYTES,
     Point,
     effective_loss,
     mathis_bps,
     summarise,
 )
+from udpxfer.lab.compare.plots import compare_plots
+from udpxfer.lab.compare.run import CompareConfig
 from udpxfer.reports.output import write_report
 from udpxfer.reports.plots import Plot
 from udpxfer.reports.render import _data_uri, _html_page, _html_table, _md_table

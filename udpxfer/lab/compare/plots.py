@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from udpxfer.lab.plan import mathis_bps
+from udpxfer.lab.compare.plan import mathis_bps
 from udpxfer.reports.plots import Plot, _figure, _png
 
 COLOURS: Final = {"stream": "#1f5fa8", "reliable": "#2a9d4b", "blast": "#e07b00"}

@@ -1,0 +1,1 @@
+"""TCP vs UDP under one impairment: the plan (pure), running it, its document and plots."""
