@@ -274,6 +274,20 @@ def test_pages_carry_their_plots(tmp_path: Path) -> None:
     )
 
 
+def test_a_second_comparison_into_one_directory_keeps_the_first(tmp_path: Path) -> None:
+    doc = _doc(tmp_path, sweep=True)
+    out = tmp_path / "out"
+    first = compare_report.write_outputs(doc, out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    second = compare_report.write_outputs(doc, out)
+    assert [p.name for p in first] == ["compare.json", "compare.md", "compare.html"]
+    assert [p.name for p in second] == ["compare-1.json", "compare-1.md", "compare-1.html"]
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.name in before} == before
+    md = (out / "compare-1.md").read_text()
+    assert "![Goodput against loss, with the Mathis model](compare-1-sweep-loss.png)" in md
+    assert (out / "compare-1-sweep-loss.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_compare_without_root_says_so_and_exits_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

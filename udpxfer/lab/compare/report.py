@@ -25,6 +25,7 @@ from udpxfer.lab.compare.plan import (
 )
 from udpxfer.lab.compare.plots import compare_plots
 from udpxfer.lab.compare.run import CompareConfig
+from udpxfer.net.files import unique_path
 from udpxfer.reports.output import write_report
 from udpxfer.reports.plots import Plot
 from udpxfer.reports.render import _data_uri, _html_page, _html_table, _md_table
@@ -243,8 +244,10 @@ def _summary_title(doc: dict[str, Any]) -> str:
     return "Summary"
 
 
-def render_markdown(doc: dict[str, Any], out_dir: Path, plots: Sequence[Plot]) -> str:
-    """``compare.md`` (plots written beside it as PNG)."""
+def render_markdown(
+    doc: dict[str, Any], out_dir: Path, plots: Sequence[Plot], *, stem: str = "compare"
+) -> str:
+    """``compare.md`` (plots written beside it as PNG, named after its ``stem``)."""
     lines = ["# TCP vs UDP through one impairment", ""]
     lines += [f"- {line}" for line in _heading(doc)]
     if not doc["complete"]:
@@ -258,7 +261,7 @@ def render_markdown(doc: dict[str, Any], out_dir: Path, plots: Sequence[Plot]) -
         lines += ["", "## Sweep", "", *_md_table(header, rows)]
     lines += ["", "## Plots", ""]
     for plot in plots:
-        name = f"compare-{plot.slug}.png"
+        name = f"{stem}-{plot.slug}.png"
         (out_dir / name).write_bytes(plot.png)
         lines += [f"### {plot.title}", "", f"![{plot.title}]({name})", ""]
     return "\n".join(lines) + "\n"
@@ -288,12 +291,17 @@ def render_html(doc: dict[str, Any], plots: Sequence[Plot]) -> str:
 
 
 def write_outputs(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write ``compare.json``, ``compare.md`` (+ PNGs) and ``compare.html``; their paths."""
+    """Write ``compare.json``, ``compare.md`` (+ PNGs) and ``compare.html``; their paths.
+
+    A directory that holds an earlier comparison keeps it: the new files share the first free
+    ``compare-N`` stem (``compare-1.json``, ``compare-1.md``, ``compare-1-<plot>.png``...).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = compare_plots(doc)
-    json_path = write_report(doc, out_dir / "compare.json")
-    md_path = out_dir / "compare.md"
-    md_path.write_text(render_markdown(doc, out_dir, plots), encoding="utf-8")
-    html_path = out_dir / "compare.html"
+    stem = unique_path(out_dir, "compare", also_free=(".json", ".md", ".html")).name
+    json_path = write_report(doc, out_dir / f"{stem}.json")
+    md_path = out_dir / f"{stem}.md"
+    md_path.write_text(render_markdown(doc, out_dir, plots, stem=stem), encoding="utf-8")
+    html_path = out_dir / f"{stem}.html"
     html_path.write_text(render_html(doc, plots), encoding="utf-8")
     return [json_path, md_path, html_path]
