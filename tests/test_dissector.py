@@ -17,6 +17,8 @@ from helpers import LossyRelay, receiver, wait_for
 
 from udpxfer.net.driver import send_file
 from udpxfer.net.keyfile import new_key
+from udpxfer.protocol.codec import encode
+from udpxfer.protocol.framing import encode_data
 from udpxfer.protocol.sender import SenderConfig
 from udpxfer.protocol.wire import (
     Abort,
@@ -35,8 +37,6 @@ from udpxfer.protocol.wire import (
     RangeKind,
     Status,
     Verdict,
-    encode,
-    encode_data,
 )
 from udpxfer.units import Address
 

@@ -17,6 +17,8 @@ from helpers import LossyRelay, receiver, wait_for
 
 from udpxfer.net.driver import TransferResult, send_file
 from udpxfer.net.keyfile import new_key
+from udpxfer.protocol.codec import decode_untrusted, encode
+from udpxfer.protocol.framing import encode_data, parse_header_untrusted
 from udpxfer.protocol.sender import SenderConfig
 from udpxfer.protocol.wire import (
     HEADER,
@@ -32,10 +34,6 @@ from udpxfer.protocol.wire import (
     Nack,
     PacketType,
     Verdict,
-    decode_untrusted,
-    encode,
-    encode_data,
-    parse_header_untrusted,
 )
 from udpxfer.units import Address
 
