@@ -72,7 +72,8 @@ MIX = {  # share of the pool by kind
 
 def forged_pool(count: int, seed: int) -> list[bytes]:
     """``count`` flood datagrams in the proportions of ``MIX``, shuffled."""
-    from udpxfer.protocol.wire import Data, End, Meta, Mode, Nack, encode
+    from udpxfer.protocol.codec import encode
+    from udpxfer.protocol.wire import Data, End, Meta, Mode, Nack
 
     rng = random.Random(seed)
 

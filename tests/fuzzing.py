@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from udpxfer.errors import MalformedPacket
 from udpxfer.net.driver import MAX_BLOCK_REPAIRS
 from udpxfer.net.files import safe_name
+from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import Keying, ReceiverEndpoint
 from udpxfer.protocol.events import TransferStarted, VerifyRequested
 from udpxfer.protocol.keyed import AeadSeal
@@ -43,8 +44,6 @@ from udpxfer.protocol.wire import (
     RangeKind,
     block_chunks_for,
     chunk_count_for,
-    decode_untrusted,
-    encode,
 )
 
 SESSION_ID = 0x1234_5678_9ABC_DEF0

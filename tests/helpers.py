@@ -17,11 +17,12 @@ from typing import Any
 
 from udpxfer.net.driver import ReceiverServer, TransferResult
 from udpxfer.net.transport import UdpTransport
+from udpxfer.protocol.codec import decode_untrusted
 from udpxfer.protocol.endpoint import ReceiverEndpoint
 from udpxfer.protocol.events import ChunkReceived, TransferEnded, VerifyRequested
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.protocol.sender import SenderConfig, SenderSession
-from udpxfer.protocol.wire import Data, PacketType, decode_untrusted
+from udpxfer.protocol.wire import Data, PacketType
 from udpxfer.units import Address
 
 PEER = ("192.0.2.1", 4000)  # a documentation address used as an opaque key, never contacted

@@ -15,22 +15,12 @@ from hypothesis import strategies as st
 from udpxfer.analysis import online_report
 from udpxfer.errors import MalformedPacket
 from udpxfer.protocol.batch import decode_batch_untrusted, payload_views, row_count
+from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import ReceiverEndpoint
+from udpxfer.protocol.framing import encode_data
 from udpxfer.protocol.receiver import EventSink, ReceiverConfig, ReceiverSession, ReceiverState
 from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
-from udpxfer.protocol.wire import (
-    CRC_BYTES,
-    HEADER_BYTES,
-    MAX_PN,
-    Data,
-    End,
-    Flags,
-    Meta,
-    Mode,
-    decode_untrusted,
-    encode,
-    encode_data,
-)
+from udpxfer.protocol.wire import CRC_BYTES, HEADER_BYTES, MAX_PN, Data, End, Flags, Meta, Mode
 
 CHUNK = 100
 SESSION = 0x1234

@@ -16,7 +16,8 @@ import pytest
 from cli_helpers import UDPXFER, recv_process, run
 from helpers import LossyRelay
 
-from udpxfer.protocol.wire import Data, PacketType, decode_untrusted
+from udpxfer.protocol.codec import decode_untrusted
+from udpxfer.protocol.wire import Data, PacketType
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import LossyRelay, receiver, wait_for
 
-import udpxfer.protocol.keys
 from udpxfer.net.driver import send_file
+from udpxfer.net.keyfile import new_key
+from udpxfer.protocol.codec import encode
+from udpxfer.protocol.framing import encode_data
 from udpxfer.protocol.sender import SenderConfig
 from udpxfer.protocol.wire import (
     Abort,
@@ -35,8 +37,6 @@ from udpxfer.protocol.wire import (
     RangeKind,
     Status,
     Verdict,
-    encode,
-    encode_data,
 )
 from udpxfer.units import Address
 
@@ -307,7 +307,7 @@ class Recorder:
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["keyless", "keyed"])
 def test_capture_of_a_transfer_decodes(tmp_path: Path, keyed: bool) -> None:
-    key = udpxfer.protocol.keys.generate_key() if keyed else None
+    key = new_key() if keyed else None
     chunk = 1000
     count = 40
     source = tmp_path / "sample.bin"

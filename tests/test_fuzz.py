@@ -34,13 +34,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpxfer.errors import MalformedPacket
+from udpxfer.protocol.bodies import MAX_RANGES
+from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import AMPLIFICATION_FACTOR, ReceiverEndpoint
+from udpxfer.protocol.framing import encode_data, parse_header_untrusted
 from udpxfer.protocol.receiver import MAX_STAMP_SPREAD_NS, Peer, ReceiverConfig, ReceiverSession
 from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
 from udpxfer.protocol.wire import (
     DEFAULT_CHUNK_BYTES,
     MAX_PN,
-    MAX_RANGES,
     MAX_STAMP_NS,
     Abort,
     AbortCode,
@@ -54,10 +56,6 @@ from udpxfer.protocol.wire import (
     PacketType,
     RangeKind,
     chunk_count_for,
-    decode_untrusted,
-    encode,
-    encode_data,
-    parse_header_untrusted,
 )
 from udpxfer.reports.report import udp_report
 

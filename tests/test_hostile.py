@@ -16,7 +16,9 @@ from pathlib import Path
 from helpers import LossyRelay, receiver, wait_for
 
 from udpxfer.net.driver import TransferResult, send_file
-from udpxfer.protocol.keys import generate_key
+from udpxfer.net.keyfile import new_key
+from udpxfer.protocol.codec import decode_untrusted, encode
+from udpxfer.protocol.framing import encode_data, parse_header_untrusted
 from udpxfer.protocol.sender import SenderConfig
 from udpxfer.protocol.wire import (
     HEADER,
@@ -32,10 +34,6 @@ from udpxfer.protocol.wire import (
     Nack,
     PacketType,
     Verdict,
-    decode_untrusted,
-    encode,
-    encode_data,
-    parse_header_untrusted,
 )
 from udpxfer.units import Address
 
@@ -159,7 +157,7 @@ def test_an_unvalidated_address_never_gets_more_than_three_times_what_it_sent(
 
 
 def test_keyed_transfer_survives_a_forger_on_the_path(tmp_path: Path) -> None:
-    key = generate_key()
+    key = new_key()
     source = make_file(tmp_path, CHUNK * 500 + 1)
     forged = {"data": 0, "verdicts": 0}
 
@@ -203,9 +201,9 @@ def test_keyed_transfer_survives_a_forger_on_the_path(tmp_path: Path) -> None:
 
 def test_a_wrong_key_fails_fast_on_the_sender(tmp_path: Path) -> None:
     source = make_file(tmp_path, CHUNK * 20)
-    with receiver(tmp_path, key=generate_key()) as (server, results):
+    with receiver(tmp_path, key=new_key()) as (server, results):
         session = send_file(
-            source, Address(*server.address), SenderConfig(chunk_size=CHUNK), key=generate_key()
+            source, Address(*server.address), SenderConfig(chunk_size=CHUNK), key=new_key()
         )
         assert server.endpoint.unauthenticated >= 1
     assert session.outcome is not None

@@ -24,7 +24,7 @@ from udpxfer.lab.impair import (
     direction_rng,
     split_by_direction,
 )
-from udpxfer.protocol import wire
+from udpxfer.protocol import codec, framing, wire
 from udpxfer.units import parse_duration, parse_probability
 
 Released = list[tuple[float, bytes]]  # (release time, datagram)
@@ -295,7 +295,7 @@ def test_duplicate_sends_an_identical_copy_right_after() -> None:
 
 def data_datagram(index: int, resent: bool = False) -> bytes:
     flags = int(wire.Flags.RESENT) if resent else 0
-    return wire.encode_data(0xABCDEF, index, index, bytes(range(200)), flags=flags)
+    return framing.encode_data(0xABCDEF, index, index, bytes(range(200)), flags=flags)
 
 
 def test_corrupt_flips_exactly_one_bit_and_logs_what_it_was() -> None:
@@ -318,7 +318,7 @@ def test_corrupt_flips_exactly_one_bit_and_logs_what_it_was() -> None:
             record.seq % 2 == 1,
         )
         with pytest.raises(MalformedPacket):
-            wire.decode_untrusted(got)
+            codec.decode_untrusted(got)
 
 
 def test_corrupt_rate_is_binomial() -> None:
@@ -497,7 +497,7 @@ def test_every_datagram_is_accounted_for(
 
 
 def test_record_rows_have_the_documented_columns() -> None:
-    meta = wire.encode(
+    meta = codec.encode(
         wire.Meta(7, "f.bin", 10, 4, 3, bytes(32), wire.Mode.BLAST, copy=2, sent_ns=5)
     )
     arrivals = [(1.0, meta), (1.5, data_datagram(4, resent=True)), (2.0, b"foreign")]

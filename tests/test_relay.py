@@ -23,7 +23,7 @@ from udpxfer.cli import app  # every command registered
 from udpxfer.lab.impair import LOG_COLUMNS, Direction, DropCause, Impairment, Record, flip_bit
 from udpxfer.lab.relay import RecordLog, Relay, StopReason, kernel_drops
 from udpxfer.net.transport import UdpTransport
-from udpxfer.protocol import wire
+from udpxfer.protocol import framing
 from udpxfer.units import Address
 
 pytestmark = pytest.mark.timeout(30)
@@ -165,7 +165,7 @@ def test_log_matches_what_the_receiver_got(
     make_relay: Callable[..., Relay], server: socket.socket, client: socket.socket
 ) -> None:
     count = 300
-    sent = [wire.encode_data(0x5EED, i, i, bytes([i % 256]) * 100) for i in range(count)]
+    sent = [framing.encode_data(0x5EED, i, i, bytes([i % 256]) * 100) for i in range(count)]
     records: list[Record] = []
     impairment = Impairment(loss=0.2, duplicate=0.1, corrupt=0.1)
     relay = make_relay(forward=impairment, seed=11, on_records=records.extend, count_limit=count)

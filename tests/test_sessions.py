@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from helpers import PEER, Link, connect, drop_first_copies, drop_types, run_pair
 
+from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import ReceiverEndpoint
 from udpxfer.protocol.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverState
@@ -27,8 +28,6 @@ from udpxfer.protocol.wire import (
     PacketType,
     Status,
     Verdict,
-    decode_untrusted,
-    encode,
 )
 
 CHUNK = 1000

@@ -15,8 +15,9 @@ import pytest
 from helpers import LossyRelay, receiver, wait_for
 
 from udpxfer.net.driver import send_file
+from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.sender import SenderConfig
-from udpxfer.protocol.wire import Data, Meta, Mode, PacketType, decode_untrusted, encode
+from udpxfer.protocol.wire import Data, Meta, Mode, PacketType
 from udpxfer.units import Address
 
 CHUNK = 1400

@@ -12,6 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpxfer.errors import AuthenticationFailed, MalformedPacket
+from udpxfer.protocol.bodies import MAX_RANGES
+from udpxfer.protocol.codec import decode_untrusted, encode
+from udpxfer.protocol.framing import CorruptPacket, Seal, encode_data, parse_header_untrusted
 from udpxfer.protocol.keyed import AeadSeal, session_seals
 from udpxfer.protocol.keys import Direction, PacketProtection
 from udpxfer.protocol.wire import (
@@ -23,13 +26,11 @@ from udpxfer.protocol.wire import (
     MAX_CHUNK_BYTES,
     MAX_NAME_BYTES,
     MAX_PN,
-    MAX_RANGES,
     MAX_REASON_BYTES,
     MAX_STAMP_NS,
     PATH_DATAGRAM_BYTES,
     Abort,
     AbortCode,
-    CorruptPacket,
     Data,
     Done,
     End,
@@ -44,14 +45,9 @@ from udpxfer.protocol.wire import (
     Packet,
     PacketType,
     RangeKind,
-    Seal,
     Status,
     Verdict,
     chunk_count_for,
-    decode_untrusted,
-    encode,
-    encode_data,
-    parse_header_untrusted,
 )
 
 # The layout of docs/PROTOCOL.md: header "!4sBBBBQQQQ" (magic, version, type, flags, pass,

@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 
 from udpxfer.cli.application import app, guarded
-from udpxfer.protocol.keys import (
+from udpxfer.net.keyfile import (
     KEY_FILE_ENV,
-    generate_key,
     key_file_warning,
     load_key_file,
+    new_key,
     write_key_file,
 )
 
@@ -39,7 +39,7 @@ def keygen(
     Example: udpxfer keygen lab.key
     """
     with guarded():
-        write_key_file(path, generate_key())
+        write_key_file(path, new_key())
         typer.echo(
             f"wrote a new key to {path}: copy it to the other side over a safe channel, "
             f"then use --key-file {path} (or {KEY_FILE_ENV}={path}) on both send and recv"

@@ -48,7 +48,7 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from udpxfer.errors import MalformedPacket, UsageError
-from udpxfer.protocol import wire
+from udpxfer.protocol import codec, wire
 from udpxfer.units import format_rate
 
 Dest = TypeVar("Dest")  # where a datagram goes: opaque to the policy, handed back by due()
@@ -286,7 +286,7 @@ def classify(data: Datagram) -> tuple[str | None, int | None, int | None, bool |
     Anything that does not decode (foreign, truncated, failing its check) is ``(None, ...)``.
     """
     try:
-        packet = wire.decode_untrusted(data)
+        packet = codec.decode_untrusted(data)
     except MalformedPacket:
         return None, None, None, None
     if isinstance(packet, wire.Data):

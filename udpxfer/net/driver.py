@@ -81,7 +81,7 @@ def send_file(
             session_id = secrets.randbits(64)
             keying = None
             if key is not None:
-                from udpxfer.protocol.keys import new_nonce
+                from udpxfer.net.keyfile import new_nonce
                 from udpxfer.protocol.sender import SenderKeying
 
                 keying = SenderKeying(key, session_id, new_nonce(), encrypt=encrypt)

@@ -8,7 +8,7 @@ call per datagram (zlib, 0.3 us for 1400 bytes).
 
 ``decode_batch_untrusted`` splits the rows into the fast ones (well-formed keyless DATA with a
 valid check) and the rest, which the caller hands one by one to the row decoder
-(``wire.decode_untrusted``, via the endpoint's ``receive_datagram``): that path stays the one
+(``codec.decode_untrusted``, via the endpoint's ``receive_datagram``): that path stays the one
 truth for everything unusual (junk, control packets, keyed datagrams, a failed check), and a
 property test holds the two to the same answers. Sans-IO: bytes in, arrays out.
 """

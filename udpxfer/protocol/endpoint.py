@@ -24,7 +24,10 @@ import numpy.typing as npt
 
 from udpxfer.errors import AuthenticationFailed, MalformedPacket
 from udpxfer.protocol.batch import DataBatch, decode_batch_untrusted, row_count
+from udpxfer.protocol.bodies import meta_nonce_untrusted
+from udpxfer.protocol.codec import decode_header_untrusted, encode
 from udpxfer.protocol.events import Event
+from udpxfer.protocol.framing import CRC, CorruptPacket, Header, Seal, parse_header_untrusted
 from udpxfer.protocol.receiver import (
     ChunkSink,
     EventSink,
@@ -34,25 +37,17 @@ from udpxfer.protocol.receiver import (
     ReceiverState,
 )
 from udpxfer.protocol.wire import (
-    CRC,
     HEADER_BYTES,
     MAX_PN,
     NONCE_BYTES,
     AbortCode,
-    CorruptPacket,
     Data,
     End,
-    Header,
     Hello,
     HelloFlags,
     Meta,
     Mode,
     PacketType,
-    Seal,
-    decode_header_untrusted,
-    encode,
-    meta_nonce_untrusted,
-    parse_header_untrusted,
 )
 
 AMPLIFICATION_FACTOR = 3  # RFC 9000 section 8: at most 3x toward an unvalidated address

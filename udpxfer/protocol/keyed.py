@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from udpxfer.errors import AuthenticationFailed
+from udpxfer.protocol.framing import Header, Seal
 from udpxfer.protocol.keys import Direction, PacketProtection, ReplayWindow
-from udpxfer.protocol.wire import ENCRYPTED_FLAG, HEADER_BYTES, TAG_BYTES, Flags, Header, Seal
+from udpxfer.protocol.wire import ENCRYPTED_FLAG, HEADER_BYTES, TAG_BYTES, Flags
 
 if TYPE_CHECKING:
     import numpy as np

@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from udpxfer.protocol.batch import DataBatch
+from udpxfer.protocol.bodies import MAX_NACK_RANGES
+from udpxfer.protocol.codec import encode
 from udpxfer.protocol.events import (
     ChunkReceived,
     Event,
@@ -32,12 +34,11 @@ from udpxfer.protocol.events import (
     TransferStarted,
     VerifyRequested,
 )
+from udpxfer.protocol.framing import CRC, Seal
 from udpxfer.protocol.online import TRACE_DUPLICATE, OnlineStats
 from udpxfer.protocol.ranges import Bitmap, batched, missing_ranges
 from udpxfer.protocol.wire import (
-    CRC,
     HEADER_BYTES,
-    MAX_NACK_RANGES,
     NONCE_BYTES,
     Abort,
     AbortCode,
@@ -54,10 +55,8 @@ from udpxfer.protocol.wire import (
     Nack,
     Packet,
     RangeKind,
-    Seal,
     Status,
     Verdict,
-    encode,
 )
 
 Peer = Hashable

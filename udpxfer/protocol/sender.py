@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 from udpxfer.errors import AuthenticationFailed, MalformedPacket, UsageError
+from udpxfer.protocol.bodies import MAX_RANGES
 from udpxfer.protocol.checksum import crc32
+from udpxfer.protocol.codec import decode_header_untrusted, encode
 from udpxfer.protocol.congestion import BbrController
 from udpxfer.protocol.events import Event, RepairRequested, TransferEnded
+from udpxfer.protocol.framing import CRC, Seal, parse_header_untrusted
 from udpxfer.protocol.pacing import Pacer, RttEstimator
 from udpxfer.protocol.ranges import RangeQueue, clamp_ranges
 from udpxfer.protocol.wire import (
-    CRC,
     DEFAULT_CHUNK_BYTES,
     HEADER,
     HEADER_BYTES,
@@ -37,7 +39,6 @@ from udpxfer.protocol.wire import (
     MAX_CHUNK_BYTES,
     MAX_NAME_BYTES,
     MAX_PN,
-    MAX_RANGES,
     NONCE_BYTES,
     SHA256_BYTES,
     TOKEN_BYTES,
@@ -57,15 +58,11 @@ from udpxfer.protocol.wire import (
     Packet,
     PacketType,
     RangeKind,
-    Seal,
     Status,
     Verdict,
     block_chunks_for,
     chunk_count_for,
     datagrams_per_run,
-    decode_header_untrusted,
-    encode,
-    parse_header_untrusted,
 )
 
 # What a receiver says in an unauthenticated HELLO when keys do not match.
