@@ -37,7 +37,7 @@ from udpxfer.cli.impair_options import (
 from udpxfer.errors import UsageError
 from udpxfer.lab.compare.plan import parse_sweep, parse_transports, sweep_points
 from udpxfer.lab.compare.run import CompareConfig, Comparison, Progress
-from udpxfer.lab.impair import Direction, Impairment, JitterDistribution
+from udpxfer.lab.impair.models import Direction, Impairment, JitterDistribution
 from udpxfer.lab.live import (
     STATE_DIR,
     Interrupted,

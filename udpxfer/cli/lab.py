@@ -34,7 +34,7 @@ from udpxfer.cli.impair_options import (
     build_impairment,
     parsed,
 )
-from udpxfer.lab.impair import Direction, JitterDistribution
+from udpxfer.lab.impair.models import Direction, JitterDistribution
 from udpxfer.net.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import (
     Address,

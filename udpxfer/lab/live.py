@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from udpxfer.lab.impair import Impairment
+from udpxfer.lab.impair.models import Impairment
 from udpxfer.lab.netns import (
     Backend,
     LabError,
