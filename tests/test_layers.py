@@ -41,7 +41,6 @@ KNOWN = {
 
 # Modules over MAX_LINES that are being split now; likewise, each entry goes when its split lands.
 KNOWN_LONG = {
-    "udpxfer.cli.companions",
     "udpxfer.lab.relay",
     "udpxfer.net.driver",
     "udpxfer.net.files",
