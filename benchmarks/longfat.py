@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from udpxfer.lab.impair import Direction, Impairment
+from udpxfer.lab.impair.models import Direction, Impairment
 from udpxfer.lab.relay import Relay
 from udpxfer.units import Address, parse_duration, parse_rate, parse_size
 

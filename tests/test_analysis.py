@@ -16,8 +16,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpxfer.analysis import metrics as an
+from udpxfer.analysis.bursts import geometric_run_pmf, rfc3611_bursts, run_stats, runs
+from udpxfer.analysis.loss import (
+    first_pass_lost,
+    gilbert_elliott_moments,
+    gilbert_fit,
+    gilbert_two_state,
+    wilson_interval,
+)
+from udpxfer.analysis.sections import analyse
+from udpxfer.analysis.series import SERIES_MAX_BINS
+from udpxfer.analysis.timing import (
+    chunk_send_times,
+    delay_variation_ns,
+    first_order_iir,
+    interarrival_jitter_ns,
+    reordering,
+)
 from udpxfer.analysis.trace import DUPLICATE, RESENT, Trace
+from udpxfer.analysis.values import json_float
 from udpxfer.errors import UsageError
 
 Bools = npt.NDArray[np.bool_]
@@ -114,7 +131,7 @@ def test_first_pass_lost_ignores_resends_and_counts_never_seen_chunks() -> None:
     index = np.array([0, 2, 3, 2], dtype=np.int64)
     pass_no = np.array([0, 0, 1, 1], dtype=np.uint8)
     flags = np.array([0, 0, RESENT, RESENT | DUPLICATE], dtype=np.uint8)
-    lost = an.first_pass_lost(index, pass_no, flags, 5)
+    lost = first_pass_lost(index, pass_no, flags, 5)
     assert lost.tolist() == [False, True, False, True, True]
 
 
@@ -130,13 +147,13 @@ def test_first_pass_lost_ignores_resends_and_counts_never_seen_chunks() -> None:
 def test_wilson_interval_matches_known_values(
     lost: int, total: int, expected: tuple[float, float]
 ) -> None:
-    interval = an.wilson_interval(lost, total)
+    interval = wilson_interval(lost, total)
     assert interval is not None
     assert interval == pytest.approx(expected, abs=5e-5)
 
 
 def test_wilson_interval_of_nothing_is_undefined() -> None:
-    assert an.wilson_interval(0, 0) is None
+    assert wilson_interval(0, 0) is None
 
 
 def test_wilson_interval_covers_a_bernoulli_channels_true_rate() -> None:
@@ -144,7 +161,7 @@ def test_wilson_interval_covers_a_bernoulli_channels_true_rate() -> None:
     covered = 0
     for seed in range(10):
         lost = np.random.default_rng(seed).random(n) < truth
-        interval = an.wilson_interval(int(lost.sum()), n)
+        interval = wilson_interval(int(lost.sum()), n)
         assert interval is not None
         low, high = interval
         assert high - low < 0.002
@@ -158,34 +175,34 @@ def test_wilson_interval_covers_a_bernoulli_channels_true_rate() -> None:
 
 def test_runs_of_lost_and_received_chunks() -> None:
     lost = mask("xx.x..x")
-    starts, lengths = an.runs(lost)
+    starts, lengths = runs(lost)
     assert starts.tolist() == [0, 3, 6]
     assert lengths.tolist() == [2, 1, 1]
-    starts, lengths = an.runs(~lost)
+    starts, lengths = runs(~lost)
     assert starts.tolist() == [2, 4]
     assert lengths.tolist() == [1, 2]
 
 
 def test_run_stats_histogram_and_mean() -> None:
-    stats = an.run_stats(np.array([2, 1, 1], dtype=np.int64))
+    stats = run_stats(np.array([2, 1, 1], dtype=np.int64))
     assert stats.count == 3
     assert stats.mean_length == pytest.approx(4 / 3)
     assert stats.max_length == 2
     assert stats.histogram == [[1, 2], [2, 1]]
-    empty = an.run_stats(np.zeros(0, dtype=np.int64))
+    empty = run_stats(np.zeros(0, dtype=np.int64))
     assert (empty.count, empty.mean_length, empty.max_length, empty.histogram) == (0, None, 0, [])
 
 
 def test_geometric_run_pmf_is_the_bernoulli_burst_law() -> None:
-    pmf = an.geometric_run_pmf(0.2, np.array([1, 2, 3], dtype=np.int64))
+    pmf = geometric_run_pmf(0.2, np.array([1, 2, 3], dtype=np.int64))
     assert pmf.tolist() == pytest.approx([0.8, 0.16, 0.032])
 
 
 @given(st.lists(st.booleans(), max_size=60))
 def test_runs_partition_the_sequence(values: list[bool]) -> None:
     lost = np.array(values, dtype=np.bool_)
-    _, lost_lengths = an.runs(lost)
-    _, kept_lengths = an.runs(~lost)
+    _, lost_lengths = runs(lost)
+    _, kept_lengths = runs(~lost)
     assert int(lost_lengths.sum()) == int(lost.sum())
     assert int(lost_lengths.sum() + kept_lengths.sum()) == lost.size
     assert abs(lost_lengths.size - kept_lengths.size) <= 1
@@ -197,7 +214,7 @@ def test_runs_partition_the_sequence(values: list[bool]) -> None:
 
 def test_gilbert_two_state_counts_transitions() -> None:
     # pairs: .. .x xx x. .x x. ..  -> from received 4 (2 to lost), from lost 3 (2 to received)
-    p, r, steady = an.gilbert_two_state(mask("..xx.x.."))
+    p, r, steady = gilbert_two_state(mask("..xx.x.."))
     assert p == pytest.approx(0.5)
     assert r == pytest.approx(2 / 3)
     assert steady == pytest.approx(0.5 / (0.5 + 2 / 3))
@@ -215,12 +232,12 @@ def test_gilbert_two_state_counts_transitions() -> None:
 def test_gilbert_two_state_degenerate_sequences(
     pattern: str, expected: tuple[float | None, float | None, float | None]
 ) -> None:
-    assert an.gilbert_two_state(mask(pattern)) == expected
+    assert gilbert_two_state(mask(pattern)) == expected
 
 
 def test_gilbert_estimates_on_a_million_chunks_are_within_ten_percent() -> None:
     lost = gilbert_elliott_losses(1_000_000, p=0.01, r=0.25, seed=1)
-    fit = an.gilbert_fit(lost)
+    fit = gilbert_fit(lost)
     assert fit.p == pytest.approx(0.01, rel=0.1)
     assert fit.r == pytest.approx(0.25, rel=0.1)
     assert fit.steady_state_loss == pytest.approx(0.01 / 0.26, rel=0.1)
@@ -235,7 +252,7 @@ def test_gilbert_estimates_on_a_million_chunks_are_within_ten_percent() -> None:
 
 def test_gilbert_elliott_moments_recover_all_four_parameters() -> None:
     lost = gilbert_elliott_losses(1_000_000, p=0.02, r=0.2, h=0.3, k=0.99, seed=2)
-    fit = an.gilbert_elliott_moments(lost)
+    fit = gilbert_elliott_moments(lost)
     assert fit is not None
     assert fit.h == pytest.approx(0.3, abs=0.05)
     assert fit.k == pytest.approx(0.99, abs=0.003)
@@ -243,18 +260,18 @@ def test_gilbert_elliott_moments_recover_all_four_parameters() -> None:
     assert fit.ge_r == pytest.approx(0.2, rel=0.15)
     assert fit.ge_loss == pytest.approx(float(lost.mean()), rel=0.02)
     # The two-state counts misread such a channel: losses inside Good inflate p.
-    p, _, _ = an.gilbert_two_state(lost)
+    p, _, _ = gilbert_two_state(lost)
     assert p is not None
     assert p > 0.03
 
 
 def test_gilbert_elliott_is_not_identifiable_on_independent_losses() -> None:
     lost = np.random.default_rng(3).random(200_000) < 0.02
-    assert an.gilbert_elliott_moments(lost) is None
-    fit = an.gilbert_fit(lost)
+    assert gilbert_elliott_moments(lost) is None
+    fit = gilbert_fit(lost)
     assert (fit.h, fit.k) == (None, None)
     assert fit.p == pytest.approx(0.02, rel=0.1)
-    assert an.gilbert_elliott_moments(mask("x.")) is None
+    assert gilbert_elliott_moments(mask("x.")) is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +285,7 @@ MS_SLOTS = np.arange(101, dtype=np.float64) * 1e6  # one chunk per millisecond
 
 
 def test_rfc3611_bursts_with_gmin_16() -> None:
-    result = an.rfc3611_bursts(RFC3611_LOST, MS_SLOTS)
+    result = rfc3611_bursts(RFC3611_LOST, MS_SLOTS)
     assert result.bursts == 2
     assert result.burst_density == pytest.approx(5 / 21)  # 5 lost in 4 + 17 chunks
     assert result.gap_density == pytest.approx(1 / 79)
@@ -277,18 +294,18 @@ def test_rfc3611_bursts_with_gmin_16() -> None:
 
 
 def test_rfc3611_gap_of_exactly_gmin_received_ends_a_burst() -> None:
-    result = an.rfc3611_bursts(RFC3611_LOST, MS_SLOTS, gmin=15)
+    result = rfc3611_bursts(RFC3611_LOST, MS_SLOTS, gmin=15)
     assert result.bursts == 1
     assert result.burst_density == pytest.approx(3 / 4)
     assert result.gap_density == pytest.approx(3 / 96)
-    lone = an.rfc3611_bursts(mask("x" + "." * 16 + "x"), None)
+    lone = rfc3611_bursts(mask("x" + "." * 16 + "x"), None)
     assert (lone.bursts, lone.burst_density) == (0, 0.0)
     assert lone.gap_density == pytest.approx(2 / 18)
     assert (lone.burst_duration_ms, lone.gap_duration_ms) == (None, None)
 
 
 def test_rfc3611_without_loss_is_one_long_gap() -> None:
-    result = an.rfc3611_bursts(np.zeros(100, dtype=np.bool_), MS_SLOTS)
+    result = rfc3611_bursts(np.zeros(100, dtype=np.bool_), MS_SLOTS)
     assert (result.bursts, result.burst_density, result.gap_density) == (0, 0.0, 0.0)
     assert result.burst_duration_ms == 0.0
     assert result.gap_duration_ms == pytest.approx(100.0)
@@ -316,7 +333,7 @@ def _rfc3611_reference(lost: list[bool], gmin: int) -> tuple[int, float, float]:
 
 @given(st.lists(st.booleans(), max_size=80), st.integers(1, 5))
 def test_rfc3611_matches_a_literal_reading(values: list[bool], gmin: int) -> None:
-    result = an.rfc3611_bursts(np.array(values, dtype=np.bool_), None, gmin=gmin)
+    result = rfc3611_bursts(np.array(values, dtype=np.bool_), None, gmin=gmin)
     bursts, burst_density, gap_density = _rfc3611_reference(values, gmin)
     assert result.bursts == bursts
     assert result.burst_density == pytest.approx(burst_density)
@@ -324,13 +341,13 @@ def test_rfc3611_matches_a_literal_reading(values: list[bool], gmin: int) -> Non
 
 
 def test_chunk_send_times_interpolate_lost_chunks_and_extrapolate_the_ends() -> None:
-    times = an.chunk_send_times(
+    times = chunk_send_times(
         6, np.array([1, 2, 4], dtype=np.int64), np.array([110, 120, 140], dtype=np.int64), 100
     )
     assert times is not None
     assert times.tolist() == pytest.approx([0, 10, 20, 30, 40, 50, 60])
     empty = np.zeros(0, dtype=np.int64)
-    assert an.chunk_send_times(6, empty, empty, 0) is None
+    assert chunk_send_times(6, empty, empty, 0) is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +359,7 @@ def _seq(*values: int) -> npt.NDArray[np.int64]:
 
 
 def test_reordering_rfc4737_single_late_packet() -> None:
-    result = an.reordering(_seq(0, 1, 3, 4, 2, 5, 6))
+    result = reordering(_seq(0, 1, 3, 4, 2, 5, 6))
     assert result.count == 1
     assert result.ratio == pytest.approx(1 / 7)
     assert result.max_extent == 2  # 2 arrived 2 places after 3, the first larger number
@@ -350,19 +367,19 @@ def test_reordering_rfc4737_single_late_packet() -> None:
 
 
 def test_reordering_sets_duplicates_aside() -> None:
-    result = an.reordering(_seq(0, 1, 3, 4, 2, 2, 5, 6, 6))
+    result = reordering(_seq(0, 1, 3, 4, 2, 2, 5, 6, 6))
     assert (result.count, result.max_extent, result.network_duplicates) == (1, 2, 2)
     assert result.ratio == pytest.approx(1 / 7)
 
 
 def test_reordering_extent_grows_behind_an_early_packet() -> None:
-    result = an.reordering(_seq(5, 0, 1, 2, 3, 4))
+    result = reordering(_seq(5, 0, 1, 2, 3, 4))
     assert result.count == 5
     assert result.max_extent == 5
     assert result.mean_extent == pytest.approx(3.0)
-    in_order = an.reordering(_seq(0, 1, 2))
+    in_order = reordering(_seq(0, 1, 2))
     assert (in_order.count, in_order.ratio, in_order.max_extent) == (0, 0.0, 0)
-    nothing = an.reordering(_seq())
+    nothing = reordering(_seq())
     assert (nothing.count, nothing.ratio, nothing.max_extent) == (0, None, 0)
 
 
@@ -381,7 +398,7 @@ def _reorder_reference(seq: list[int]) -> tuple[int, int]:
 
 @given(st.lists(st.integers(0, 30), max_size=60))
 def test_reordering_matches_the_rfc_loop(values: list[int]) -> None:
-    result = an.reordering(np.array(values, dtype=np.int64))
+    result = reordering(np.array(values, dtype=np.int64))
     assert (result.count, result.max_extent) == _reorder_reference(values)
 
 
@@ -393,11 +410,11 @@ def test_rfc3550_jitter_by_hand() -> None:
     ms = 1_000_000
     sent = _seq(0, 10, 20, 30) * ms
     arrival = _seq(100, 112, 120, 131) * ms  # transit 100, 102, 100, 101 -> |D| = 2, 2, 1
-    jitter = an.interarrival_jitter_ns(sent, arrival) / ms
+    jitter = interarrival_jitter_ns(sent, arrival) / ms
     assert jitter.tolist() == pytest.approx([0.0, 0.125, 0.2421875, 0.28955078125])
-    steady = an.interarrival_jitter_ns(sent, sent + 7 * ms)
+    steady = interarrival_jitter_ns(sent, sent + 7 * ms)
     assert steady.tolist() == [0.0, 0.0, 0.0, 0.0]
-    assert an.interarrival_jitter_ns(_seq(1), _seq(2)).tolist() == [0.0]
+    assert interarrival_jitter_ns(_seq(1), _seq(2)).tolist() == [0.0]
 
 
 @pytest.mark.parametrize("pole", [0.0, 0.5, 15 / 16, 0.999])
@@ -409,17 +426,17 @@ def test_first_order_iir_equals_the_recursion(pole: float, n: int) -> None:
     for i, value in enumerate(x.tolist()):
         y = pole * y + (1 - pole) * value
         expected[i] = y
-    assert an.first_order_iir(x, pole) == pytest.approx(expected, rel=1e-9, abs=1e-6)
+    assert first_order_iir(x, pole) == pytest.approx(expected, rel=1e-9, abs=1e-6)
 
 
 def test_first_order_iir_rejects_an_unstable_pole() -> None:
     with pytest.raises(ValueError, match="pole"):
-        an.first_order_iir(np.ones(3), 1.0)
+        first_order_iir(np.ones(3), 1.0)
 
 
 def test_pdv_is_delay_above_the_minimum() -> None:
     sent = _seq(0, 10, 20, 30)
-    pdv = an.delay_variation_ns(sent, sent + _seq(5, 3, 4, 10) + 10**15)
+    pdv = delay_variation_ns(sent, sent + _seq(5, 3, 4, 10) + 10**15)
     assert pdv.tolist() == [2, 0, 1, 7]
 
 
@@ -442,10 +459,10 @@ def small_reliable_trace() -> Trace:
 
 def test_analyse_small_reliable_transfer() -> None:
     trace = small_reliable_trace()
-    doc = an.analyse(trace)
+    doc = analyse(trace)
     json.dumps(doc, allow_nan=False)
     loss = doc["loss"]
-    assert loss["ci95"] == pytest.approx(list(an.wilson_interval(2, 10) or ()))
+    assert loss["ci95"] == pytest.approx(list(wilson_interval(2, 10) or ()))
     assert loss["datagram_rate"] == pytest.approx(2 / 12)  # 12 sent, 10 arrived
     assert loss["bursts"] == {
         "count": 1,
@@ -478,10 +495,10 @@ def test_analyse_small_reliable_transfer() -> None:
 
 
 def test_analyse_series_accounts_for_every_byte_and_loss() -> None:
-    doc = an.analyse(small_reliable_trace())
+    doc = analyse(small_reliable_trace())
     series = doc["series"]
     n = len(series["time_s"])
-    assert 1 <= n <= an.SERIES_MAX_BINS
+    assert 1 <= n <= SERIES_MAX_BINS
     assert all(len(series[key]) == n for key in ("goodput_bps", "loss_rate", "pdv_max_ms"))
     assert sum(series["goodput_bps"]) * series["bin_s"] / 8 == pytest.approx(950)
     rates = [v for v in series["loss_rate"] if v is not None]
@@ -493,7 +510,7 @@ def test_analyse_series_accounts_for_every_byte_and_loss() -> None:
 def test_analyse_counts_duplicates_and_jitter() -> None:
     lost = np.zeros(2000, dtype=np.bool_)
     trace = synthetic_trace(lost, jitter_ns=30_000, duplicates=5, seed=4)
-    doc = an.analyse(trace)
+    doc = analyse(trace)
     assert doc["duplicates"] == 5
     assert doc["reorder"]["network_duplicates"] == 5
     assert doc["reorder"]["count"] > 0
@@ -506,7 +523,7 @@ def test_analyse_counts_duplicates_and_jitter() -> None:
 @pytest.mark.parametrize("chunks", [0, 1, 5])
 def test_analyse_empty_traces_do_not_crash(chunks: int) -> None:
     trace = synthetic_trace(np.ones(chunks, dtype=np.bool_))
-    doc = an.analyse(trace)
+    doc = analyse(trace)
     json.dumps(doc, allow_nan=False)
     assert doc["timing"]["jitter_ms"] is None
     assert doc["series"]["time_s"] == []
@@ -522,7 +539,7 @@ def test_analyse_empty_traces_do_not_crash(chunks: int) -> None:
 
 
 def test_analyse_single_datagram() -> None:
-    doc = an.analyse(synthetic_trace(mask(".")))
+    doc = analyse(synthetic_trace(mask(".")))
     json.dumps(doc, allow_nan=False)
     assert doc["loss"]["ci95"][0] == pytest.approx(0.0, abs=1e-12)
     assert doc["timing"]["jitter_ms"] == 0.0
@@ -534,12 +551,12 @@ def test_analyse_a_million_datagrams_quickly() -> None:
     trace = synthetic_trace(lost, jitter_ns=20_000, seed=5)
     assert len(trace) > 1_000_000
     started = time.perf_counter()
-    doc = an.analyse(trace)
+    doc = analyse(trace)
     elapsed = time.perf_counter() - started
     assert elapsed < 3.0  # about 0.3 s on a laptop; generous for loaded CI machines
     assert doc["loss"]["gilbert"]["p"] == pytest.approx(0.01, rel=0.1)
     assert doc["loss"]["gilbert"]["r"] == pytest.approx(0.25, rel=0.1)
-    assert 50 <= len(doc["series"]["time_s"]) <= an.SERIES_MAX_BINS
+    assert 50 <= len(doc["series"]["time_s"]) <= SERIES_MAX_BINS
     json.dumps(doc, allow_nan=False)
 
 
@@ -557,7 +574,7 @@ def test_trace_save_load_round_trip(tmp_path: Path) -> None:
         assert getattr(loaded, name).dtype == getattr(trace, name).dtype
     for name in ("chunk_count", "chunk_size", "file_size", "mode", "tx_sent", "started_ns"):
         assert getattr(loaded, name) == getattr(trace, name)
-    assert an.analyse(loaded) == an.analyse(trace)
+    assert analyse(loaded) == analyse(trace)
 
 
 def _npz(path: Path, **members: object) -> Path:
@@ -604,7 +621,7 @@ def test_earlier_npz_traces_still_load(tmp_path: Path) -> None:
     trace = small_reliable_trace()
     loaded = Trace.load(_npz(tmp_path / "old.npz", **_legacy_members(trace)))
     assert np.array_equal(loaded.arrival_ns, trace.arrival_ns)
-    assert an.analyse(loaded) == an.analyse(trace)
+    assert analyse(loaded) == analyse(trace)
 
 
 def test_trace_load_rejects_npy_truncated_and_inconsistent_files(tmp_path: Path) -> None:
@@ -721,6 +738,6 @@ def test_trace_from_buffers_converts_other_integer_types() -> None:
 
 
 def test_json_numbers_are_finite() -> None:
-    assert an._num(math.nan) is None
-    assert an._num(math.inf) is None
-    assert an._num(np.float64(2.5)) == 2.5
+    assert json_float(math.nan) is None
+    assert json_float(math.inf) is None
+    assert json_float(np.float64(2.5)) == 2.5

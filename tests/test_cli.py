@@ -16,6 +16,7 @@ import pytest
 from cli_helpers import UDPXFER, recv_process, run
 from helpers import LossyRelay
 
+from udpxfer.cli.signals import Interrupted, handled, raise_interrupted
 from udpxfer.protocol.codec import decode_untrusted
 from udpxfer.protocol.wire import Data, PacketType
 
@@ -148,6 +149,18 @@ def test_receiver_stops_on_signals(tmp_path: Path, sig: signal.Signals, code: in
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == code
     assert "Traceback" not in err
+
+
+def test_handled_signals_reach_the_handler_and_the_previous_handler_comes_back() -> None:
+    before = signal.getsignal(signal.SIGUSR1)
+    seen: list[signal.Signals] = []
+    with handled(seen.append, signal.SIGUSR1):
+        signal.raise_signal(signal.SIGUSR1)
+    assert seen == [signal.SIGUSR1]
+    assert signal.getsignal(signal.SIGUSR1) is before
+    with pytest.raises(Interrupted, match="SIGUSR1"), handled(raise_interrupted, signal.SIGUSR1):
+        signal.raise_signal(signal.SIGUSR1)
+    assert signal.getsignal(signal.SIGUSR1) is before
 
 
 def test_send_to_a_closed_port_says_nothing_listens(tmp_path: Path, sample: Path) -> None:

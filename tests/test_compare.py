@@ -27,7 +27,7 @@ from udpxfer.lab.compare.plan import (
     sweep_points,
 )
 from udpxfer.lab.compare.run import CompareConfig
-from udpxfer.lab.impair import Direction, GilbertElliott, Impairment
+from udpxfer.lab.impair.models import Direction, GilbertElliott, Impairment
 from udpxfer.lab.netns import (
     Backend,
     describe_lab,

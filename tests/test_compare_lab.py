@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from udpxfer.lab.impair import Impairment
+from udpxfer.lab.impair.models import Impairment
 from udpxfer.lab.live import LiveLab, netem_available
 from udpxfer.lab.netns import Backend, describe_lab, in_netns, list_namespaces, list_root_links
 

@@ -10,20 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpxfer.cli.impair_options import parse_gilbert, parse_queue_limit
 from udpxfer.errors import MalformedPacket, UsageError
-from udpxfer.lab.impair import (
-    LOG_COLUMNS,
+from udpxfer.lab.impair.models import (
     Direction,
-    DropCause,
     GilbertElliott,
     Impairment,
-    ImpairmentPolicy,
     JitterDistribution,
-    classify,
-    direction_rng,
+    parse_gilbert,
+    parse_queue_limit,
     split_by_direction,
 )
+from udpxfer.lab.impair.policy import ImpairmentPolicy, direction_rng
+from udpxfer.lab.impair.records import LOG_COLUMNS, DropCause, classify
 from udpxfer.protocol import codec, framing, wire
 from udpxfer.units import parse_duration, parse_probability
 

@@ -33,14 +33,9 @@ from helpers import receiver, wait_for
 from PIL import Image, ImageColor
 
 from udpxfer.analysis.trace import Trace
-from udpxfer.lab.impair import (
-    Direction,
-    DirectionStats,
-    GilbertElliott,
-    Impairment,
-    ImpairmentPolicy,
-    Record,
-)
+from udpxfer.lab.impair.models import Direction, GilbertElliott, Impairment
+from udpxfer.lab.impair.policy import ImpairmentPolicy
+from udpxfer.lab.impair.records import DirectionStats, Record
 from udpxfer.lab.relay import Relay
 from udpxfer.net.driver import TransferResult, send_file
 from udpxfer.protocol.sender import SenderConfig, SenderSession

@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_analysis import small_reliable_trace, synthetic_trace
 
-from udpxfer.analysis import metrics as an
 from udpxfer.analysis import online_report
 from udpxfer.analysis.online_report import replay
+from udpxfer.analysis.sections import analyse
+from udpxfer.analysis.series import SERIES_MAX_BINS
 from udpxfer.analysis.trace import Trace
 from udpxfer.analysis.tracefile import COLUMNS, RECORD, TraceReader
 from udpxfer.protocol.batch import DataBatch
@@ -41,7 +42,7 @@ def online_sections(trace: Trace, rows: int) -> dict[str, Any]:
 
 
 def assert_same_as_batch(trace: Trace, rows: int) -> None:
-    batch, online = an.analyse(trace), online_sections(trace, rows)
+    batch, online = analyse(trace), online_sections(trace, rows)
     for key in EXACT_LOSS:
         assert online["loss"][key] == batch["loss"][key], key
     rfc_batch, rfc_online = dict(batch["loss"]["rfc3611"]), dict(online["loss"]["rfc3611"])
@@ -72,7 +73,7 @@ def assert_same_as_batch(trace: Trace, rows: int) -> None:
     # The time series: same totals (new bytes, chunks lost), bounded bins.
     series_b, series_o = batch["series"], online["series"]
     assert set(series_o) == set(series_b)
-    assert len(series_o["time_s"]) <= an.SERIES_MAX_BINS
+    assert len(series_o["time_s"]) <= SERIES_MAX_BINS
     if series_b["bin_s"] is not None:
         bytes_b = sum(series_b["goodput_bps"]) * series_b["bin_s"]
         bytes_o = sum(series_o["goodput_bps"]) * series_o["bin_s"]
@@ -193,7 +194,7 @@ def test_report_of_a_trace_file_equals_the_in_memory_analysis(tmp_path: Path) ->
     lost = np.random.default_rng(2).random(5000) < 0.05
     trace = synthetic_trace(lost, mode="reliable", jitter_ns=20_000, duplicates=9, seed=3)
     doc = load_report(trace.save(tmp_path / "t.trace"))
-    batch = an.analyse(trace)
+    batch = analyse(trace)
     for key in EXACT_LOSS:
         assert doc["loss"][key] == batch["loss"][key]
     assert doc["chunks"]["duplicates"] == batch["duplicates"]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from test_analysis import gilbert_elliott_losses, synthetic_trace
 
-from udpxfer.analysis import metrics as an
+from udpxfer.analysis.sections import analyse
+from udpxfer.analysis.series import SERIES_MIN_DATAGRAMS
 from udpxfer.reports import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,10 +54,10 @@ def test_ten_million_chunk_map_from_ranges_renders() -> None:
 def test_time_bins_hold_tens_of_datagrams_and_start_at_zero() -> None:
     for n in (109, 2_000, 200_000):
         trace = synthetic_trace(gilbert_elliott_losses(n, p=0.02, r=0.3, seed=n), seed=n)
-        series = an.analyse(trace)["series"]
+        series = analyse(trace)["series"]
         assert series["time_s"][0] == 0.0
         bins = len(series["time_s"])
-        assert len(trace) / bins >= an.SERIES_MIN_DATAGRAMS / 2.5  # 1-2-5 widths round up
+        assert len(trace) / bins >= SERIES_MIN_DATAGRAMS / 2.5  # 1-2-5 widths round up
         rates = [r for r in series["loss_rate"] if r is not None]
         assert all(0.0 <= r <= 1.0 for r in rates)
         assert len(rates) >= bins - 1

@@ -20,7 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 from udpxfer.cli import app  # every command registered
-from udpxfer.lab.impair import LOG_COLUMNS, Direction, DropCause, Impairment, Record, flip_bit
+from udpxfer.lab.impair.models import Direction, Impairment
+from udpxfer.lab.impair.policy import flip_bit
+from udpxfer.lab.impair.records import LOG_COLUMNS, DropCause, Record
 from udpxfer.lab.relay import RecordLog, Relay, StopReason, kernel_drops
 from udpxfer.net.transport import UdpTransport
 from udpxfer.protocol import framing

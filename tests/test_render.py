@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from test_analysis import gilbert_elliott_losses, synthetic_trace
 
-from udpxfer.analysis import metrics as an
+from udpxfer.analysis.bursts import runs
+from udpxfer.analysis.loss import lost_chunks
+from udpxfer.analysis.sections import analyse
 from udpxfer.analysis.trace import RESENT, Trace
 from udpxfer.errors import UsageError
 from udpxfer.reports.render import (
@@ -32,8 +34,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def make_report(trace: Trace, *, name: str = "photo.jpg", analysed: bool = True) -> dict[str, Any]:
     """The JSON document a receiver would write for ``trace`` (core keys + analysis)."""
-    lost = an.lost_chunks(trace)
-    starts, lengths = an.runs(lost)
+    lost = lost_chunks(trace)
+    starts, lengths = runs(lost)
     first_pass_gaps = [[int(s), int(s + n - 1)] for s, n in zip(starts, lengths, strict=True)]
     gaps = first_pass_gaps if trace.mode == "blast" else []
     missing = sum(last - first + 1 for first, last in gaps)
@@ -64,7 +66,7 @@ def make_report(trace: Trace, *, name: str = "photo.jpg", analysed: bool = True)
         datagrams_received=len(trace),
         session_id="5e55",
         outcome="complete" if complete else "incomplete",
-        extra=an.analyse(trace) if analysed else {},
+        extra=analyse(trace) if analysed else {},
     )
     # Through JSON and back: exactly what a reader of the report file gets.
     doc: dict[str, Any] = json.loads(json.dumps(report.to_dict(), allow_nan=False))
@@ -262,7 +264,7 @@ def test_missing_image_is_a_usage_error(
 
 def test_importing_the_package_does_not_load_matplotlib() -> None:
     code = (
-        "import sys, udpxfer, udpxfer.reports.render, udpxfer.analysis.metrics,"
+        "import sys, udpxfer, udpxfer.reports.render, udpxfer.analysis.sections,"
         " udpxfer.analysis.trace, udpxfer.reports.report;"
         "sys.exit('matplotlib' in sys.modules)"
     )

@@ -21,7 +21,7 @@ from test_render import make_report
 
 from udpxfer.companions.udp_echo import run_udp_echo_server
 from udpxfer.errors import UsageError
-from udpxfer.lab.impair import GilbertElliott
+from udpxfer.lab.impair.models import GilbertElliott
 from udpxfer.reports.report import summary_lines
 
 

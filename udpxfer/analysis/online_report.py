@@ -1,4 +1,4 @@
-"""``OnlineStats`` -> the report's analysis sections (the keys ``analysis.analyse`` gives).
+"""``OnlineStats`` -> the report's analysis sections (the keys ``analysis.sections.analyse`` gives).
 
 Runs once, when a transfer ends: one pass over the first-pass bitmap in blocks
 (``lossruns.LossRuns``) for the loss runs, Gilbert counts and RFC 3611 bursts, then formatting.
@@ -15,8 +15,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from udpxfer.analysis import metrics as an
+from udpxfer.analysis.bursts import GMIN, RunStats
+from udpxfer.analysis.loss import (
+    GilbertFit,
+    datagram_loss_rate,
+    gilbert_elliott_from_counts,
+    gilbert_from_counts,
+    loss_section,
+)
 from udpxfer.analysis.lossruns import LossRuns, iter_lost_blocks
+from udpxfer.analysis.series import SERIES_MAX_BINS, SERIES_MIN_DATAGRAMS, empty_series
+from udpxfer.analysis.values import NS_PER_MS, NS_PER_S, json_list, ratio
 from udpxfer.protocol.online import PDV_METHOD, OnlineStats, delay_quantiles
 
 I64 = npt.NDArray[np.int64]
@@ -24,15 +33,13 @@ F64 = npt.NDArray[np.float64]
 
 
 def run_section(histogram: Counter[int]) -> dict[str, Any]:
-    """``analysis.run_stats`` of the lengths a histogram counts (same numbers)."""
+    """``bursts.run_stats`` of the lengths a histogram counts (same numbers)."""
     if not histogram:
-        return asdict(an.RunStats(0, None, 0, []))
+        return asdict(RunStats(0, None, 0, []))
     lengths = sorted(histogram)
     count = histogram.total()
     total = sum(length * histogram[length] for length in lengths)
-    return asdict(
-        an.RunStats(count, total / count, lengths[-1], [[k, histogram[k]] for k in lengths])
-    )
+    return asdict(RunStats(count, total / count, lengths[-1], [[k, histogram[k]] for k in lengths]))
 
 
 def _anchors(stats: OnlineStats) -> tuple[F64, F64, float] | None:
@@ -68,11 +75,11 @@ def _slot_time(anchors: tuple[F64, F64, float]) -> Any:
 def sections(
     stats: OnlineStats, *, held_before: bytes = b"", chunks_sent: int = -1, tx_sent: int = -1
 ) -> dict[str, Any]:
-    """The analysis sections of the report (see ``analysis.analyse``) from online state."""
+    """The analysis sections of the report (see ``analysis.sections.analyse``) from online state."""
     stats.flush_bins()
     anchors = _anchors(stats)
     slot_time = _slot_time(anchors) if anchors is not None else None
-    runs = LossRuns(an.GMIN, slot_time)
+    runs = LossRuns(GMIN, slot_time)
     factor, nbins = _series_shape(stats)
     cols = stats.bins.coarsened(factor)
     bounds, owners = _send_bounds(cols, nbins)
@@ -103,28 +110,25 @@ def sections(
         np.add.at(kept_per_bin, owners, np.maximum(np.diff(edges), 0))
     n, n_lost = runs.n, runs.lost
     bursts = run_section(runs.loss_runs)
-    bursts["bernoulli_mean_length"] = an._ratio(n, n - n_lost)
-    p, r, steady = an.gilbert_from_counts(*runs.transitions())
-    ge = an.gilbert_elliott_from_counts(runs.moments) if n else None
-    fit = an.GilbertFit(p, r, steady)
+    bursts["bernoulli_mean_length"] = ratio(n, n - n_lost)
+    p, r, steady = gilbert_from_counts(*runs.transitions())
+    ge = gilbert_elliott_from_counts(runs.moments) if n else None
+    fit = GilbertFit(p, r, steady)
     if ge is not None:
-        fit = an.GilbertFit(p, r, steady, ge.h, ge.k, ge.ge_p, ge.ge_r, ge.ge_loss)
-    ci = an.wilson_interval(n_lost, n)
+        fit = GilbertFit(p, r, steady, ge.h, ge.k, ge.ge_p, ge.ge_r, ge.ge_loss)
     order = stats.order
     tx_arrived = stats.datagrams - order.duplicates
-    datagram_loss = 1 - tx_arrived / tx_sent if tx_sent > 0 and tx_arrived <= tx_sent else None
     measured = order.count - order.extent_unknown
     pdv, pdv_error = delay_quantiles(stats)
     return {
-        "loss": {
-            "ci95": list(ci) if ci is not None else None,
-            "ci_method": "wilson",
-            "datagram_rate": datagram_loss,
-            "bursts": bursts,
-            "gaps": run_section(runs.gap_runs),
-            "gilbert": {key: an._num(v) for key, v in asdict(fit).items()},
-            "rfc3611": _rfc3611(runs, slot_time, first_kept, last_kept),
-        },
+        "loss": loss_section(
+            n_lost,
+            n,
+            datagram_loss_rate(tx_arrived, tx_sent),
+            (bursts, run_section(runs.gap_runs)),
+            fit,
+            _rfc3611(runs, slot_time, first_kept, last_kept),
+        ),
         "reorder": {
             "count": order.count,
             "ratio": order.count / order.unique if order.unique else None,
@@ -135,7 +139,7 @@ def sections(
         },
         "duplicates": stats.duplicates,
         "timing": {
-            "jitter_ms": stats.jitter / an.NS_PER_MS if stats.datagrams else None,
+            "jitter_ms": stats.jitter / NS_PER_MS if stats.datagrams else None,
             "pdv_ms": pdv,
             "pdv_error_ms": pdv_error,
             "pdv_method": PDV_METHOD,
@@ -156,11 +160,11 @@ def _rfc3611(runs: LossRuns, slot_time: Any, first: int, last: int) -> dict[str,
     burst_ms: float | None = None
     gap_ms: float | None = None
     if slot_time is not None:
-        burst_ms = b.duration_ns / b.bursts / an.NS_PER_MS if b.bursts else 0.0
+        burst_ms = b.duration_ns / b.bursts / NS_PER_MS if b.bursts else 0.0
         periods = runs.gap_periods()
         if periods:
             span = slot_time(np.array([first, last + 1], dtype=np.int64))
-            gap_ms = (float(span[1] - span[0]) - b.duration_ns) / periods / an.NS_PER_MS
+            gap_ms = (float(span[1] - span[0]) - b.duration_ns) / periods / NS_PER_MS
     return {
         "gmin": runs.gmin,
         "bursts": b.bursts,
@@ -179,7 +183,7 @@ def _series_shape(stats: OnlineStats) -> tuple[int, int]:
     cols = stats.bins.columns
     used_at = np.flatnonzero((cols["datagrams"] > 0) | (cols["first"] > 0))
     used = int(used_at[-1]) + 1 if used_at.size else 0
-    target = max(1, min(an.SERIES_MAX_BINS, stats.datagrams // an.SERIES_MIN_DATAGRAMS))
+    target = max(1, min(SERIES_MAX_BINS, stats.datagrams // SERIES_MIN_DATAGRAMS))
     factor = 1
     while math.ceil(used / factor) > target:
         factor *= 2
@@ -206,7 +210,7 @@ def _series(
     kept: I64,
 ) -> dict[str, Any]:
     width = stats.bins.width_ns * factor
-    out = an.empty_series()
+    out = empty_series()
     if stats.datagrams == 0 or nbins == 0:
         return out
     count = cols["datagrams"][:nbins]
@@ -218,13 +222,13 @@ def _series(
     np.divide(lost, kept, out=loss, where=kept > 0)
     return {
         **out,
-        "bin_s": width / an.NS_PER_S,
-        "time_s": (width * np.arange(nbins) / an.NS_PER_S).tolist(),
-        "goodput_bps": (cols["new_bytes"][:nbins] * 8.0 * (an.NS_PER_S / width)).tolist(),
-        "loss_rate": an._json_list(loss),
-        "pdv_mean_ms": an._json_list(pdv_mean / an.NS_PER_MS),
-        "pdv_max_ms": an._json_list(pdv_max / an.NS_PER_MS),
-        "jitter_ms": an._json_list(np.where(count > 0, cols["jitter"][:nbins], np.nan) / 1e6),
+        "bin_s": width / NS_PER_S,
+        "time_s": (width * np.arange(nbins) / NS_PER_S).tolist(),
+        "goodput_bps": (cols["new_bytes"][:nbins] * 8.0 * (NS_PER_S / width)).tolist(),
+        "loss_rate": json_list(loss),
+        "pdv_mean_ms": json_list(pdv_mean / NS_PER_MS),
+        "pdv_max_ms": json_list(pdv_max / NS_PER_MS),
+        "jitter_ms": json_list(np.where(count > 0, cols["jitter"][:nbins], np.nan) / 1e6),
     }
 
 

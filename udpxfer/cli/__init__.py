@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import typer
 
 # Importing a module registers its commands; `udpxfer --help` lists them in this order.
-_MODULES = ("transfer", "reports", "lab", "compare", "companions", "keys")
+_MODULES = ("transfer", "reports", "lab", "compare", "companions", "tcp_transfer", "keys")
 # Commands whose module is enough on its own (a sender should start fast).
 _ALONE = {"send": ("transfer",), "recv": ("transfer",)}
 

@@ -34,25 +34,24 @@ from udpxfer.cli.impair_options import (
     ReorderOpt,
     build_impairment,
 )
+from udpxfer.cli.signals import Interrupted, handled, raise_interrupted
 from udpxfer.errors import UsageError
 from udpxfer.lab.compare.plan import parse_sweep, parse_transports, sweep_points
 from udpxfer.lab.compare.run import CompareConfig, Comparison, Progress
-from udpxfer.lab.impair import Direction, Impairment, JitterDistribution
+from udpxfer.lab.impair.models import Direction, Impairment, JitterDistribution
 from udpxfer.lab.live import (
     STATE_DIR,
-    Interrupted,
     LiveLab,
     check_privileges,
     choose_backend,
-    raise_on_sigterm,
+    labs_by_owner,
+    stop_owner,
 )
 from udpxfer.lab.netns import (
     Backend,
     LabError,
     LabSpec,
     describe_lab,
-    list_namespaces,
-    owner_of,
     pid_alive,
     remove_leftovers,
 )
@@ -247,7 +246,9 @@ def compare(
             timeout_s=timeout,
         )
         spec = _spec(per_direction, backend, seed, tcp_congestion)
-        _run_compare(config, spec, direction.value)
+        # SIGTERM unwinds like Ctrl-C, so that the lab is torn down and partial results written.
+        with handled(raise_interrupted, signal.SIGTERM):
+            _run_compare(config, spec, direction.value)
 
 
 def _run_compare(config: CompareConfig, spec: LabSpec, direction: str) -> None:
@@ -256,7 +257,6 @@ def _run_compare(config: CompareConfig, spec: LabSpec, direction: str) -> None:
     from udpxfer.lab.compare import report as compare_report
 
     started = time.time()
-    raise_on_sigterm()
     ensure_writable_dir(config.out)
     comparison: Comparison | None = None
     interrupted = False
@@ -361,10 +361,9 @@ def lab_up(
             duplicate=duplicate, corrupt=corrupt, rate=rate, queue=queue,
         )  # fmt: skip
         spec = _spec(per_direction, backend, seed, tcp_congestion)
-        raise_on_sigterm()
         stop = threading.Event()
         try:
-            with LiveLab(spec) as lab:
+            with handled(raise_interrupted, signal.SIGTERM), LiveLab(spec) as lab:
                 for name in lab.removed_leftovers:
                     typer.echo(f"removed a leftover of an earlier run: {name}")
                 for line in _lab_lines(spec):
@@ -379,21 +378,12 @@ def lab_up(
             typer.echo("lab removed")
 
 
-def _labs() -> dict[int, list[str]]:
-    labs: dict[int, list[str]] = {}
-    for name in list_namespaces():
-        pid = owner_of(name)
-        if pid is not None:
-            labs.setdefault(pid, []).append(name)
-    return labs
-
-
 @lab_app.command("status", short_help="List the labs on this machine.")
 def lab_status() -> None:
     """List the labs on this machine: owner process, namespaces, addresses, impairment."""
     with guarded():
         check_privileges()
-        labs = _labs()
+        labs = labs_by_owner()
         if not labs:
             typer.echo("no udpxfer lab is up")
             return
@@ -430,19 +420,16 @@ def lab_down(
     """Remove every udpxfer lab: stop its owner (SIGTERM), then delete what is left."""
     with guarded():
         check_privileges()
-        labs = {owner: names for owner, names in _labs().items() if pid in (None, owner)}
+        labs = {owner: names for owner, names in labs_by_owner().items() if pid in (None, owner)}
         for owner in sorted(labs):
             if pid_alive(owner) and owner != os.getpid():
-                os.kill(owner, signal.SIGTERM)
-                deadline = time.monotonic() + timeout
-                while owner in _labs() and time.monotonic() < deadline:
-                    time.sleep(0.05)  # waiting for the owner's teardown, bounded
+                stop_owner(owner, timeout)
             typer.echo(f"lab of pid {owner} removed")
         leftovers = remove_leftovers(lambda owner: pid_alive(owner) and owner not in labs)
         for name in leftovers:
             typer.echo(f"removed {name}")
         if not labs and not leftovers:
             typer.echo("no udpxfer lab was up")
-        still = {owner: names for owner, names in _labs().items() if owner in labs}
+        still = {owner: names for owner, names in labs_by_owner().items() if owner in labs}
         if still:
             raise LabError(f"still up: {', '.join(n for ns in still.values() for n in ns)}")

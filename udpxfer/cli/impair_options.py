@@ -1,7 +1,8 @@
 """The impairment options shared by ``udpxfer impair`` and ``udpxfer compare``.
 
-One set of option declarations (type, help) and one parser, so that both commands take the
-same words and mean the same thing by them.
+One set of option declarations (type, help) and one builder, so that both commands take the
+same words and mean the same thing by them; the values themselves are read by the models'
+own parsers (``udpxfer.lab.impair.models``).
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from typing import Annotated, TypeVar
 import typer
 
 from udpxfer.errors import UsageError
-from udpxfer.lab.impair import (
+from udpxfer.lab.impair.models import (
     DEFAULT_QUEUE_LIMIT,
     Direction,
-    GilbertElliott,
     Impairment,
     JitterDistribution,
+    parse_gilbert,
+    parse_queue_limit,
     split_by_direction,
 )
-from udpxfer.units import parse_duration, parse_probability, parse_rate, parse_size
+from udpxfer.units import parse_duration, parse_probability, parse_rate
 
 T = TypeVar("T")
 
@@ -40,32 +42,6 @@ def parsed(option: str, parse: Callable[[str], T], text: str) -> T:
         return parse(text)
     except UsageError as exc:
         raise UsageError(f"{option}: {exc}") from None
-
-
-def parse_gilbert(text: str) -> GilbertElliott:
-    """Parse ``p,r[,1-h[,1-k]]`` (netem ``gemodel`` order; fractions or percentages).
-
-    Raises:
-        UsageError: not two to four probabilities.
-    """
-    fields = [field.strip() for field in text.split(",")]
-    if not 2 <= len(fields) <= 4:
-        raise UsageError(f"bad Gilbert-Elliott model {text!r}: expected p,r[,1-h[,1-k]]")
-    return GilbertElliott(*(parse_probability(field) for field in fields))
-
-
-def parse_queue_limit(text: str) -> tuple[int, bool]:
-    """Parse a queue limit: a bare count of datagrams, or bytes with a unit (``64K``, ``1500B``).
-
-    Returns:
-        The limit and whether it counts bytes.
-
-    Raises:
-        UsageError: neither a count nor a size.
-    """
-    if text.strip().isdigit():
-        return int(text), False
-    return parse_size(text), True
 
 
 DirectionOpt = Annotated[

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import secrets
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -34,7 +30,8 @@ from udpxfer.cli.impair_options import (
     build_impairment,
     parsed,
 )
-from udpxfer.lab.impair import Direction, JitterDistribution
+from udpxfer.cli.signals import handled
+from udpxfer.lab.impair.models import Direction, JitterDistribution
 from udpxfer.net.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.units import (
     Address,
@@ -77,25 +74,6 @@ udpxfer send FILE --to 127.0.0.1:9000
 udpxfer impair --listen 9000 --to 9001 --direction both \\
     --gilbert 1%,25% --rate 100M --queue 64K --seed 7 --log lab.jsonl
 """
-
-
-@contextmanager
-def _stop_on_signals(relay: Relay, caught: list[str]) -> Iterator[None]:
-    """While inside, SIGINT and SIGTERM stop ``relay`` cleanly instead of killing the process."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        caught.append(signal.Signals(signum).name)
-        relay.stop()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @app.command(
@@ -239,9 +217,15 @@ def _run(relay: Relay, target: Address, record_log: RecordLog | None, *, quiet: 
     say(f"  forward: {relay.forward.config.describe()}")
     say(f"  reverse: {relay.reverse.config.describe()}")
     caught: list[str] = []
+
+    def stop(sig: signal.Signals) -> None:
+        caught.append(sig.name)
+        relay.stop()
+
     started = time.monotonic()
     try:
-        with _stop_on_signals(relay, caught):
+        # Ctrl-C and SIGTERM stop the relay cleanly instead of killing the process.
+        with handled(stop, signal.SIGINT, signal.SIGTERM):
             reason = relay.run()
     finally:
         relay.close()

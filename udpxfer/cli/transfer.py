@@ -7,10 +7,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +16,7 @@ import typer
 from udpxfer.cli.application import EXIT_INCOMPLETE, EXIT_OK, app, fail, guarded
 from udpxfer.cli.keys import KeyFileOption, NoEncryptOption, load_key
 from udpxfer.cli.progress import show_progress
+from udpxfer.cli.signals import handled
 from udpxfer.cli.watch import RecvObserver, SendWatch, human, json_line
 from udpxfer.errors import TransferError
 from udpxfer.net.driver import ReceiverServer, send_file
@@ -383,7 +382,8 @@ def recv(
                 err=True,
             )
         stop = threading.Event()
-        with _sigterm_sets(stop):
+        # SIGTERM stops the server cleanly (exit 0); Ctrl-C stays KeyboardInterrupt (130).
+        with handled(lambda _sig: stop.set(), signal.SIGTERM):
             if not quiet:
                 say(f"listening on {'[' + host + ']' if ':' in host else host}:{port}")
             results = server.serve(stop)
@@ -401,22 +401,3 @@ def _trace_target(text: str | None) -> Path | None:
             f"--trace {text}: is a directory; give a file path such as {text.rstrip('/')}/run.trace"
         )
     return check_target(text, what="--trace", allow_stdout=False)
-
-
-class _sigterm_sets:
-    """Within the block, SIGTERM sets ``stop`` instead of killing the process."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self._stop = stop
-        self._previous: object = None
-
-    def __enter__(self) -> None:
-        with suppress(ValueError):  # not the main thread: leave SIGTERM alone
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
-
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
-        self._stop.set()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)  # type: ignore[arg-type]

@@ -2,5 +2,6 @@
 
 ``palindrome`` and ``rtt`` are pure (no sockets, no clocks); ``runtime`` holds what every
 server shares (binding, client numbering, clean shutdown); the other modules are the thin
-network programs. No typer here: the CLI lives in ``udpxfer.cli.companions``.
+network programs. No typer here: the CLI lives in ``udpxfer.cli.companions`` and
+``udpxfer.cli.tcp_transfer``.
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from udpxfer.errors import TransferError
-from udpxfer.lab.impair import GilbertElliott, Impairment
+from udpxfer.lab.impair.models import GilbertElliott, Impairment
 from udpxfer.lab.relay import Relay
 from udpxfer.lab.samples import SAMPLE_DIR
 from udpxfer.net.driver import ReceiverServer, send_file

@@ -2,8 +2,8 @@
 
 ``LiveLab`` is a context manager. Entering removes the leftovers of crashed earlier labs,
 then builds this one; leaving (normally, on an exception, on Ctrl-C) stops every process it
-started, stops the router and deletes the namespaces. The owner process installs the signal
-handlers (SIGTERM -> ``Interrupted``) so that ``finally`` always runs.
+started, stops the router and deletes the namespaces. The owner process makes SIGTERM raise
+(``udpxfer.cli.signals``) so that ``finally`` always runs; ``stop_owner`` sends it that SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from udpxfer.lab.impair import Impairment
+from udpxfer.lab.impair.models import Impairment
 from udpxfer.lab.netns import (
     Backend,
     LabError,
     LabSpec,
+    list_namespaces,
     namespace_commands,
     netem_commands,
     netns_name,
+    owner_of,
     path_commands,
     remove_leftovers,
     remove_namespaces,
@@ -80,17 +82,22 @@ def choose_backend(requested: Backend) -> Backend:
     return Backend.TUN
 
 
-class Interrupted(Exception):
-    """SIGTERM arrived: unwind and tear the lab down."""
+def labs_by_owner() -> dict[int, list[str]]:
+    """The udpxfer lab namespaces on this machine, by the pid of the process that owns them."""
+    labs: dict[int, list[str]] = {}
+    for name in list_namespaces():
+        pid = owner_of(name)
+        if pid is not None:
+            labs.setdefault(pid, []).append(name)
+    return labs
 
 
-def raise_on_sigterm() -> None:
-    """Make SIGTERM raise ``Interrupted`` in the main thread (so ``finally`` blocks run)."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, handler)
+def stop_owner(pid: int, timeout_s: float) -> None:
+    """Ask a lab's owner to remove its lab (SIGTERM); wait until it has, ``timeout_s`` at most."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while pid in labs_by_owner() and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for the owner's teardown, bounded
 
 
 class LiveLab:

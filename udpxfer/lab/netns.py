@@ -31,7 +31,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from udpxfer.errors import UdpxferError
-from udpxfer.lab.impair import Impairment
+from udpxfer.lab.impair.models import Impairment
 
 T = TypeVar("T")
 

@@ -33,16 +33,9 @@ from types import TracebackType
 from typing import IO, Any, Generic, TypeVar
 
 from udpxfer.errors import UsageError
-from udpxfer.lab.impair import (
-    LOG_COLUMNS,
-    Datagram,
-    Direction,
-    DirectionStats,
-    Impairment,
-    ImpairmentPolicy,
-    Record,
-    direction_rng,
-)
+from udpxfer.lab.impair.models import Direction, Impairment
+from udpxfer.lab.impair.policy import ImpairmentPolicy, direction_rng
+from udpxfer.lab.impair.records import LOG_COLUMNS, Datagram, DirectionStats, Record
 from udpxfer.net.sockets import SockAddr, bind_socket, resolve
 from udpxfer.net.transport import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, MAX_DATAGRAM, UdpTransport
 from udpxfer.units import Address
@@ -155,7 +148,7 @@ class Relay:
         target: where their datagrams go.
         forward: the impairment of client -> target datagrams.
         reverse: the impairment of target -> client datagrams.
-        seed: fixes every random decision (``impair.direction_rng``).
+        seed: fixes every random decision (``impair.policy.direction_rng``).
         on_records: receives the ground-truth records in batches, from the relay thread;
             None skips building them.
         count_limit: stop after this many datagrams have arrived (both directions together).

@@ -22,13 +22,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from udpxfer.lab.impair import (
-    Direction,
-    DirectionStats,
-    Impairment,
-    ImpairmentPolicy,
-    direction_rng,
-)
+from udpxfer.lab.impair.models import Direction, Impairment
+from udpxfer.lab.impair.policy import ImpairmentPolicy, direction_rng
+from udpxfer.lab.impair.records import DirectionStats
 from udpxfer.lab.netns import LabError, in_netns
 
 TUNSETIFF = 0x400454CA

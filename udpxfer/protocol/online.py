@@ -5,9 +5,9 @@ chunk index, transmission number, send stamp, arrival, pass, flags) and folds th
 whose size does not grow with the transfer: one bit per chunk (first transmissions seen) and
 per transmission number (for duplicates), the open RFC 3550 jitter, a log histogram of the
 delays, and time bins that merge as the transfer grows. ``sections`` then gives the report
-sections ``analysis.analyse`` computes from a whole trace, with the same keys; a property test
-holds the two to the same numbers (exactly where ``analyse`` is exact; within the stated
-bounds for the delay percentiles, and by construction for the time series' totals).
+sections ``analysis.sections.analyse`` computes from a whole trace, with the same keys; a
+property test holds the two to the same numbers (exactly where ``analyse`` is exact; within
+the stated bounds for the delay percentiles, and by construction for the time series' totals).
 
 Each ``add`` costs a handful of numpy calls per batch, none per datagram; the common batch (an
 ascending run of first transmissions under one send stamp) takes the scalar path.

@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from udpxfer.analysis import metrics as an
+from udpxfer.analysis.bursts import geometric_run_pmf
+from udpxfer.analysis.loss import ranges_to_mask
 from udpxfer.reports.document import Report, lookup
 
 F64 = npt.NDArray[np.float64]
@@ -81,9 +82,9 @@ def chunk_status(doc: Report) -> npt.NDArray[np.int8] | None:
     total = int(lookup(doc, "chunks.total") or 0)
     if total <= 0:
         return None
-    lost = an.ranges_to_mask(doc.get("first_pass_gaps") or [], total)
+    lost = ranges_to_mask(doc.get("first_pass_gaps") or [], total)
     status = lost.astype(np.int8)
-    status[an.ranges_to_mask(doc.get("gaps") or [], total)] = 2
+    status[ranges_to_mask(doc.get("gaps") or [], total)] = 2
     return status
 
 
@@ -280,7 +281,7 @@ def burst_histogram(doc: Report) -> Plot | None:
     )
     ax.bar_label(bars, labels=[f"{c:.0f}" if c else "" for c in counts], fontsize="small")
     lengths = np.arange(1, int(edges[-1]), dtype=np.int64)
-    pmf = an.geometric_run_pmf(float(rate), lengths)
+    pmf = geometric_run_pmf(float(rate), lengths)
     expected = np.add.reduceat(pmf, (edges[:-1] - 1).astype(np.intp)) * counts.sum()
     ax.plot(
         left - 0.5 + width / 2,

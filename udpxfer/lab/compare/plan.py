@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from udpxfer.errors import UsageError
-from udpxfer.lab.impair import Direction, Impairment
+from udpxfer.lab.impair.models import Direction, Impairment
 from udpxfer.units import parse_duration, parse_probability, parse_rate
 
 TCP_HEADERS_BYTES = 52  # IPv4 20 + TCP 20 + timestamps 12: MSS = MTU - 52
