@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_analysis import small_reliable_trace, synthetic_trace
 
@@ -135,6 +135,7 @@ def test_online_statistics_of_a_long_bursty_transfer() -> None:
     ),
     st.floats(0.0, 1.0),
 )
+@example([-4503599628, 0, 0, 0], 1 / 3)
 @settings(max_examples=300, deadline=None)
 def test_log_histogram_quantiles_within_their_bound(values: list[int], q: float) -> None:
     """Each estimate is within its stated bound of numpy's (linearly interpolated) percentile,
@@ -147,7 +148,10 @@ def test_log_histogram_quantiles_within_their_bound(values: list[int], q: float)
         sketch.add_same(value, 1)
     [(estimate, bound)] = sketch.quantiles([q])
     exact = float(np.percentile(data, 100 * q))
-    assert abs(estimate - exact) <= bound * (1 + 1e-9) + 1e-6
+    # numpy's position q * (n - 1) is rounded: a weight of 1e-16 on a neighbour 4.5e9 away
+    # moves an exact 0 to -1e-6, so the slack scales with the values' span.
+    rounding = 1e-6 + 1e-12 * float(np.abs(data).max())
+    assert abs(estimate - exact) <= bound * (1 + 1e-9) + rounding
     low = np.sort(data)[math.floor(q * (data.size - 1))]
     high = np.sort(data)[math.ceil(q * (data.size - 1))]
     assert bound <= RELATIVE_ACCURACY * max(abs(int(low)), abs(int(high))) * (
