@@ -229,9 +229,9 @@ def state_of(session: ReceiverSession) -> dict[str, object]:
 def exact_sections(session: ReceiverSession) -> dict[str, object]:
     """The online statistics that are exact (delay figures are floats summed in other orders
     on the two paths, durations come from send-time anchors; test_online bounds them)."""
-    assert session.stats is not None
-    session.flush_stats()
-    doc = online_report.sections(session.stats, tx_sent=50)
+    assert session.online is not None
+    session.flush_online()
+    doc = online_report.sections(session.online, tx_sent=50)
     for key in ("burst_duration_ms", "gap_duration_ms"):  # from send-time anchors: approximate
         del doc["loss"]["rfc3611"][key]
     return {key: doc[key] for key in ("loss", "reorder", "duplicates", "analysis")} | {

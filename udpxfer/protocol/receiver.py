@@ -220,8 +220,8 @@ class ReceiverSession:
         self.resumed = 0  # chunks found verified on disk when the transfer started
         self.contiguous = 0  # chunks held from the start of the file without a hole
         self.sent_upto = 0  # the first pass covered chunks [0, sent_upto) as far as we know
-        self.stats: OnlineStats | None = None  # from the transfer's start (record_trace)
-        self._staged = TraceRecorder()  # rows of ``on_data`` waiting for ``stats``
+        self.online: OnlineStats | None = None  # from the transfer's start (record_trace)
+        self._staged = TraceRecorder()  # rows of ``on_data`` waiting for ``online``
         self.trace = TraceRecorder() if config.stream_trace else None  # for the driver
 
         self.datagrams = 0  # datagrams attributed to this session
@@ -586,7 +586,7 @@ class ReceiverSession:
         self.held = Bitmap(meta.chunk_count)
         self.first_pass = Bitmap(meta.chunk_count)
         if self.config.record_trace:
-            self.stats = OnlineStats(meta.chunk_count, meta.chunk_size, meta.size, _ns(now))
+            self.online = OnlineStats(meta.chunk_count, meta.chunk_size, meta.size, _ns(now))
         if meta.block_chunks and meta.mode is Mode.RELIABLE:
             self.manifest = [None] * -(-meta.chunk_count // meta.block_chunks)
         self._events.emit(self, TransferStarted(meta))
@@ -646,15 +646,15 @@ class ReceiverSession:
         self.bytes_in_round += len(payload)
         held = self.held
         duplicate = held[index]
-        if self.stats is not None or self.trace is not None:
+        if self.online is not None or self.trace is not None:
             mark = (flags & _RESENT) | (TRACE_DUPLICATE if duplicate else 0)
             arrival_ns = int(now * 1e9)
             if self.trace is not None:
                 self.trace.append(index, tx, sent_ns, arrival_ns, pass_no, mark)
-            if self.stats is not None:
+            if self.online is not None:
                 self._staged.append(index, tx, sent_ns, arrival_ns, pass_no, mark)
                 if len(self._staged) >= _STAGED_ROWS:
-                    self.flush_stats()
+                    self.flush_online()
         if tx > self._highest_tx:
             self._highest_tx = tx
         elif not duplicate:
@@ -695,7 +695,7 @@ class ReceiverSession:
         first, last = int(index[0]), int(index[-1])
         stamps = batch.sent_ns
         if self._staged.index:
-            self.flush_stats()  # rows that came one at a time go first: arrival order
+            self.flush_online()  # rows that came one at a time go first: arrival order
         if (
             last - first == n - 1
             and self.state is ReceiverState.RECEIVING
@@ -709,11 +709,11 @@ class ReceiverSession:
             return self._new_run(batch, first, last, now, queued_s)
         return self._rows(batch, now, queued_s)
 
-    def flush_stats(self) -> None:
+    def flush_online(self) -> None:
         """Fold the rows that came one at a time into the statistics."""
-        if self.stats is not None and self._staged.index:
+        if self.online is not None and self._staged.index:
             rows = self._staged.drain()
-            self.stats.add(
+            self.online.add(
                 rows["index"],
                 rows["tx"],
                 rows["sent_ns"],
@@ -750,10 +750,10 @@ class ReceiverSession:
             self.out_of_order += int(np.count_nonzero(tx <= before))
         self._highest_tx = max(self._highest_tx, int(tx.max()))
         resent = int(np.count_nonzero(resent_flags))
-        if self.stats is not None:
+        if self.online is not None:
             # An ascending run of first transmissions in order: the statistics' scalar path.
             run = in_order and resent == 0 and not batch.pass_no.any()
-            self.stats.add(
+            self.online.add(
                 batch.index, tx, batch.sent_ns, arrival_ns, batch.pass_no, resent_flags, run=run
             )
         self.retransmitted += resent
@@ -805,14 +805,14 @@ class ReceiverSession:
             repeated[once] = False
             duplicate |= repeated
         resent = (flags & _RESENT) != 0
-        if self.trace is not None or self.stats is not None:
+        if self.trace is not None or self.online is not None:
             marks = np.where(duplicate, TRACE_DUPLICATE, 0).astype(np.uint8)
             trace_flags = (flags & _RESENT) | marks
             arrival_ns = int(now * 1e9)
             if self.trace is not None:
                 self.trace.extend(index, tx, sent_ns, arrival_ns, batch.pass_no, trace_flags)
-            if self.stats is not None:
-                self.stats.add(index, tx, sent_ns, arrival_ns, batch.pass_no, trace_flags)
+            if self.online is not None:
+                self.online.add(index, tx, sent_ns, arrival_ns, batch.pass_no, trace_flags)
         # Out of order: a new chunk whose transmission number is not above every earlier one.
         before = np.maximum.accumulate(np.concatenate(([self._highest_tx], tx[:-1])))
         self.out_of_order += int(np.count_nonzero((tx <= before) & ~duplicate))

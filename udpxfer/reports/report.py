@@ -260,11 +260,11 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 def session_sections(session: ReceiverSession) -> dict[str, Any]:
     """The analysis sections of a session's report, from its online statistics (empty when
     the receiver keeps none)."""
-    if session.stats is None or session.meta is None:
+    if session.online is None or session.meta is None:
         return {}
-    session.flush_stats()
+    session.flush_online()
     return online_report.sections(
-        session.stats,
+        session.online,
         held_before=session.resumed_bits(),
         chunks_sent=session.sent_upto if session.not_sent else -1,
         tx_sent=session.tx_sent,
