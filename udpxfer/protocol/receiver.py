@@ -28,6 +28,7 @@ from udpxfer.protocol.events import (
     ChunkReceived,
     Event,
     NackSent,
+    Outcome,
     TransferEnded,
     TransferStarted,
     VerifyRequested,
@@ -325,10 +326,10 @@ class ReceiverSession:
         self.sha256_actual = digest
         if digest == self.meta.sha256:
             self.verdict = Verdict.VERIFIED
-            self._end(now, "complete", "")
+            self._end(now, Outcome.COMPLETE, "")
         else:
             self.verdict = Verdict.MISMATCH
-            self._end(now, "mismatch", "SHA-256 of the received file does not match")
+            self._end(now, Outcome.MISMATCH, "SHA-256 of the received file does not match")
         self._send_done(self._last_sent_ns, now)
 
     def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
@@ -399,7 +400,7 @@ class ReceiverSession:
         if state is not ReceiverState.RECEIVING:
             return
         if now >= self.last_heard + self.config.idle_timeout_s:
-            self._end(now, "timeout", f"sender silent for {self.config.idle_timeout_s:g} s")
+            self._end(now, Outcome.TIMEOUT, f"sender silent for {self.config.idle_timeout_s:g} s")
             self._queue(Abort(self.session_id, AbortCode.TIMEOUT, "receiver timed out", _ns(now)))
         elif (
             self._end_seen_at is not None
@@ -412,7 +413,7 @@ class ReceiverSession:
     def close(self, now: float, reason: str, *, tell: bool = True) -> None:
         """The receiver is shutting down (or the file failed): end the transfer as aborted."""
         if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:
-            self._end(now, "aborted", reason)
+            self._end(now, Outcome.ABORTED, reason)
             if tell:
                 self._queue(Abort(self.session_id, AbortCode.CANCELLED, reason, _ns(now)))
         self.state = ReceiverState.CLOSED
@@ -420,7 +421,7 @@ class ReceiverSession:
     def supersede(self, now: float) -> None:
         """The same sender started this file again (a resume): end this session quietly."""
         if self.state is ReceiverState.RECEIVING:
-            self._end(now, "aborted", "superseded by a new transfer of the same file")
+            self._end(now, Outcome.ABORTED, "superseded by a new transfer of the same file")
         self.state = ReceiverState.CLOSED
 
     def refuse(self, reason: str, now: float, code: AbortCode = AbortCode.REFUSED) -> None:
@@ -890,7 +891,7 @@ class ReceiverSession:
         if self.meta is not None:
             self.sent_upto = max(self.sent_upto, min(abort.chunks_sent, self._chunk_count))
         if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:
-            self._end(now, "aborted", f"sender aborted: {abort.reason}")
+            self._end(now, Outcome.ABORTED, f"sender aborted: {abort.reason}")
 
     def _on_end(self, end: End, now: float) -> None:
         self._last_sent_ns = end.sent_ns
@@ -969,7 +970,7 @@ class ReceiverSession:
             self._all_held()
             return
         self.verdict = Verdict.INCOMPLETE
-        self._end(now, "incomplete", "chunks missing after the blast")
+        self._end(now, Outcome.INCOMPLETE, "chunks missing after the blast")
         self._send_done(self._last_sent_ns, now)
 
     def _all_held(self) -> None:
@@ -977,7 +978,7 @@ class ReceiverSession:
             self.state = ReceiverState.VERIFYING
             self._events.emit(self, VerifyRequested())
 
-    def _end(self, now: float, outcome: str, reason: str) -> None:
+    def _end(self, now: float, outcome: Outcome, reason: str) -> None:
         self.state = ReceiverState.FINISHED
         self.finished_at = now
         self.outcome = TransferEnded(outcome, reason, self.verdict)

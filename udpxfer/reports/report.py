@@ -14,6 +14,7 @@ from typing import Any
 from udpxfer.analysis import online_report
 from udpxfer.net.files import unique_path
 from udpxfer.net.sockets import format_sockaddr
+from udpxfer.protocol.events import Outcome
 from udpxfer.protocol.ranges import as_lists
 from udpxfer.protocol.receiver import ReceiverSession
 from udpxfer.protocol.wire import Mode
@@ -283,9 +284,9 @@ def udp_report(
     statistics (``ReceiverConfig.record_trace``)."""
     meta = session.meta
     assert meta is not None
-    outcome = session.outcome.outcome if session.outcome else "incomplete"
+    outcome = session.outcome.outcome if session.outcome else Outcome.INCOMPLETE
     complete = session.complete
-    verified = outcome == "complete"
+    verified = outcome is Outcome.COMPLETE
     gaps = session.gaps()
     first_pass = session.first_pass_gaps()
     not_sent = session.not_sent
@@ -299,7 +300,7 @@ def udp_report(
     # Goodput counts until verification for a verified file, else until the last new chunk
     # (not the blast grace period or an idle timeout that followed it).
     end = session.finished_at if session.finished_at is not None else session.last_heard
-    if outcome != "complete" and session.last_data_at is not None:
+    if outcome is not Outcome.COMPLETE and session.last_data_at is not None:
         end = session.last_data_at
     report = TransferReport(
         transport="udp",
