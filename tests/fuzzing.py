@@ -31,7 +31,8 @@ from udpxfer.protocol.endpoint import Keying, ReceiverEndpoint
 from udpxfer.protocol.events import TransferStarted, VerifyRequested
 from udpxfer.protocol.keyed import AeadSeal
 from udpxfer.protocol.keys import Direction, PacketProtection
-from udpxfer.protocol.receiver import Peer, ReceiverConfig, ReceiverSession, ReceiverState
+from udpxfer.protocol.receiver import Peer, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_state import ReceiverState
 from udpxfer.protocol.sender import SenderConfig, SenderKeying, SenderSession
 from udpxfer.protocol.wire import (
     Abort,
@@ -280,6 +281,7 @@ def transfer(
         settled = session is None or session.state in (
             ReceiverState.FINISHED,
             ReceiverState.CLOSED,
+            ReceiverState.DROPPED,
         )
         if sender.finished and settled and not in_flight:
             return sender, session, now

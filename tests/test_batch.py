@@ -16,7 +16,8 @@ from udpxfer.analysis import online_report
 from udpxfer.errors import MalformedPacket
 from udpxfer.protocol.batch import decode_batch_untrusted, payload_views, row_count
 from udpxfer.protocol.endpoint import ReceiverEndpoint
-from udpxfer.protocol.receiver import EventSink, ReceiverConfig, ReceiverSession, ReceiverState
+from udpxfer.protocol.receiver import EventSink, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_state import ReceiverState
 from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
 from udpxfer.protocol.wire import (
     CRC_BYTES,

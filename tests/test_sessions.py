@@ -11,7 +11,8 @@ from helpers import PEER, Link, connect, drop_first_copies, drop_types, run_pair
 
 from udpxfer.protocol.endpoint import ReceiverEndpoint
 from udpxfer.protocol.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
-from udpxfer.protocol.receiver import ReceiverConfig, ReceiverState
+from udpxfer.protocol.receiver import ReceiverConfig
+from udpxfer.protocol.receiver_state import ReceiverState
 from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
 from udpxfer.protocol.wire import (
     Abort,

@@ -31,8 +31,8 @@ from udpxfer.protocol.receiver import (
     Peer,
     ReceiverConfig,
     ReceiverSession,
-    ReceiverState,
 )
+from udpxfer.protocol.receiver_state import ACTIVE_STATES, ReceiverState
 from udpxfer.protocol.wire import (
     CRC,
     HEADER_BYTES,
@@ -197,7 +197,7 @@ class ReceiverEndpoint:
             self.rejected += 1
             return
         session = self.sessions.get((peer, header.session))
-        if session is not None and session.state is ReceiverState.CLOSED and header.ptype == _META:
+        if session is not None and session.closed and header.ptype == _META:
             # Over (refused, or finished and lingering no more): a new META starts afresh.
             self._forget(session)
             session = None
@@ -222,11 +222,7 @@ class ReceiverEndpoint:
         except MalformedPacket:
             self.rejected += 1
             return
-        if (
-            isinstance(packet, Data)
-            and session.started
-            and session.state is not ReceiverState.PROBATION
-        ):
+        if isinstance(packet, Data) and session.is_transfer:
             session.datagrams += 1
             if not session.on_data(
                 packet.index,
@@ -342,7 +338,7 @@ class ReceiverEndpoint:
             timer = session.get_timer()
             if timer is not None and now >= timer:
                 session.handle_timer(now)
-            if session.state is ReceiverState.CLOSED and not session.has_outgoing:
+            if session.closed and not session.has_outgoing:
                 if not session.is_transfer:
                     self.rejected += session.datagrams  # never a transfer: junk after all
                 del self.sessions[key]
@@ -661,7 +657,7 @@ class ReceiverEndpoint:
 
 
 def _active(session: ReceiverSession) -> bool:
-    return session.state is ReceiverState.RECEIVING or session.state is ReceiverState.VERIFYING
+    return session.state in ACTIVE_STATES
 
 
 def _source(peer: Peer) -> object:

@@ -17,7 +17,6 @@ import dataclasses
 from array import array
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from enum import Enum, auto
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,13 @@ from udpxfer.protocol.events import (
 )
 from udpxfer.protocol.online import TRACE_DUPLICATE, OnlineStats
 from udpxfer.protocol.ranges import Bitmap, batched, missing_ranges
+from udpxfer.protocol.receiver_state import (
+    OVER_STATES,
+    TRANSFER_STATES,
+    ReceiverState,
+    Step,
+    next_state,
+)
 from udpxfer.protocol.wire import (
     CRC,
     HEADER_BYTES,
@@ -75,17 +81,6 @@ _ARANGE = np.arange(1 << 12, dtype=np.int64)  # row positions of a batch (at mos
 # A DATA stamp further than this from the transfer's META stamp is no clock of that sender.
 MAX_STAMP_SPREAD_NS = 7 * 86400 * 10**9
 MAX_HAVE_DATAGRAMS = 16
-
-
-class ReceiverState(Enum):
-    """Where a receiver session is; every transition happens in this module."""
-
-    AWAITING_META = auto()  # datagrams of an unknown session, kept (bounded) until META
-    PROBATION = auto()  # unvalidated blast META: nothing is created until DATA or END follows
-    RECEIVING = auto()
-    VERIFYING = auto()  # every chunk held, the driver is hashing
-    FINISHED = auto()  # verdict reached; lingering to answer repeated ENDs
-    CLOSED = auto()
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +222,6 @@ class ReceiverSession:
 
         self.datagrams = 0  # datagrams attributed to this session
         self.pending_bytes = 0  # bytes kept before metadata
-        self.started = False  # a transfer: validated META, or META followed up by DATA/END
         self.refusal = ""  # why the receiver refused it, if it did
         self.data_received = 0  # valid DATA datagrams, duplicates included
         self.duplicates = 0
@@ -267,7 +261,7 @@ class ReceiverSession:
 
     def receive_packet(self, packet: Packet, now: float, size: int = 0) -> bool:
         """Handle one decoded packet of ``size`` bytes; False when it has no place here."""
-        if self.state is ReceiverState.CLOSED:
+        if self.state in OVER_STATES:
             return False
         self.last_heard = now
         accepted = self._dispatch(packet, now, size)
@@ -374,7 +368,7 @@ class ReceiverSession:
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run next."""
-        if self.state is ReceiverState.CLOSED or self.state is ReceiverState.VERIFYING:
+        if self.state in OVER_STATES or self.state is ReceiverState.VERIFYING:
             return None
         if self.state is ReceiverState.FINISHED:
             return self.last_heard + self.config.linger_s
@@ -390,12 +384,12 @@ class ReceiverSession:
         state = self.state
         if state is ReceiverState.FINISHED:
             if now >= self.last_heard + self.config.linger_s:
-                self.state = ReceiverState.CLOSED
+                self._step(Step.CLOSE)
             return
         if state is ReceiverState.AWAITING_META or state is ReceiverState.PROBATION:
             timer = self.get_timer()
             if timer is not None and now >= timer:
-                self.state = ReceiverState.CLOSED  # never a transfer: nothing was created
+                self._step(Step.CLOSE)  # never a transfer: nothing was created
             return
         if state is not ReceiverState.RECEIVING:
             return
@@ -416,18 +410,18 @@ class ReceiverSession:
             self._end(now, Outcome.ABORTED, reason)
             if tell:
                 self._queue(Abort(self.session_id, AbortCode.CANCELLED, reason, _ns(now)))
-        self.state = ReceiverState.CLOSED
+        self._step(Step.CLOSE)
 
     def supersede(self, now: float) -> None:
         """The same sender started this file again (a resume): end this session quietly."""
         if self.state is ReceiverState.RECEIVING:
             self._end(now, Outcome.ABORTED, "superseded by a new transfer of the same file")
-        self.state = ReceiverState.CLOSED
+        self._step(Step.CLOSE)
 
     def refuse(self, reason: str, now: float, code: AbortCode = AbortCode.REFUSED) -> None:
         """Turn the sender away before anything was created (limits, too many transfers)."""
         self.refusal = reason
-        self.state = ReceiverState.CLOSED
+        self._step(Step.CLOSE)
         self._queue(Abort(self.session_id, code, reason, _ns(now)))
 
     # -- views for reports ---------------------------------------------------------------
@@ -440,7 +434,7 @@ class ReceiverSession:
     @property
     def closed(self) -> bool:
         """True once the session is over, lingering included."""
-        return self.state is ReceiverState.CLOSED
+        return self.state in OVER_STATES
 
     @property
     def transmissions_seen(self) -> int:
@@ -450,7 +444,7 @@ class ReceiverSession:
     @property
     def is_transfer(self) -> bool:
         """True once valid metadata started a transfer."""
-        return self.started
+        return self.state in TRANSFER_STATES
 
     @property
     def complete(self) -> bool:
@@ -566,7 +560,7 @@ class ReceiverSession:
             return False
         self.meta = meta
         self._stamp_origin = meta.sent_ns
-        self.state = ReceiverState.PROBATION
+        self._step(Step.META)
         per_datagram = meta.chunk_size + HEADER_BYTES + _BUFFER_OVERHEAD_BYTES
         self.window = max(
             8, min(self.config.max_window, self.config.buffer_bytes // 2 // per_datagram)
@@ -578,9 +572,8 @@ class ReceiverSession:
         """The transfer starts: the driver creates (or resumes) its file."""
         meta = self.meta
         assert meta is not None
-        self.started = True
         self.started_at = now
-        self.state = ReceiverState.RECEIVING
+        self._step(Step.BEGIN)
         self._chunk_size = meta.chunk_size
         self._chunk_count = meta.chunk_count
         self._last_len = meta.size - (meta.chunk_count - 1) * meta.chunk_size
@@ -878,7 +871,7 @@ class ReceiverSession:
             self.contiguous = min(self.contiguous, first)
         self.bad_blocks += len(blocks)
         self.block_repairs += 1
-        self.state = ReceiverState.RECEIVING
+        self._step(Step.BLOCKS_BAD)
         # Ask at once: the sender is waiting for the verdict of its last round.
         self._send_nacks(End(self.session_id, self.rounds, 0, 0, self._last_sent_ns), now)
 
@@ -886,7 +879,7 @@ class ReceiverSession:
         if abort.code is AbortCode.CLOSED:
             # The sender has its verdict: lingering to answer its ENDs again is over.
             if self.state is ReceiverState.FINISHED:
-                self.state = ReceiverState.CLOSED
+                self._step(Step.CLOSE)
             return
         if self.meta is not None:
             self.sent_upto = max(self.sent_upto, min(abort.chunks_sent, self._chunk_count))
@@ -975,11 +968,15 @@ class ReceiverSession:
 
     def _all_held(self) -> None:
         if self.state is ReceiverState.RECEIVING:
-            self.state = ReceiverState.VERIFYING
+            self._step(Step.ALL_HELD)
             self._events.emit(self, VerifyRequested())
 
+    def _step(self, step: Step) -> None:
+        """The one place the session's state changes (``receiver_state`` holds the table)."""
+        self.state = next_state(self.state, step)
+
     def _end(self, now: float, outcome: Outcome, reason: str) -> None:
-        self.state = ReceiverState.FINISHED
+        self._step(Step.END)
         self.finished_at = now
         self.outcome = TransferEnded(outcome, reason, self.verdict)
         self._events.emit(self, self.outcome)
