@@ -232,7 +232,7 @@ def run_receiver(chunks: int) -> ReceiverSession:
     """A blast transfer of ``chunks`` chunks through the sans-IO receiver, 1 in 50 buffers
     losing a datagram."""
     sink = EventSink()
-    session = ReceiverSession("peer", 7, 0.0, ReceiverConfig(), sink, lambda *_: None)
+    session = ReceiverSession("peer", 7, 0.0, ReceiverConfig(), sink)
     meta = Meta(7, "big", chunks * CHUNK, CHUNK, chunks, bytes(32), Mode.BLAST, sent_ns=10**15)
     session.open_validated(meta, 0.0)
     sink.queue.clear()

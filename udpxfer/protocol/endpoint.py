@@ -25,13 +25,7 @@ import numpy.typing as npt
 from udpxfer.errors import AuthenticationFailed, MalformedPacket
 from udpxfer.protocol.batch import DataBatch, decode_batch_untrusted, row_count
 from udpxfer.protocol.events import Event
-from udpxfer.protocol.receiver import (
-    ChunkSink,
-    EventSink,
-    Peer,
-    ReceiverConfig,
-    ReceiverSession,
-)
+from udpxfer.protocol.receiver import EventSink, Peer, ReceiverConfig, ReceiverSession
 from udpxfer.protocol.receiver_state import ACTIVE_STATES, ReceiverState
 from udpxfer.protocol.wire import (
     CRC,
@@ -136,7 +130,6 @@ class ReceiverEndpoint:
         self,
         config: ReceiverConfig | None = None,
         *,
-        chunk_sink: ChunkSink | None = None,
         token_secret: bytes = bytes(32),
         keying: Keying | None = None,
         nonces: collections.abc.Callable[[], bytes] | None = None,
@@ -146,9 +139,6 @@ class ReceiverEndpoint:
 
         Args:
             config: tunables.
-            chunk_sink: called as ``sink(session, offset, payload)`` for every new chunk,
-                with the payload a view into the caller's buffer (store it before the next
-                datagram). By default new chunks become ``ChunkReceived`` events.
             token_secret: the secret address tokens are made with (random, from the driver).
             keying: the pre-shared key, for keyed mode.
             nonces: where session nonces come from (the driver's random source).
@@ -169,7 +159,6 @@ class ReceiverEndpoint:
         self.auth_failures: collections.deque[AuthFailure] = collections.deque(maxlen=64)
         self._sink = EventSink()
         self._stateless: list[tuple[bytes, Peer]] = []
-        self._store: ChunkSink = chunk_sink or self._sink.store_as_event
         self._minter = TokenMinter(token_secret)
         self._keying = keying
         self._nonces = nonces or (lambda: bytes(NONCE_BYTES))
@@ -213,27 +202,14 @@ class ReceiverEndpoint:
             self.unauthenticated += 1
             return
         except CorruptPacket:
-            if session.is_transfer:
-                session.corrupt += 1
-                session.datagrams += 1
-            else:
+            if not session.count_corrupt():
                 self.rejected += 1
             return
         except MalformedPacket:
             self.rejected += 1
             return
         if isinstance(packet, Data) and session.is_transfer:
-            session.datagrams += 1
-            if not session.on_data(
-                packet.index,
-                packet.tx,
-                packet.payload,
-                packet.pass_no,
-                packet.flags,
-                packet.sent_ns,
-                now,
-                queued_s,
-            ):
+            if not session.receive_data(packet, now, queued_s):
                 self.rejected += 1
             return
         if (
@@ -295,8 +271,7 @@ class ReceiverEndpoint:
                         batch = batch.take(authentic)
                         n = len(plain)
                 if n:
-                    session.datagrams += n
-                    new = session.on_data_batch(batch, now, queued_s)
+                    new = session.receive_batch(batch, now, queued_s)
                     self.rejected += session.rejected_rows
                     if new.size:
                         stores.append(StoreRun(session, batch, new, plain))
@@ -318,7 +293,9 @@ class ReceiverEndpoint:
             self._sink.outgoing = False
             for session in self.sessions.values():
                 if session.has_outgoing:
-                    for datagram in session.datagrams_to_send(now):
+                    # Every HELLO takes a number of the handshake counter (``hello_pn_start``).
+                    hello_pn = self._next_pn() if session.wants_hello else None
+                    for datagram in session.datagrams_to_send(now, hello_pn):
                         self._admit(datagram, session.peer, out)
         return out
 
@@ -409,7 +386,6 @@ class ReceiverEndpoint:
                     return
                 session = self._new_session(peer, meta, now)
             session.open_unvalidated(meta, now)
-            session.datagrams += 1
 
     def _open_meta(self, header: Header, peer: Peer) -> Meta | None:
         """Check a META's tag (keyed) and decode it; None (counted) when it does not pass."""
@@ -483,11 +459,9 @@ class ReceiverEndpoint:
             now,
             self.config,
             self._sink,
-            self._store,
             seal=seal,
             handshake_seal=handshake,
             nonce=nonce,
-            hello_pn=self._next_pn,
         )
         self.sessions[(peer, meta.session)] = session
         return session
@@ -592,9 +566,8 @@ class ReceiverEndpoint:
                 self.rejected += 1
                 return
             session = ReceiverSession(
-                peer, header.session, now, self.config, self._sink, self._store,
-                nonce=self._nonces(), hello_pn=self._next_pn,
-            )  # fmt: skip
+                peer, header.session, now, self.config, self._sink, nonce=self._nonces()
+            )
             self.sessions[(peer, header.session)] = session
         if not session.receive_packet(packet, now, size):
             self.rejected += 1

@@ -17,7 +17,8 @@ class TransferStarted:
 
 @dataclass(frozen=True, slots=True)
 class ChunkReceived:
-    """Receiver: a new chunk to store at ``offset``.
+    """Receiver: a new chunk to store at ``offset``, from a datagram handed in on its own
+    (the new chunks of a batch come back from ``receive_buffer`` as ``StoreRun``).
 
     ``payload`` may be a view into the driver's receive buffer: store it before the next
     datagram is received.

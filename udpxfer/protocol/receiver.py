@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from array import array
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +71,6 @@ Peer = Hashable
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 Payload = bytes | memoryview
-ChunkSink = Callable[["ReceiverSession", int, Payload], None]
 _RESENT = int(Flags.RESENT)
 _ACK_REQUESTED = int(Flags.ACK_REQUESTED)
 # Per-datagram cost in a socket buffer beyond the payload (sk_buff and slab rounding); an
@@ -187,12 +186,10 @@ class ReceiverSession:
         now: float,
         config: ReceiverConfig,
         events: EventSink,
-        store: ChunkSink,
         *,
         seal: Seal = CRC,
         handshake_seal: Seal | None = None,
         nonce: bytes = bytes(NONCE_BYTES),
-        hello_pn: Callable[[], int] | None = None,
     ) -> None:
         self.peer = peer
         self.session_id = session_id
@@ -236,7 +233,6 @@ class ReceiverSession:
         self.rejected_rows = 0  # rows of the last on_data_batch with no place in this file
 
         self._events = events
-        self._store = store
         self._pending_packets: list[Packet] = []
         self._resumed: Bitmap | None = None
         self.manifest: list[bytes | None] = []  # SHA-256 per block, as MANIFEST brings them
@@ -247,7 +243,6 @@ class ReceiverSession:
         self._hello_wanted: int | None = None  # echo_ns of the META to answer
         self._have_sent = False
         self._pn = 0  # our control packet number (session keys)
-        self._hello_pn = hello_pn or self._next_pn  # HELLOs: the endpoint's handshake counter
         self._highest_tx = -1
         self._last_sent_ns = 0
         self._stamp_origin = 0
@@ -270,6 +265,29 @@ class ReceiverSession:
             self.bytes_in_round += size
         return accepted
 
+    def receive_data(self, data: Data, now: float, queued_s: float = 0.0) -> bool:
+        """One DATA datagram of a transfer (the endpoint's fast path): ``on_data``, counted
+        as this session's; False when the chunk has no place in this file."""
+        self.datagrams += 1
+        return self.on_data(
+            data.index, data.tx, data.payload, data.pass_no, data.flags, data.sent_ns, now, queued_s
+        )
+
+    def receive_batch(self, batch: DataBatch, now: float, queued_s: float = 0.0) -> I64:
+        """DATA rows of a transfer from one receive: ``on_data_batch``, counted as this
+        session's datagrams."""
+        self.datagrams += len(batch)
+        return self.on_data_batch(batch, now, queued_s)
+
+    def count_corrupt(self) -> bool:
+        """A datagram of this session failed its CRC: counted when this is a transfer; False
+        when it is not one (the endpoint counts the datagram as rejected)."""
+        if not self.is_transfer:
+            return False
+        self.corrupt += 1
+        self.datagrams += 1
+        return True
+
     def open_validated(self, meta: Meta, now: float) -> None:
         """A META whose token proved the source's address: the transfer starts now."""
         self.validated = True
@@ -287,7 +305,9 @@ class ReceiverSession:
         self._events.outgoing = True
 
     def open_unvalidated(self, meta: Meta, now: float) -> bool:
-        """A blast META without a token: wait on probation for the sender to follow it up."""
+        """A blast META without a token: wait on probation for the sender to follow it up
+        (the META is counted as this session's datagram, whatever it brings)."""
+        self.datagrams += 1
         if self.state is not ReceiverState.AWAITING_META:
             return self._on_repeated_meta(meta)
         if not self._on_meta(meta, now):
@@ -326,15 +346,21 @@ class ReceiverSession:
             self._end(now, Outcome.MISMATCH, "SHA-256 of the received file does not match")
         self._send_done(self._last_sent_ns, now)
 
-    def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
+    def datagrams_to_send(
+        self, now: float | None = None, hello_pn: int | None = None
+    ) -> list[bytes]:
         """Feedback datagrams waiting to go to the peer.
 
         A wanted STATUS is encoded here, at send time, so that it reports how long the
-        datagram it answers was held on our side (socket queue and processing).
+        datagram it answers was held on our side (socket queue and processing). A HELLO
+        (``wants_hello``) takes ``hello_pn``, a number of the endpoint's handshake counter
+        (None: the session's own).
         """
         out, self._outgoing = self._outgoing, []
-        if self._hello_wanted is not None and self.state is not ReceiverState.AWAITING_META:
-            out.insert(0, self._hello(self._hello_wanted, now or self.last_heard))
+        if self.wants_hello:
+            assert self._hello_wanted is not None
+            pn = self._next_pn() if hello_pn is None else hello_pn
+            out.insert(0, self._hello(self._hello_wanted, now or self.last_heard, pn))
             self._hello_wanted = None
             if self.resumed and not self._have_sent:
                 self._have_sent = True
@@ -360,11 +386,12 @@ class ReceiverSession:
     @property
     def has_outgoing(self) -> bool:
         """True when feedback waits to be sent."""
-        return (
-            bool(self._outgoing)
-            or self._status_wanted is not None
-            or (self._hello_wanted is not None and self.state is not ReceiverState.AWAITING_META)
-        )
+        return bool(self._outgoing) or self._status_wanted is not None or self.wants_hello
+
+    @property
+    def wants_hello(self) -> bool:
+        """True when ``datagrams_to_send`` will send a HELLO (it takes a ``hello_pn``)."""
+        return self._hello_wanted is not None and self.state is not ReceiverState.AWAITING_META
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run next."""
@@ -665,7 +692,7 @@ class ReceiverSession:
             held.set(index)
             self.held_count += 1
             self.last_data_at = now
-            self._store(self, index * self._chunk_size, payload)
+            self._events.emit(self, ChunkReceived(index, index * self._chunk_size, payload))
             if index == self.contiguous:
                 contiguous = index + 1
                 while contiguous < count and held[contiguous]:
@@ -1000,7 +1027,7 @@ class ReceiverSession:
             )
         )
 
-    def _hello(self, echo_ns: int, now: float) -> bytes:
+    def _hello(self, echo_ns: int, now: float, pn: int) -> bytes:
         flags = HelloFlags.ACCEPTED | (HelloFlags.RESUMING if self.resumed else HelloFlags.NONE)
         hello = Hello(
             self.session_id,
@@ -1010,7 +1037,7 @@ class ReceiverSession:
             self.resumed,
             nonce=self.nonce,
             sent_ns=_ns(now),
-            pn=self._hello_pn(),
+            pn=pn,
         )
         # The HELLO goes out under the handshake seal; later datagrams under the session's.
         return encode(hello, self.handshake_seal)
@@ -1056,9 +1083,3 @@ class EventSink:
 
     def emit(self, session: ReceiverSession, event: Event) -> None:
         self.queue.append((session, event))
-
-    def store_as_event(self, session: ReceiverSession, offset: int, payload: Payload) -> None:
-        """The default chunk sink: a ``ChunkReceived`` event (payload copied)."""
-        self.queue.append(
-            (session, ChunkReceived(offset // session.chunk_size, offset, bytes(payload)))
-        )
