@@ -110,6 +110,40 @@ class ReceiverConfig:
     require_token: bool = True  # reliable transfers start only from a validated address
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiverStats:
+    """A receiver session's counters and timings at one moment (``ReceiverSession.stats``):
+    what its report and ``--json-stream`` records say. Cheap to take: nothing here walks the
+    chunk maps (``gaps``, ``not_sent`` and the like do)."""
+
+    peer: Peer
+    session_id: int
+    meta: Meta | None  # None before the transfer's metadata arrived
+    outcome: TransferEnded | None  # None while the transfer is under way
+    complete: bool  # every chunk is held
+    sha256_actual: bytes | None  # the driver's hash of the stored file
+    chunk_size: int
+    held: int  # distinct chunks held (resumed ones included)
+    resumed: int  # chunks found verified on disk when the transfer started
+    sent_upto: int  # the first pass covered chunks [0, sent_upto) as far as we know
+    data_received: int  # valid DATA datagrams, duplicates included
+    transmissions_seen: int  # DATA transmissions up to the highest numbered one that arrived
+    duplicates: int
+    out_of_order: int
+    corrupt: int
+    retransmitted: int
+    datagrams: int  # datagrams attributed to this session
+    tx_sent: int  # data datagrams the sender says it sent (-1: it never said)
+    rounds: int
+    nacks_sent: int
+    bad_blocks: int
+    window: int
+    started_at: float
+    last_heard: float
+    last_data_at: float | None  # arrival of the last new chunk
+    finished_at: float | None
+
+
 class TraceRecorder:
     """Per-datagram records, appended cheaply and taken out in chunks (``drain``): the rows
     waiting for the statistics, or for the driver to write them to a trace file."""
@@ -452,6 +486,42 @@ class ReceiverSession:
         self._queue(Abort(self.session_id, code, reason, _ns(now)))
 
     # -- views for reports ---------------------------------------------------------------
+
+    def stats(self) -> ReceiverStats:
+        """The counters and timings now, as one value."""
+        return ReceiverStats(
+            peer=self.peer,
+            session_id=self.session_id,
+            meta=self.meta,
+            outcome=self.outcome,
+            complete=self.complete,
+            sha256_actual=self.sha256_actual,
+            chunk_size=self._chunk_size,
+            held=self.held_count,
+            resumed=self.resumed,
+            sent_upto=self.sent_upto,
+            data_received=self.data_received,
+            transmissions_seen=self._highest_tx + 1,
+            duplicates=self.duplicates,
+            out_of_order=self.out_of_order,
+            corrupt=self.corrupt,
+            retransmitted=self.retransmitted,
+            datagrams=self.datagrams,
+            tx_sent=self.tx_sent,
+            rounds=self.rounds,
+            nacks_sent=self.nacks_sent,
+            bad_blocks=self.bad_blocks,
+            window=self.window,
+            started_at=self.started_at,
+            last_heard=self.last_heard,
+            last_data_at=self.last_data_at,
+            finished_at=self.finished_at,
+        )
+
+    def online_stats(self) -> OnlineStats | None:
+        """The online statistics with every row folded in (None: ``record_trace`` is off)."""
+        self.flush_online()
+        return self.online
 
     @property
     def chunk_size(self) -> int:
