@@ -31,7 +31,8 @@ from udpxfer.protocol.endpoint import Keying, ReceiverEndpoint
 from udpxfer.protocol.events import ChunkReceived, TransferStarted, VerifyRequested
 from udpxfer.protocol.keyed import AeadSeal
 from udpxfer.protocol.keys import Direction, PacketProtection
-from udpxfer.protocol.receiver import Peer, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_core import Peer
 from udpxfer.protocol.receiver_state import ReceiverState
 from udpxfer.protocol.sender import SenderConfig, SenderKeying, SenderSession
 from udpxfer.protocol.wire import (

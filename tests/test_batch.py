@@ -17,7 +17,8 @@ from udpxfer.errors import MalformedPacket
 from udpxfer.protocol.batch import decode_batch_untrusted, payload_views, row_count
 from udpxfer.protocol.endpoint import ReceiverEndpoint
 from udpxfer.protocol.events import ChunkReceived
-from udpxfer.protocol.receiver import EventSink, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_core import EventSink
 from udpxfer.protocol.receiver_state import ReceiverState
 from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
 from udpxfer.protocol.wire import (

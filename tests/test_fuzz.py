@@ -35,7 +35,9 @@ from hypothesis import strategies as st
 
 from udpxfer.errors import MalformedPacket
 from udpxfer.protocol.endpoint import AMPLIFICATION_FACTOR, ReceiverEndpoint
-from udpxfer.protocol.receiver import MAX_STAMP_SPREAD_NS, Peer, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_core import Peer
+from udpxfer.protocol.receiver_data import MAX_STAMP_SPREAD_NS
 from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
 from udpxfer.protocol.wire import (
     DEFAULT_CHUNK_BYTES,

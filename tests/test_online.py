@@ -21,7 +21,8 @@ from udpxfer.analysis.online_report import replay
 from udpxfer.analysis.trace import Trace
 from udpxfer.analysis.tracefile import COLUMNS, RECORD, TraceReader
 from udpxfer.protocol.batch import DataBatch
-from udpxfer.protocol.receiver import EventSink, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_core import EventSink
 from udpxfer.protocol.sketch import RELATIVE_ACCURACY, LogHistogram
 from udpxfer.protocol.wire import Meta, Mode
 from udpxfer.reports.reading import load_report

@@ -25,7 +25,8 @@ import numpy.typing as npt
 from udpxfer.errors import AuthenticationFailed, MalformedPacket
 from udpxfer.protocol.batch import DataBatch, decode_batch_untrusted, row_count
 from udpxfer.protocol.events import Event
-from udpxfer.protocol.receiver import EventSink, Peer, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_core import EventSink, Peer
 from udpxfer.protocol.receiver_state import ACTIVE_STATES, ReceiverState
 from udpxfer.protocol.wire import (
     CRC,
@@ -157,7 +158,7 @@ class ReceiverEndpoint:
         self.unauthenticated = 0  # datagrams that failed authentication (keyed mode)
         self.amplification_held = 0  # datagrams not sent: the address's budget was spent
         self.auth_failures: collections.deque[AuthFailure] = collections.deque(maxlen=64)
-        self._sink = EventSink()
+        self._sink: EventSink[ReceiverSession] = EventSink()
         self._stateless: list[tuple[bytes, Peer]] = []
         self._minter = TokenMinter(token_secret)
         self._keying = keying
