@@ -34,7 +34,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpxfer.errors import MalformedPacket
-from udpxfer.protocol.endpoint import AMPLIFICATION_FACTOR, ReceiverEndpoint
+from udpxfer.protocol.endpoint import ReceiverEndpoint
+from udpxfer.protocol.endpoint_limits import AMPLIFICATION_FACTOR
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.protocol.receiver_core import Peer
 from udpxfer.protocol.receiver_data import MAX_STAMP_SPREAD_NS
