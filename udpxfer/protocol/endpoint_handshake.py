@@ -1,8 +1,9 @@
-"""The receiver endpoint's stateless side of the handshake: address tokens, a META's tag in
-keyed mode, and the HELLOs it sends before any session exists (RETRY, key notices).
+"""The receiver endpoint's stateless handshake: address tokens, keyed METAs, early HELLOs.
 
-Nothing here keeps state per source: a token is checked against the secret it was minted
-with (QUIC's Retry, RFC 9000 section 8.1), a HELLO is built and handed back to be sent.
+A META's tag is checked in keyed mode, and the HELLOs sent before any session exists (RETRY,
+key notices) are built here, as are a new session's seals. Nothing here keeps state per
+source: a token is checked against the secret it was minted with (QUIC's Retry, RFC 9000
+section 8.1), a HELLO is built and handed back to be sent.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""What the receiver endpoint lets each source do: the anti-amplification budget of every
-address, per-host rate limits, and the caps on transfers and on sessions not yet a transfer.
+"""What the receiver endpoint lets each source do: amplification budgets, rates and caps.
 
-Everything here decides; the endpoint acts (refuses, evicts, holds a datagram back) and counts.
+The anti-amplification budget of every address, per-host rate limits, and the caps on
+transfers and on sessions that are no transfer yet. Everything here decides; the endpoint
+acts (refuses, evicts, holds a datagram back) and counts.
 """
 
 from __future__ import annotations

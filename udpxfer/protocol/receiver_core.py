@@ -1,4 +1,4 @@
-"""The fields of a receiver session, the one place its state changes, and the views read from it.
+"""A receiver session's fields, the one place its state changes, and the views read from it.
 
 ``receiver.ReceiverSession`` is this core with the data path (``receiver_data``) and the
 feedback to the sender (``receiver_feedback``) mixed in; each part reads and writes the

@@ -1,5 +1,8 @@
-"""A receiver session's data path: DATA rows one at a time (``on_data``) or a receive's
-batch at once (``on_data_batch``), with the chunk maps, counters and statistics they update."""
+"""A receiver session's data path: DATA rows one at a time or a receive's batch at once.
+
+``on_data`` takes one row, ``on_data_batch`` a decoded receive (the same rules, vectorised);
+both update the chunk maps, the counters, the trace rows and the online statistics.
+"""
 
 from __future__ import annotations
 

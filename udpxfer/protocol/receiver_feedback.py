@@ -1,5 +1,4 @@
-"""What a receiver session sends back: HELLO and HAVE, STATUS, the NACKs that answer an END,
-and DONE with the verdict."""
+"""What a receiver session sends back: HELLO, HAVE, STATUS, NACKs answering an END, DONE."""
 
 from __future__ import annotations
 

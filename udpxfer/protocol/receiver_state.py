@@ -1,5 +1,4 @@
-"""The receiver session's state machine: its states, the table of allowed transitions, and the
-one function that moves along it.
+"""The receiver session's state machine: its states, the allowed transitions, the step function.
 
 As in h11's ``_state.py``, everything that changes a session's state is here: the session
 calls ``next_state`` with what happened (a ``Step``) and stores what it returns; nothing
@@ -8,10 +7,11 @@ datagram, however forged, never reaches a step that the table lacks: ``IllegalTr
 a bug in the session, never a peer's doing, and keeps its traceback.
 
 ```
-AWAITING_META ──META──> PROBATION ──BEGIN──> RECEIVING ──ALL_HELD──> VERIFYING ──END──> FINISHED
-                                                 ^ └─END──> FINISHED      │                │
-                                                 └──────BLOCKS_BAD────────┘              CLOSE
-CLOSE: AWAITING_META, PROBATION ──> DROPPED;  RECEIVING, VERIFYING, FINISHED ──> CLOSED
+AWAITING_META ─META─> PROBATION ─BEGIN─> RECEIVING ─ALL_HELD─> VERIFYING ─END─> FINISHED
+                                          │   ^                   │               │ CLOSE
+                                          │   └────BLOCKS_BAD─────┘               v
+                                          └─END─> FINISHED                      CLOSED
+CLOSE from AWAITING_META or PROBATION: DROPPED; from RECEIVING, VERIFYING or FINISHED: CLOSED.
 ```
 """
 
