@@ -29,10 +29,12 @@ from udpxfer.net.driver import MAX_BLOCK_REPAIRS
 from udpxfer.net.files import safe_name
 from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import Keying, ReceiverEndpoint
-from udpxfer.protocol.events import TransferStarted, VerifyRequested
+from udpxfer.protocol.events import ChunkReceived, TransferStarted, VerifyRequested
 from udpxfer.protocol.keyed import AeadSeal
 from udpxfer.protocol.keys import Direction, PacketProtection
-from udpxfer.protocol.receiver import Peer, ReceiverConfig, ReceiverSession, ReceiverState
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_core import Peer
+from udpxfer.protocol.receiver_state import ReceiverState
 from udpxfer.protocol.sender import SenderConfig, SenderKeying, SenderSession
 from udpxfer.protocol.wire import (
     Abort,
@@ -182,14 +184,16 @@ class ChunkStore:
 def pump_events(endpoint: ReceiverEndpoint, store: ChunkStore, now: float) -> int:
     """Do what a driver does with the endpoint's events; returns how many there were.
 
-    Hashes what was stored when a session asks, and checks that every transfer's name
-    becomes a plain file inside the output directory.
+    Stores new chunks, hashes what was stored when a session asks, and checks that every
+    transfer's name becomes a plain file inside the output directory.
     """
     count = 0
     while (item := endpoint.next_event()) is not None:
         count += 1
         session, event = item
-        if isinstance(event, TransferStarted):
+        if isinstance(event, ChunkReceived):
+            store(session, event.offset, event.payload)
+        elif isinstance(event, TransferStarted):
             path = os.path.normpath(os.path.join(OUT_DIR, safe_name(event.meta.name)))
             assert os.path.dirname(path) == OUT_DIR, f"{event.meta.name!r} escapes: {path}"
             assert "\0" not in path
@@ -279,6 +283,7 @@ def transfer(
         settled = session is None or session.state in (
             ReceiverState.FINISHED,
             ReceiverState.CLOSED,
+            ReceiverState.DROPPED,
         )
         if sender.finished and settled and not in_flight:
             return sender, session, now
@@ -341,13 +346,10 @@ def block_hashes(data: bytes, chunk_size: int) -> tuple[bytes, ...]:
     )
 
 
-def new_endpoint(
-    store: ChunkStore, config: ReceiverConfig | None = None, *, keyed: bool = False
-) -> ReceiverEndpoint:
-    """A receiver endpoint storing into ``store``, keyed with ``PSK`` or not."""
+def new_endpoint(config: ReceiverConfig | None = None, *, keyed: bool = False) -> ReceiverEndpoint:
+    """A receiver endpoint, keyed with ``PSK`` or not (``pump_events`` stores its chunks)."""
     return ReceiverEndpoint(
         config,
-        chunk_sink=store,
         token_secret=bytes(range(32)),
         keying=Keying(PSK) if keyed else None,
         nonces=lambda: RECEIVER_NONCE,
@@ -395,7 +397,7 @@ def capture_corpus(*, keyed: bool = False) -> list[bytes]:
     for mode, seed in ((Mode.RELIABLE, 1), (Mode.BLAST, 2)):
         config = SenderConfig(chunk_size=1000, mode=mode)
         store = ChunkStore()
-        endpoint = new_endpoint(store, keyed=keyed)
+        endpoint = new_endpoint(keyed=keyed)
         transfer(
             endpoint, store, data, config=config, loss=0.1, seed=seed, record=recorded, keyed=keyed
         )
@@ -561,7 +563,7 @@ class Harness:
         self.now = now
         self.keyed = keyed
         self.store = ChunkStore()
-        self.endpoint = new_endpoint(self.store, keyed=keyed)
+        self.endpoint = new_endpoint(keyed=keyed)
         # An AEAD seal with some key: keyed inputs must also raise only MalformedPacket.
         protection = PacketProtection.handshake(bytes(32), SESSION_ID, bytes(16))
         self.keyed_seal = AeadSeal(protection, Direction.TO_SENDER, encrypt=True)

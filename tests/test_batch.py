@@ -17,8 +17,11 @@ from udpxfer.errors import MalformedPacket
 from udpxfer.protocol.batch import decode_batch_untrusted, payload_views, row_count
 from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import ReceiverEndpoint
+from udpxfer.protocol.events import ChunkReceived
 from udpxfer.protocol.framing import encode_data
-from udpxfer.protocol.receiver import EventSink, ReceiverConfig, ReceiverSession, ReceiverState
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_core import EventSink
+from udpxfer.protocol.receiver_state import ReceiverState
 from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
 from udpxfer.protocol.wire import CRC_BYTES, HEADER_BYTES, MAX_PN, Data, End, Flags, Meta, Mode
 
@@ -149,20 +152,17 @@ COUNT = 40
 SIZE = COUNT * CHUNK - 30  # a short last chunk
 
 
-def new_session() -> tuple[ReceiverSession, list[tuple[int, bytes]]]:
-    stored: list[tuple[int, bytes]] = []
+def new_session() -> tuple[ReceiverSession, EventSink]:
     sink = EventSink()
-    session = ReceiverSession(
-        PEER,
-        SESSION,
-        1.0,
-        ReceiverConfig(stream_trace=True),
-        sink,
-        lambda _s, offset, payload: stored.append((offset, bytes(payload))),
-    )
+    session = ReceiverSession(PEER, SESSION, 1.0, ReceiverConfig(stream_trace=True), sink)
     meta = Meta(SESSION, "f", SIZE, CHUNK, COUNT, bytes(32), Mode.RELIABLE, sent_ns=ORIGIN_NS)
     session.open_validated(meta, 1.0)
-    return session, stored
+    return session, sink
+
+
+def stored_chunks(sink: EventSink) -> list[tuple[int, bytes]]:
+    """The chunks the session handed out to store (``ChunkReceived``), as (offset, bytes)."""
+    return [(e.offset, bytes(e.payload)) for _, e in sink.queue if isinstance(e, ChunkReceived)]
 
 
 def chunk_bytes(index: int) -> int:
@@ -219,9 +219,9 @@ def state_of(session: ReceiverSession) -> dict[str, object]:
 def exact_sections(session: ReceiverSession) -> dict[str, object]:
     """The online statistics that are exact (delay figures are floats summed in other orders
     on the two paths, durations come from send-time anchors; test_online bounds them)."""
-    assert session.stats is not None
-    session.flush_stats()
-    doc = online_report.sections(session.stats, tx_sent=50)
+    assert session.online is not None
+    session.flush_online()
+    doc = online_report.sections(session.online, tx_sent=50)
     for key in ("burst_duration_ms", "gap_duration_ms"):  # from send-time anchors: approximate
         del doc["loss"]["rfc3611"][key]
     return {key: doc[key] for key in ("loss", "reorder", "duplicates", "analysis")} | {
@@ -234,7 +234,7 @@ def exact_sections(session: ReceiverSession) -> dict[str, object]:
 def test_session_batch_equals_rows(buffers: list[list[bytes]]) -> None:
     """Loss, duplicates, reordering, repairs, bad lengths and stamps inside and across
     buffers: the session ends in the same state and stores the same chunks either way."""
-    by_row, stored_rows = new_session()
+    by_row, row_events = new_session()
     by_batch, _ = new_session()
     stored_batch: list[tuple[int, bytes]] = []
     for step, rows in enumerate(buffers):
@@ -259,7 +259,7 @@ def test_session_batch_equals_rows(buffers: list[list[bytes]]) -> None:
                 stored_batch.append((int(batch.index[position]) * CHUNK, payload))
         assert rejected == 0
         assert state_of(by_batch) == state_of(by_row)
-    assert stored_batch == stored_rows
+    assert stored_batch == stored_chunks(row_events)
 
 
 def test_batch_after_completion_counts_duplicates() -> None:

@@ -36,9 +36,12 @@ from hypothesis import strategies as st
 from udpxfer.errors import MalformedPacket
 from udpxfer.protocol.bodies import MAX_RANGES
 from udpxfer.protocol.codec import decode_untrusted, encode
-from udpxfer.protocol.endpoint import AMPLIFICATION_FACTOR, ReceiverEndpoint
+from udpxfer.protocol.endpoint import ReceiverEndpoint
+from udpxfer.protocol.endpoint_limits import AMPLIFICATION_FACTOR
 from udpxfer.protocol.framing import encode_data, parse_header_untrusted
-from udpxfer.protocol.receiver import MAX_STAMP_SPREAD_NS, Peer, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_core import Peer
+from udpxfer.protocol.receiver_data import MAX_STAMP_SPREAD_NS
 from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
 from udpxfer.protocol.wire import (
     DEFAULT_CHUNK_BYTES,
@@ -198,7 +201,7 @@ class Opened:
 
 def opened(size: int) -> Opened:
     store = ChunkStore()
-    endpoint = ReceiverEndpoint(chunk_sink=store)
+    endpoint = ReceiverEndpoint()
     data = data_file(size)
     sender, session = handshake(endpoint, data, 1000, NOW)
     return Opened(store, endpoint, data, sender, session)
@@ -434,7 +437,7 @@ def test_junk_metas_from_one_source_do_not_lock_out_another(validated: bool) -> 
     starts from probation must pass the same limits), or reliable METAs echoing their tokens
     (that host receives at its addresses)."""
     store = ChunkStore()
-    endpoint = ReceiverEndpoint(chunk_sink=store)
+    endpoint = ReceiverEndpoint()
     now = 1.0
     for i in range(40):
         peer = (OTHER_HOST, 6000 + i)
@@ -458,7 +461,7 @@ def test_unvalidated_blast_transfers_stay_within_the_state_budget() -> None:
     """Tokenless blast METAs announcing 2^20 one-byte chunks, each followed by one DATA: the
     chunk maps they make stay within ``max_state_bytes``."""
     config = ReceiverConfig(max_state_bytes=1 << 20)
-    endpoint = ReceiverEndpoint(config, chunk_sink=ChunkStore())
+    endpoint = ReceiverEndpoint(config)
     now = 1.0
     for i in range(12):
         peer = (OTHER_HOST, 6000 + i)
@@ -472,7 +475,7 @@ def test_unvalidated_blast_transfers_stay_within_the_state_budget() -> None:
 def test_a_refused_sender_is_never_accepted_by_its_closed_session() -> None:
     """A sender refused as busy repeats its META (its ABORT was lost) once there is room: it
     is either refused again or really accepted, never told ACCEPTED by a closed session."""
-    endpoint = ReceiverEndpoint(ReceiverConfig(max_transfers=1), chunk_sink=ChunkStore())
+    endpoint = ReceiverEndpoint(ReceiverConfig(max_transfers=1))
     now = 1.0
     first, second = ("203.0.113.1", 1000), ("203.0.113.2", 2000)
     token = token_for(endpoint, first, 1, now)
@@ -524,7 +527,7 @@ def test_keyed_hellos_never_share_a_packet_number() -> None:
     RETRY as well as the session's ACCEPTED: a packet number used twice is a repeated AES-GCM
     nonce (it gives away the GHASH key)."""
     store = ChunkStore()
-    sender, pns = keyed_hellos(new_endpoint(store, keyed=True), store, SESSION_ID)
+    sender, pns = keyed_hellos(new_endpoint(keyed=True), store, SESSION_ID)
     assert sender.outcome is not None
     assert sender.outcome.outcome == "complete"
     assert len(pns) >= 2
@@ -537,7 +540,7 @@ def test_replayed_keyed_metas_do_not_block_later_handshakes() -> None:
     ACCEPTED must not look older than the RETRY they got, 4,096 numbers being the replay
     window)."""
     store = ChunkStore()
-    endpoint = new_endpoint(store, keyed=True)
+    endpoint = new_endpoint(keyed=True)
     recorded = Recorded()
     transfer(endpoint, store, data_file(5000), keyed=True, record=recorded)
     meta = next(d for d in recorded.forward if d[5] == PacketType.META)

@@ -46,8 +46,6 @@ KNOWN_LONG = {
     "udpxfer.net.files",
     "udpxfer.net.transport",
     "udpxfer.protocol.congestion",
-    "udpxfer.protocol.endpoint",
-    "udpxfer.protocol.receiver",
     "udpxfer.protocol.sender",
 }
 

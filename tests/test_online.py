@@ -22,7 +22,8 @@ from udpxfer.analysis.series import SERIES_MAX_BINS
 from udpxfer.analysis.trace import Trace
 from udpxfer.analysis.tracefile import COLUMNS, RECORD, TraceReader
 from udpxfer.protocol.batch import DataBatch
-from udpxfer.protocol.receiver import EventSink, ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.receiver_core import EventSink
 from udpxfer.protocol.sketch import RELATIVE_ACCURACY, LogHistogram
 from udpxfer.protocol.wire import Meta, Mode
 from udpxfer.reports.reading import load_report
@@ -237,7 +238,7 @@ def run_receiver(chunks: int) -> ReceiverSession:
     """A blast transfer of ``chunks`` chunks through the sans-IO receiver, 1 in 50 buffers
     losing a datagram."""
     sink = EventSink()
-    session = ReceiverSession("peer", 7, 0.0, ReceiverConfig(), sink, lambda *_: None)
+    session = ReceiverSession("peer", 7, 0.0, ReceiverConfig(), sink)
     meta = Meta(7, "big", chunks * CHUNK, CHUNK, chunks, bytes(32), Mode.BLAST, sent_ns=10**15)
     session.open_validated(meta, 0.0)
     sink.queue.clear()

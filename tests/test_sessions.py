@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 from helpers import PEER, Link, connect, drop_first_copies, drop_types, run_pair
 
 from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import ReceiverEndpoint
-from udpxfer.protocol.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
-from udpxfer.protocol.receiver import ReceiverConfig, ReceiverState
+from udpxfer.protocol.events import (
+    ChunkReceived,
+    Outcome,
+    TransferEnded,
+    TransferStarted,
+    VerifyRequested,
+)
+from udpxfer.protocol.receiver import ReceiverConfig
+from udpxfer.protocol.receiver_state import ReceiverState
 from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
 from udpxfer.protocol.wire import (
     Abort,
@@ -83,6 +90,24 @@ def test_blast_gaps_are_exactly_the_dropped_chunks() -> None:
         if index not in lost:
             chunk = slice(index * CHUNK, (index + 1) * CHUNK)
             assert result.stored[chunk] == data[chunk]
+
+
+def test_stats_are_one_frozen_view_of_the_counters() -> None:
+    """``stats()`` says what the session's counters say, and does not change with them."""
+    data = payload(CHUNK * 200)
+    result = run_pair(data, sender_config=RELIABLE, forward=Link(random.Random(2), loss=0.1))
+    session = result.session
+    assert session is not None
+    stats = session.stats()
+    assert stats.outcome is not None
+    assert stats.outcome.outcome is Outcome.COMPLETE
+    assert (stats.held, stats.complete, stats.chunk_size) == (200, True, CHUNK)
+    assert stats.retransmitted == session.retransmitted > 0
+    assert stats.nacks_sent == session.nacks_sent > 0
+    assert stats.data_received == session.data_received
+    assert stats.finished_at == session.finished_at
+    with pytest.raises(FrozenInstanceError):
+        stats.held = 0  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("seed", range(4))

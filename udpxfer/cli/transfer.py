@@ -21,6 +21,7 @@ from udpxfer.cli.watch import RecvObserver, SendWatch, human, json_line
 from udpxfer.errors import TransferError
 from udpxfer.net.driver import ReceiverServer, send_file
 from udpxfer.net.sockets import ALL_INTERFACES, LOOPBACK
+from udpxfer.protocol.events import Outcome
 from udpxfer.protocol.sender import SenderConfig, SenderSession
 from udpxfer.protocol.wire import (
     DEFAULT_CHUNK_BYTES,
@@ -223,13 +224,13 @@ def _conclude_send(
         rate = timing["first_pass_rate_bps"] or 0.0
         detail = f"{chunks} in {timing['send_duration_s']:.3f} s, sent at {format_rate(rate)}"
         verdicts = {
-            "complete": "the receiver verified the SHA-256",
-            "incomplete": "the receiver reports chunks missing",
-            "sent": "no verdict from the receiver",
+            Outcome.COMPLETE: "the receiver verified the SHA-256",
+            Outcome.INCOMPLETE: "the receiver reports chunks missing",
+            Outcome.SENT: "no verdict from the receiver",
         }
         say(f"sent {head}: {detail}; {verdicts.get(outcome.outcome, outcome.outcome)}")
         raise typer.Exit(EXIT_OK)
-    if outcome.outcome == "complete":
+    if outcome.outcome is Outcome.COMPLETE:
         rate = timing["goodput_bps"] or 0.0
         resumed = f"; {plural(session.resumed, 'chunk')} already there" if session.resumed else ""
         say(

@@ -28,7 +28,13 @@ from udpxfer.net.files import (
 from udpxfer.net.sockets import SockAddr
 from udpxfer.net.source import MappedFile, SentPages, file_digests
 from udpxfer.net.transport import MAX_DATAGRAM, UdpTransport
-from udpxfer.protocol.events import TransferEnded, TransferStarted, VerifyRequested
+from udpxfer.protocol.events import (
+    ChunkReceived,
+    Outcome,
+    TransferEnded,
+    TransferStarted,
+    VerifyRequested,
+)
 from udpxfer.protocol.ranges import Bitmap, missing_ranges
 from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
 from udpxfer.protocol.wire import NONCE_BYTES, Mode
@@ -107,12 +113,8 @@ def send_file(
                 raise
             finally:
                 session.release()
-            outcome = session.outcome
-            if outcome is not None and outcome.outcome == "timeout" and transport.refused:
-                # ICMP port unreachable came back: say so, it is the likely cause.
-                session.outcome = replace(
-                    outcome, reason=f"{outcome.reason}; nothing is listening at {to}"
-                )
+            if transport.refused:
+                session.note_unreachable(to)
         finally:
             transport.close()
     finally:
@@ -260,7 +262,6 @@ class ReceiverServer:
                 record_trace=base.record_trace,
                 stream_trace=trace_path is not None,
             ),
-            chunk_sink=self._store,
             token_secret=secrets.token_bytes(32),
             keying=Keying(key, encrypt) if key is not None else None,
             nonces=lambda: secrets.token_bytes(NONCE_BYTES),
@@ -571,7 +572,9 @@ class ReceiverServer:
     def _handle_events(self, now: float) -> None:
         while (item := self.endpoint.next_event()) is not None:
             session, event = item
-            if isinstance(event, TransferStarted):
+            if isinstance(event, ChunkReceived):  # a chunk of a one-datagram receive
+                self._store(session, event.offset, event.payload)
+            elif isinstance(event, TransferStarted):
                 self._open(session, now)
                 self._start_trace(session)
             elif isinstance(event, VerifyRequested):
@@ -639,7 +642,7 @@ class ReceiverServer:
         from udpxfer.reports.report import udp_report, write_report
 
         partial = self._files.pop(session, None)
-        verified = session.outcome is not None and session.outcome.outcome == "complete"
+        verified = session.outcome is not None and session.outcome.outcome is Outcome.COMPLETE
         file_path: Path | None = None  # refused, or the file could not be created
         if partial is not None:
             try:

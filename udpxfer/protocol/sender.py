@@ -26,7 +26,7 @@ from udpxfer.protocol.bodies import MAX_RANGES
 from udpxfer.protocol.checksum import crc32
 from udpxfer.protocol.codec import decode_header_untrusted, encode
 from udpxfer.protocol.congestion import BbrController
-from udpxfer.protocol.events import Event, RepairRequested, TransferEnded
+from udpxfer.protocol.events import Event, Outcome, RepairRequested, TransferEnded
 from udpxfer.protocol.framing import CRC, Seal, parse_header_untrusted
 from udpxfer.protocol.pacing import Pacer, RttEstimator
 from udpxfer.protocol.ranges import RangeQueue, clamp_ranges
@@ -317,7 +317,10 @@ class SenderSession:
                 else:
                     reason = f"receiver aborted: {packet.reason}"
                 self._finish(
-                    now, "refused" if packet.code in _REFUSALS else "aborted", reason, fail=True
+                    now,
+                    Outcome.REFUSED if packet.code in _REFUSALS else Outcome.ABORTED,
+                    reason,
+                    fail=True,
                 )
             case _:
                 self.rejected += 1
@@ -473,7 +476,7 @@ class SenderSession:
         if self.state is SenderState.DONE or self.state is SenderState.FAILED:
             return
         if self._key_problem is not None and now >= self._key_problem[1]:
-            self._finish(now, "unauthenticated", self._key_problem[0], fail=True)
+            self._finish(now, Outcome.UNAUTHENTICATED, self._key_problem[0], fail=True)
             return
         if (
             (self.mode is Mode.RELIABLE or self.state is SenderState.HANDSHAKE)
@@ -483,7 +486,7 @@ class SenderSession:
             self._queue_control(self._abort(AbortCode.TIMEOUT, "sender gave up", now))
             silent = now - self._last_heard
             self._finish(
-                now, "timeout", f"no answer from the receiver for {silent:.0f} s", fail=True
+                now, Outcome.TIMEOUT, f"no answer from the receiver for {silent:.0f} s", fail=True
             )
             return
         if self._have_wait_until is not None and now >= self._have_wait_until:
@@ -502,7 +505,7 @@ class SenderSession:
         if self._end_at is not None and now >= self._end_at:
             self._send_end(now)
         if self._verdict_deadline is not None and now >= self._verdict_deadline:
-            self._finish(now, "sent", "no verdict from the receiver")
+            self._finish(now, Outcome.SENT, "no verdict from the receiver")
 
     def _new_congestion(self, now: float) -> BbrController:
         return BbrController(now, datagram_bytes=self.chunk_size + HEADER_BYTES)
@@ -526,7 +529,15 @@ class SenderSession:
             return
         self._pending.append(self._abort(AbortCode.CANCELLED, reason, now))
         self._pending.append(self._abort(AbortCode.CANCELLED, reason, now))
-        self._finish(now, "aborted", reason, fail=True)
+        self._finish(now, Outcome.ABORTED, reason, fail=True)
+
+    def note_unreachable(self, to: object) -> None:
+        """ICMP port unreachable came back from ``to``: a transfer that timed out says so, it
+        is the likely cause."""
+        outcome = self.outcome
+        if outcome is not None and outcome.outcome is Outcome.TIMEOUT:
+            reason = f"{outcome.reason}; nothing is listening at {to}"
+            self.outcome = dataclasses.replace(outcome, reason=reason)
 
     def release(self) -> None:
         """Drop the reference to the file's buffer (the driver may then unmap it)."""
@@ -773,22 +784,26 @@ class SenderSession:
             if self._next_index >= self.chunk_count:
                 for _ in range(2):
                     self._pending.append(self._abort(AbortCode.CLOSED, "verdict received", now))
-                outcome = "complete" if done.verdict is Verdict.VERIFIED else "incomplete"
+                outcome = (
+                    Outcome.COMPLETE if done.verdict is Verdict.VERIFIED else Outcome.INCOMPLETE
+                )
                 self._finish(now, outcome, "")
             return
         # Two copies of CLOSED: the receiver may stop lingering for a repeated END.
         for _ in range(2):
             self._pending.append(self._abort(AbortCode.CLOSED, "verdict received", now))
         if done.verdict is Verdict.VERIFIED:
-            self._finish(now, "complete", "")
+            self._finish(now, Outcome.COMPLETE, "")
         elif done.verdict is Verdict.MISMATCH:
             self._finish(
-                now, "mismatch", "the receiver's SHA-256 does not match the file", fail=True
+                now, Outcome.MISMATCH, "the receiver's SHA-256 does not match the file", fail=True
             )
         else:
-            self._finish(now, "incomplete", "the receiver gave up with chunks missing", fail=True)
+            self._finish(
+                now, Outcome.INCOMPLETE, "the receiver gave up with chunks missing", fail=True
+            )
 
-    def _finish(self, now: float, outcome: str, reason: str, *, fail: bool = False) -> None:
+    def _finish(self, now: float, outcome: Outcome, reason: str, *, fail: bool = False) -> None:
         self.state = SenderState.FAILED if fail else SenderState.DONE
         self.finished_at = now
         self._end_at = self._verdict_deadline = self._probe_at = None

@@ -14,6 +14,7 @@ from typing import Any
 from udpxfer.analysis import online_report
 from udpxfer.net.files import unique_path
 from udpxfer.net.sockets import format_sockaddr
+from udpxfer.protocol.events import Outcome
 from udpxfer.protocol.ranges import as_lists
 from udpxfer.protocol.receiver import ReceiverSession
 from udpxfer.protocol.wire import Mode
@@ -260,14 +261,15 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 def session_sections(session: ReceiverSession) -> dict[str, Any]:
     """The analysis sections of a session's report, from its online statistics (empty when
     the receiver keeps none)."""
-    if session.stats is None or session.meta is None:
+    online = session.online_stats()
+    stats = session.stats()
+    if online is None or stats.meta is None:
         return {}
-    session.flush_stats()
     return online_report.sections(
-        session.stats,
+        online,
         held_before=session.resumed_bits(),
-        chunks_sent=session.sent_upto if session.not_sent else -1,
-        tx_sent=session.tx_sent,
+        chunks_sent=stats.sent_upto if session.not_sent else -1,
+        tx_sent=stats.tx_sent,
     )
 
 
@@ -281,26 +283,28 @@ def udp_report(
 ) -> dict[str, Any]:
     """The JSON report of one UDP transfer, with the loss analysis when the session kept its
     statistics (``ReceiverConfig.record_trace``)."""
-    meta = session.meta
+    stats = session.stats()
+    meta = stats.meta
     assert meta is not None
-    outcome = session.outcome.outcome if session.outcome else "incomplete"
-    complete = session.complete
-    verified = outcome == "complete"
+    outcome = stats.outcome.outcome if stats.outcome else Outcome.INCOMPLETE
+    complete = stats.complete
+    verified = outcome is Outcome.COMPLETE
     gaps = session.gaps()
     first_pass = session.first_pass_gaps()
     not_sent = session.not_sent
+    sent_upto = stats.sent_upto
     if meta.mode is Mode.BLAST:
-        first_pass = [(a, min(b, session.sent_upto - 1)) for a, b in gaps if a < session.sent_upto]
+        first_pass = [(a, min(b, sent_upto - 1)) for a, b in gaps if a < sent_upto]
     # Loss is counted over what the first pass sent: not over chunks never sent (an
     # interrupted transfer) nor over chunks already on disk (a resumed one).
     sent_first = None
-    if not_sent or session.resumed:
-        sent_first = session.sent_upto - session.resumed_below(session.sent_upto)
+    if not_sent or stats.resumed:
+        sent_first = sent_upto - session.resumed_below(sent_upto)
     # Goodput counts until verification for a verified file, else until the last new chunk
     # (not the blast grace period or an idle timeout that followed it).
-    end = session.finished_at if session.finished_at is not None else session.last_heard
-    if outcome != "complete" and session.last_data_at is not None:
-        end = session.last_data_at
+    end = stats.finished_at if stats.finished_at is not None else stats.last_heard
+    if outcome is not Outcome.COMPLETE and stats.last_data_at is not None:
+        end = stats.last_data_at
     report = TransferReport(
         transport="udp",
         mode=meta.mode.label,
@@ -309,44 +313,42 @@ def udp_report(
             size=meta.size,
             path=str(file_path) if file_path is not None else "",
             sha256_expected=meta.sha256.hex(),
-            sha256_actual=session.sha256_actual.hex()
-            if complete and session.sha256_actual
-            else None,
+            sha256_actual=stats.sha256_actual.hex() if complete and stats.sha256_actual else None,
             complete=complete,
             verified=verified,
         ),
         chunks=ChunkSection(
             size=meta.chunk_size,
             total=meta.chunk_count,
-            received=session.held_count,
-            missing=meta.chunk_count - session.held_count,
-            duplicates=session.duplicates,
-            out_of_order=session.out_of_order,
-            corrupt=session.corrupt,
-            retransmitted=session.retransmitted,
+            received=stats.held,
+            missing=meta.chunk_count - stats.held,
+            duplicates=stats.duplicates,
+            out_of_order=stats.out_of_order,
+            corrupt=stats.corrupt,
+            retransmitted=stats.retransmitted,
         ),
         gaps=as_lists(gaps),
         first_pass_gaps=as_lists(first_pass),
         first_pass_sent=sent_first,
-        duration_s=max(0.0, end - session.started_at),
+        duration_s=max(0.0, end - stats.started_at),
         datagrams_received=datagrams_received,
         datagrams_rejected=datagrams_rejected,
-        peer=peer_text(session.peer),
-        session_id=f"{session.session_id:016x}",
+        peer=peer_text(stats.peer),
+        session_id=f"{stats.session_id:016x}",
         outcome=outcome,
         extra={
-            "chunks": {"not_sent": not_sent, "resumed": session.resumed},
+            "chunks": {"not_sent": not_sent, "resumed": stats.resumed},
             "datagrams": {
-                "session": session.datagrams,
-                "sender_data_sent": session.tx_sent,
+                "session": stats.datagrams,
+                "sender_data_sent": stats.tx_sent,
                 "unauthenticated": datagrams_unauthenticated,
             },
             "repair": {
-                "rounds": session.rounds,
-                "nacks_sent": session.nacks_sent,
-                "bad_blocks": session.bad_blocks,
+                "rounds": stats.rounds,
+                "nacks_sent": stats.nacks_sent,
+                "bad_blocks": stats.bad_blocks,
             },
-            "reason": session.outcome.reason if session.outcome else "",
+            "reason": stats.outcome.reason if stats.outcome else "",
         },
     )
     report.extra.update(session_sections(session))  # extends the core loss and timing sections

@@ -98,26 +98,27 @@ def receiver_record(meter: IntervalMeter, session: ReceiverSession, now: float) 
     the transmissions so far that never arrived, ``resent`` resent chunks that did."""
     from udpxfer.reports.report import peer_text  # the receiving side's module (numpy)
 
-    meta = session.meta
+    stats = session.stats()
+    meta = stats.meta
     size = meta.size if meta is not None else 0
-    seen = session.transmissions_seen
-    arrived = session.data_received - session.duplicates
+    seen = stats.transmissions_seen
+    arrived = stats.data_received - stats.duplicates
     lost = max(0, seen - arrived)
     totals: dict[str, int | None] = {
-        "bytes": min(size, session.held_count * session.chunk_size),
-        "chunks": session.held_count,
-        "datagrams": session.data_received,
-        "resent": session.retransmitted,
+        "bytes": min(size, stats.held * stats.chunk_size),
+        "chunks": stats.held,
+        "datagrams": stats.data_received,
+        "resent": stats.retransmitted,
         "lost": lost,
     }
     return meter.record(
         totals,
         now,
-        session_id=f"{session.session_id:016x}",
+        session_id=f"{stats.session_id:016x}",
         name=meta.name if meta is not None else None,
-        peer=peer_text(session.peer),
+        peer=peer_text(stats.peer),
         loss_rate=lost / seen if seen else 0.0,
-        window=session.window,
+        window=stats.window,
         rtt_ms=None,  # the receiver does not time round trips
     )
 
