@@ -17,14 +17,12 @@ from hypothesis import strategies as st
 
 import udpxfer.net.files
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.net.files import (
+from udpxfer.net.files import MAX_RUN_CHUNKS, PartialFile, sha256_file
+from udpxfer.paths import (
     MAX_NAME_BYTES,
-    MAX_RUN_CHUNKS,
     PARTIAL_SUFFIX,
-    PartialFile,
     ensure_writable_dir,
     safe_name,
-    sha256_file,
     unique_path,
 )
 

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from udpxfer.errors import TransportError
-from udpxfer.net.files import unique_path
+from udpxfer.paths import unique_path
 
 STREAM_FORMAT: Final = "udpxfer.trace/2"
 NPY_MAGIC: Final = b"\x93NUMPY"

@@ -55,7 +55,7 @@ from udpxfer.lab.netns import (
     pid_alive,
     remove_leftovers,
 )
-from udpxfer.net.files import ensure_writable_dir
+from udpxfer.paths import ensure_writable_dir
 from udpxfer.units import parse_rate
 
 lab_app = typer.Typer(

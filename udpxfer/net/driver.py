@@ -18,16 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.net.files import (
-    PartialFile,
-    SourceIdentity,
-    chunks_of_blocks,
-    ensure_writable_dir,
-    safe_name,
-)
+from udpxfer.net.files import PartialFile, SourceIdentity, chunks_of_blocks
 from udpxfer.net.sockets import SockAddr
 from udpxfer.net.source import MappedFile, SentPages, file_digests
 from udpxfer.net.transport import MAX_DATAGRAM, UdpTransport
+from udpxfer.paths import ensure_writable_dir, safe_name
 from udpxfer.protocol.events import TransferEnded, TransferStarted, VerifyRequested
 from udpxfer.protocol.ranges import Bitmap, missing_ranges
 from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession

@@ -37,14 +37,6 @@ def resolve(address: Address, kind: socket.SocketKind) -> tuple[socket.AddressFa
     return family, sockaddr
 
 
-def format_sockaddr(sockaddr: SockAddr) -> str:
-    """``host:port`` or ``[v6]:port``; IPv4-mapped IPv6 peers show as plain IPv4."""
-    host, port = str(sockaddr[0]), int(sockaddr[1])
-    if host.startswith("::ffff:") and "." in host:
-        host = host.removeprefix("::ffff:")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def connect_udp(address: Address) -> tuple[socket.socket, SockAddr]:
     """A UDP socket connected to ``address``: the kernel drops datagrams from anyone else
     and reports ICMP errors (nobody listening) on it.

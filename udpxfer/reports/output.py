@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.net.files import ensure_writable_dir, unique_path
+from udpxfer.paths import ensure_writable_dir, unique_path
 
 STDOUT = Path("-")
 

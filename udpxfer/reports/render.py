@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from udpxfer import __version__
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.net.files import ensure_writable_dir, safe_name
+from udpxfer.paths import ensure_writable_dir, safe_name
 from udpxfer.reports.document import Report, lookup
 from udpxfer.reports.report import summary_lines, verdict_text
 from udpxfer.units import format_rate, format_size
