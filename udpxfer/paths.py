@@ -10,7 +10,7 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-from udpxfer.errors import UsageError
+from udpxfer.errors import UsageError, map_os_errors
 
 MAX_NAME_BYTES = 200  # leaves room for a ``-NN`` suffix and ``.partial`` under NAME_MAX (255)
 PARTIAL_SUFFIX = ".partial"
@@ -68,20 +68,16 @@ def ensure_writable_dir(directory: Path) -> Path:
             if not ancestor.is_dir():
                 raise UsageError(f"{ancestor} is a file, not a directory")
             break
-    try:
+    with map_os_errors(UsageError, f"cannot create directory {directory}"):
         directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create directory {directory}: {exc.strerror}") from None
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError(f"directory {directory} is not writable")
     # Permission bits do not tell the whole story (root passes os.access everywhere; /proc,
     # /sys and read-only mounts still refuse): create a file there and remove it.
-    try:
+    with map_os_errors(UsageError, f"directory {directory} is not writable"):
         fd, probe = tempfile.mkstemp(prefix=".udpxfer-probe-", dir=directory)
-    except OSError as exc:
-        raise UsageError(f"directory {directory} is not writable: {exc.strerror}") from None
     os.close(fd)
     os.unlink(probe)
     return directory

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Generic, TypeVar
 
-from udpxfer.errors import UsageError
+from udpxfer.errors import UsageError, map_os_errors
 from udpxfer.lab.impair.models import Direction, Impairment
 from udpxfer.lab.impair.policy import ImpairmentPolicy, direction_rng
 from udpxfer.lab.impair.records import LOG_COLUMNS, Datagram, DirectionStats, Record
@@ -476,10 +476,8 @@ class RecordLog:
         self.path = path
         self.epoch = epoch  # the clock reading log times count from (``Relay.epoch``)
         self._csv = path.suffix.lower() == ".csv"
-        try:
+        with map_os_errors(UsageError, f"cannot write the log {str(path)!r}"):
             self._file: IO[str] = path.open("w", encoding="utf-8", newline="")
-        except OSError as exc:
-            raise UsageError(f"cannot write the log {str(path)!r}: {exc.strerror}") from None
         self._writer: Any = None
         if self._csv:
             self._writer = csv.DictWriter(self._file, fieldnames=LOG_COLUMNS)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from udpxfer.protocol.ranges import Bitmap
 
-from udpxfer.errors import TransportError, UsageError
+from udpxfer.errors import TransportError, UsageError, map_os_errors
 from udpxfer.paths import PARTIAL_SUFFIX, safe_name, unique_path
 
 HASH_BLOCK_BYTES = 1 << 22
@@ -172,17 +172,16 @@ class PartialFile:
         self.path = Path(str(self.final_path) + PARTIAL_SUFFIX)
         self.size = size
         if self._fd < 0:
-            try:
+            with map_os_errors(TransportError, f"cannot create {self.path}"):
                 self._fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
-            except OSError as exc:
-                raise TransportError(f"cannot create {self.path}: {exc.strerror}") from exc
-        try:
-            os.ftruncate(self._fd, size)
-            _check_room(self._fd, size)
-        except OSError as exc:
-            os.close(self._fd)
-            self.path.unlink(missing_ok=True)
-            raise TransportError(f"cannot make room for {self.path}: {exc.strerror}") from exc
+        with map_os_errors(TransportError, f"cannot make room for {self.path}"):
+            try:
+                os.ftruncate(self._fd, size)
+                _check_room(self._fd, size)
+            except OSError:
+                os.close(self._fd)
+                self.path.unlink(missing_ok=True)
+                raise
         self._run: list[bytes | memoryview] = []  # chunks waiting for flush(), back to back
         self._run_start = self._run_end = 0
         self._hasher = PrefixHasher(self._fd)
@@ -227,20 +226,20 @@ class PartialFile:
         Raises:
             TransportError: the system refused the write.
         """
+        if not self._run:
+            return  # the usual case for most files after a receive: nothing gathered
         run, self._run = self._run, []
         offset = self._run_start
         first = 0  # run[first:] is still to be written
-        while first < len(run):
-            try:
+        with map_os_errors(TransportError, f"cannot write {self.path}"):
+            while first < len(run):
                 written = os.pwritev(self._fd, run[first : first + MAX_RUN_CHUNKS], offset)
-            except OSError as exc:
-                raise TransportError(f"cannot write {self.path}: {exc.strerror}") from exc
-            offset += written
-            while first < len(run) and written >= len(run[first]):
-                written -= len(run[first])
-                first += 1
-            if first < len(run) and written:
-                run[first] = memoryview(run[first])[written:]  # a short write: go on from there
+                offset += written
+                while first < len(run) and written >= len(run[first]):
+                    written -= len(run[first])
+                    first += 1
+                if first < len(run) and written:
+                    run[first] = memoryview(run[first])[written:]  # a short write: go on there
 
     def final_prefix(self, n_bytes: int) -> None:
         """The first ``n_bytes`` are written for good (flushed, never written again): hash
@@ -255,10 +254,8 @@ class PartialFile:
             TransportError: the file cannot be read.
         """
         self.flush()
-        try:
+        with map_os_errors(TransportError, f"cannot read {self.path}"):
             return self._hasher.result(self.size)
-        except OSError as exc:
-            raise TransportError(f"cannot read {self.path}: {exc.strerror}") from exc
 
     def bad_blocks(self, manifest: list[bytes | None], block_bytes: int) -> list[int]:
         """Indexes of the blocks whose SHA-256 differs from the manifest's.
@@ -267,14 +264,12 @@ class PartialFile:
             TransportError: the file cannot be read.
         """
         bad = []
-        try:
+        with map_os_errors(TransportError, f"cannot read {self.path}"):
             for block, expected in enumerate(manifest):
                 start = block * block_bytes
                 data = os.pread(self._fd, min(block_bytes, self.size - start), start)
                 if hashlib.sha256(data).digest() != expected:
                     bad.append(block)
-        except OSError as exc:
-            raise TransportError(f"cannot read {self.path}: {exc.strerror}") from exc
         return bad
 
     def restart_hash(self) -> None:
@@ -338,12 +333,11 @@ class PartialFile:
 
         def save() -> None:
             try:
-                os.fdatasync(fd)
+                with map_os_errors(TransportError, f"cannot sync {path}"):
+                    os.fdatasync(fd)
                 with self._state_lock:
                     if generation == self._state_generation:
                         write_state(path, identity, blocks, fd, sync=False)
-            except OSError as exc:
-                self._saver_error = TransportError(f"cannot sync {path}: {exc.strerror}")
             except TransportError as exc:
                 self._saver_error = exc
             finally:
@@ -363,10 +357,8 @@ class PartialFile:
         remove_state(self.path)
         if self.final_path.exists():
             self.final_path = unique_path(self.final_path.parent, self.final_path.name)
-        try:
+        with map_os_errors(TransportError, f"cannot rename {self.path}"):
             os.rename(self.path, self.final_path)
-        except OSError as exc:
-            raise TransportError(f"cannot rename {self.path}: {exc.strerror}") from exc
         return self.final_path
 
 
@@ -388,12 +380,9 @@ def sha256_file(path: Path) -> bytes:
         UsageError: the file cannot be read.
     """
     digest = hashlib.sha256()
-    try:
-        with path.open("rb") as handle:
-            while block := handle.read(HASH_BLOCK_BYTES):
-                digest.update(block)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    with map_os_errors(UsageError, f"cannot read {path}"), path.open("rb") as handle:
+        while block := handle.read(HASH_BLOCK_BYTES):
+            digest.update(block)
     return digest.digest()
 
 
@@ -431,7 +420,7 @@ def write_state(
     target = state_path(partial)
     doc = {"schema": STATE_SCHEMA, **asdict(identity), "blocks": base64.b64encode(blocks).decode()}
     tmp = target.with_name(target.name + ".tmp")
-    try:
+    with map_os_errors(TransportError, f"cannot write {target}"):
         if sync:
             os.fdatasync(fd)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
@@ -442,8 +431,6 @@ def write_state(
         finally:
             os.close(out)
         os.replace(tmp, target)
-    except OSError as exc:
-        raise TransportError(f"cannot write {target}: {exc.strerror}") from exc
 
 
 def read_state(partial: Path, identity: SourceIdentity) -> bytes | None:

@@ -10,7 +10,7 @@ import errno
 import socket
 from typing import Any
 
-from udpxfer.errors import TransportError, UsageError
+from udpxfer.errors import TransportError, UsageError, map_os_errors
 from udpxfer.units import Address
 
 ALL_INTERFACES = ""
@@ -32,7 +32,7 @@ def resolve(address: Address, kind: socket.SocketKind) -> tuple[socket.AddressFa
     try:
         infos = socket.getaddrinfo(address.host, address.port, type=kind)
     except (socket.gaierror, UnicodeError) as exc:
-        raise UsageError(f"cannot resolve {address.host!r}: {exc}") from None
+        raise UsageError(f"cannot resolve {address.host!r}: {exc}") from exc
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr
 
@@ -46,11 +46,12 @@ def connect_udp(address: Address) -> tuple[socket.socket, SockAddr]:
     """
     family, sockaddr = resolve(address, socket.SOCK_DGRAM)
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.connect(sockaddr)
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"cannot send to {address}: {exc.strerror}") from None
+    with map_os_errors(UsageError, f"cannot send to {address}"):
+        try:
+            sock.connect(sockaddr)
+        except OSError:
+            sock.close()
+            raise
     return sock, sockaddr
 
 
@@ -74,11 +75,11 @@ def bind_socket(address: Address, kind: socket.SocketKind) -> socket.socket:
         except OSError as exc:
             error = exc
     if error.errno == errno.EADDRINUSE:
-        raise UsageError(f"address {address} is already in use") from None
+        raise UsageError(f"address {address} is already in use") from error
     if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-        raise UsageError(f"address {address} is not available on this machine") from None
+        raise UsageError(f"address {address} is not available on this machine") from error
     if error.errno == errno.EACCES:
-        raise UsageError(f"permission denied binding {address}") from None
+        raise UsageError(f"permission denied binding {address}") from error
     raise TransportError(f"cannot bind {address}: {error.strerror}") from error
 
 

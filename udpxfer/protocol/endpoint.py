@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from udpxfer.errors import AuthenticationFailed, MalformedPacket
+from udpxfer.errors import AuthenticationFailed, CorruptPacket, MalformedPacket
 from udpxfer.protocol.batch import DataBatch, decode_batch_untrusted, row_count
 from udpxfer.protocol.bodies import meta_nonce_untrusted
 from udpxfer.protocol.codec import decode_header_untrusted, encode
 from udpxfer.protocol.events import Event
-from udpxfer.protocol.framing import CRC, CorruptPacket, Header, Seal, parse_header_untrusted
+from udpxfer.protocol.framing import CRC, Header, Seal, parse_header_untrusted
 from udpxfer.protocol.receiver import (
     ChunkSink,
     EventSink,
