@@ -36,7 +36,6 @@ KNOWN: set[tuple[str, str]] = set()
 KNOWN_LONG = {
     "udpxfer.lab.relay",
     "udpxfer.net.driver",
-    "udpxfer.net.files",
     "udpxfer.net.transport",
     "udpxfer.protocol.congestion",
     "udpxfer.protocol.endpoint",

@@ -30,7 +30,7 @@ from udpxfer.companions import defaults
 from udpxfer.companions.runtime import NoProgress, ProgressFactory, connect_tcp
 from udpxfer.companions.tcp_info import read_tcp_info
 from udpxfer.errors import MalformedPacket, TransferError, UsageError, map_os_errors
-from udpxfer.net.files import sha256_file
+from udpxfer.net.hashing import sha256_file
 from udpxfer.reports.send_report import SEND_SCHEMA
 from udpxfer.units import Address, format_size
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.net.files import PartialFile, SourceIdentity, chunks_of_blocks
+from udpxfer.net.files import PartialFile
+from udpxfer.net.resume import SourceIdentity, chunks_of_blocks
 from udpxfer.net.sockets import SockAddr
 from udpxfer.net.source import MappedFile, SentPages, file_digests
 from udpxfer.net.transport import MAX_DATAGRAM, UdpTransport
