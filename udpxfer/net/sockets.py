@@ -1,4 +1,5 @@
-"""Resolving user addresses into socket addresses, and binding with clear errors.
+"""Resolving user addresses into socket addresses, binding with clear errors, and the
+kernel's count of what a full receive queue dropped.
 
 An empty host means all interfaces: a dual-stack IPv6 socket where the system has IPv6,
 else IPv4.
@@ -7,7 +8,9 @@ else IPv4.
 from __future__ import annotations
 
 import errno
+import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from udpxfer.errors import TransportError, UsageError, map_os_errors
@@ -97,3 +100,21 @@ def _bound(
         sock.close()
         raise
     return sock
+
+
+def kernel_drops(sockets: list[socket.socket]) -> int | None:
+    """Receive-queue overflows of ``sockets`` from Linux ``/proc/net/udp*`` (None elsewhere)."""
+    inodes = {os.fstat(sock.fileno()).st_ino for sock in sockets}
+    total, found = 0, False
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue  # not Linux, or no IPv6: nothing to count there
+        for line in lines:
+            # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            fields = line.split()
+            if len(fields) >= 13 and int(fields[9]) in inodes:
+                total += int(fields[12])
+                found = True
+    return total if found else None
