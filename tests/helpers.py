@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from udpxfer.net.driver import ReceiverServer, TransferResult
 from udpxfer.net.offload import gso_runs
+from udpxfer.net.receiving import ReceiverServer, TransferResult
 from udpxfer.net.transport import UdpTransport
 from udpxfer.protocol.codec import decode_untrusted
 from udpxfer.protocol.endpoint import ReceiverEndpoint

@@ -34,7 +34,6 @@ KNOWN: set[tuple[str, str]] = set()
 
 # Modules over MAX_LINES that are being split now; likewise, each entry goes when its split lands.
 KNOWN_LONG = {
-    "udpxfer.net.driver",
     "udpxfer.protocol.congestion",
     "udpxfer.protocol.endpoint",
     "udpxfer.protocol.receiver",
