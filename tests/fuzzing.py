@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from udpxfer.errors import MalformedPacket
-from udpxfer.net.driver import MAX_BLOCK_REPAIRS
-from udpxfer.net.files import safe_name
+from udpxfer.net.receiver_files import MAX_BLOCK_REPAIRS
+from udpxfer.paths import safe_name
 from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import Keying, ReceiverEndpoint
 from udpxfer.protocol.events import ChunkReceived, TransferStarted, VerifyRequested

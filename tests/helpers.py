@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from udpxfer.net.driver import ReceiverServer, TransferResult
+from udpxfer.net.offload import gso_runs
+from udpxfer.net.receiving import ReceiverServer, TransferResult
 from udpxfer.net.transport import UdpTransport
 from udpxfer.protocol.codec import decode_untrusted
 from udpxfer.protocol.endpoint import ReceiverEndpoint
@@ -182,24 +183,15 @@ def run_pair(
 
 
 def gro_buffers(datagrams: list[bytes]) -> list[tuple[bytearray, int, int]]:
-    """Datagrams in order as UDP GRO would coalesce them: runs of equal sizes (the last of a
-    run may be shorter), at most 64 segments and 65,000 bytes a run.
+    """Datagrams in order as UDP GRO would coalesce them: the runs one GSO send would carry
+    (``offload.gso_runs``: equal sizes, the last of a run may be shorter, within the GSO limits).
 
     Returns (buffer, length, segment size) triples; a run of one has segment size 0.
     """
     out: list[tuple[bytearray, int, int]] = []
-    start = 0
-    while start < len(datagrams):
-        size = len(datagrams[start])
-        end = start + 1
-        limit = start + max(1, min(64, 65000 // max(size, 1)))
-        while end < min(limit, len(datagrams)) and len(datagrams[end]) == size and size:
-            end += 1
-        if end < min(limit, len(datagrams)) and 0 < len(datagrams[end]) < size:
-            end += 1
+    for start, end, size in gso_runs(datagrams):
         run = b"".join(datagrams[start:end])
         out.append((bytearray(run), len(run), size if end - start > 1 else 0))
-        start = end
     return out
 
 

@@ -16,7 +16,8 @@ import pytest
 from cli_helpers import UDPXFER, recv_process, run
 from helpers import LossyRelay
 
-from udpxfer.cli.signals import Interrupted, handled, raise_interrupted
+from udpxfer.cli.signals import handled, raise_interrupted
+from udpxfer.errors import Interrupted
 from udpxfer.protocol.codec import decode_untrusted
 from udpxfer.protocol.wire import Data, PacketType
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import LossyRelay, receiver, wait_for
 
-from udpxfer.net.driver import send_file
 from udpxfer.net.keyfile import new_key
+from udpxfer.net.sending import send_file
 from udpxfer.protocol.codec import encode
 from udpxfer.protocol.framing import encode_data
 from udpxfer.protocol.sender import SenderConfig

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from helpers import LossyRelay, receiver, wait_for
 
-from udpxfer.net.driver import TransferResult, send_file
 from udpxfer.net.keyfile import new_key
+from udpxfer.net.receiving import TransferResult
+from udpxfer.net.sending import send_file
 from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.framing import encode_data, parse_header_untrusted
 from udpxfer.protocol.sender import SenderConfig
@@ -265,7 +266,7 @@ def _serve_once(tmp_path: Path, *, report_path: Path, trace_path: Path) -> Trans
     """One transfer of 20 chunks into a ``ReceiverServer`` with these report and trace paths."""
     import threading
 
-    from udpxfer.net.driver import ReceiverServer
+    from udpxfer.net.receiving import ReceiverServer
     from udpxfer.protocol.receiver import ReceiverConfig
 
     source = make_file(tmp_path, CHUNK * 20)

@@ -37,7 +37,8 @@ from udpxfer.lab.impair.models import Direction, GilbertElliott, Impairment
 from udpxfer.lab.impair.policy import ImpairmentPolicy
 from udpxfer.lab.impair.records import DirectionStats, Record
 from udpxfer.lab.relay import Relay
-from udpxfer.net.driver import TransferResult, send_file
+from udpxfer.net.receiving import TransferResult
+from udpxfer.net.sending import send_file
 from udpxfer.protocol.sender import SenderConfig, SenderSession
 from udpxfer.protocol.wire import Mode
 from udpxfer.units import Address

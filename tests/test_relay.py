@@ -23,7 +23,9 @@ from udpxfer.cli import app  # every command registered
 from udpxfer.lab.impair.models import Direction, Impairment
 from udpxfer.lab.impair.policy import flip_bit
 from udpxfer.lab.impair.records import LOG_COLUMNS, DropCause, Record
-from udpxfer.lab.relay import RecordLog, Relay, StopReason, kernel_drops
+from udpxfer.lab.relay import Relay, StopReason
+from udpxfer.lab.relay_log import RecordLog
+from udpxfer.net.sockets import kernel_drops
 from udpxfer.net.transport import UdpTransport
 from udpxfer.protocol import framing
 from udpxfer.units import Address

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from udpxfer.errors import UsageError
-from udpxfer.net.sockets import ALL_INTERFACES, bind_socket, format_sockaddr
-from udpxfer.units import Address
+from udpxfer.net.sockets import ALL_INTERFACES, bind_socket
+from udpxfer.units import Address, format_sockaddr
 
 
 def test_all_interfaces_falls_back_to_ipv4_without_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:

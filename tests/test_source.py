@@ -114,7 +114,7 @@ SENDER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from udpxfer.net.driver import send_file
+    from udpxfer.net.sending import send_file
     from udpxfer.units import Address
 
     session = send_file(Path(sys.argv[1]), Address("127.0.0.1", int(sys.argv[2])))

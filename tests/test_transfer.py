@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from helpers import LossyRelay, receiver, wait_for
 
-from udpxfer.net.driver import send_file
+from udpxfer.net.sending import send_file
 from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.sender import SenderConfig
 from udpxfer.protocol.wire import Data, Meta, Mode, PacketType
@@ -314,10 +314,10 @@ def test_ctrl_c_that_escapes_the_send_loop_still_aborts_the_transfer(
     """CPython 3.11 can raise KeyboardInterrupt at a loop's back edge outside the ``try``
     around the loop (python/cpython#108214): model it by leaving the loop under way with
     another exception and raising KeyboardInterrupt from outside it."""
-    import udpxfer.net.driver
+    import udpxfer.net.sending
 
     source = make_file(tmp_path, 2_000_000)
-    run_sender = udpxfer.net.driver._run_sender
+    run_sender = udpxfer.net.sending._run_sender
 
     def escaping(session: Any, transport: Any, clock: Any, on_progress: Any, pages: Any) -> None:
         def progress(current: Any) -> None:
@@ -329,7 +329,7 @@ def test_ctrl_c_that_escapes_the_send_loop_still_aborts_the_transfer(
         except _Stop:
             raise KeyboardInterrupt from None
 
-    monkeypatch.setattr(udpxfer.net.driver, "_run_sender", escaping)
+    monkeypatch.setattr(udpxfer.net.sending, "_run_sender", escaping)
     with receiver(tmp_path, idle_timeout_s=60) as (server, results):
         with pytest.raises(KeyboardInterrupt):
             send_file(source, Address(*server.address), SenderConfig(rate_bps=20_000_000))

@@ -14,21 +14,18 @@ from collections.abc import Iterator
 import pytest
 
 from udpxfer.errors import UsageError
-from udpxfer.net.sockets import SockAddr
-from udpxfer.net.transport import (
+from udpxfer.net.offload import (
     _SO_TIMESTAMPNS,
-    GSO_MAX_BYTES,
-    GSO_MAX_SEGMENTS,
-    RECV_BUFFER_BYTES,
-    SEND_BUFFER_BYTES,
     SOL_UDP,
     UDP_GRO,
     BufferSizes,
-    UdpTransport,
     _set_buffer,
     gso_runs,
     split_segments,
 )
+from udpxfer.net.sockets import SockAddr
+from udpxfer.net.transport import RECV_BUFFER_BYTES, SEND_BUFFER_BYTES, UdpTransport
+from udpxfer.protocol.wire import GSO_MAX_BYTES, GSO_MAX_SEGMENTS
 from udpxfer.units import Address
 
 DEADLINE_S = 5.0

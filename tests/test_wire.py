@@ -11,10 +11,10 @@ from fuzzing import frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpxfer.errors import AuthenticationFailed, MalformedPacket
+from udpxfer.errors import AuthenticationFailed, CorruptPacket, MalformedPacket
 from udpxfer.protocol.bodies import MAX_RANGES
 from udpxfer.protocol.codec import decode_untrusted, encode
-from udpxfer.protocol.framing import CorruptPacket, Seal, encode_data, parse_header_untrusted
+from udpxfer.protocol.framing import Seal, encode_data, parse_header_untrusted
 from udpxfer.protocol.keyed import AeadSeal, session_seals
 from udpxfer.protocol.keys import Direction, PacketProtection
 from udpxfer.protocol.wire import (

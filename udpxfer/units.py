@@ -1,4 +1,4 @@
-"""Parsing of the sizes, rates and addresses users type on the command line."""
+"""Parsing of the sizes, rates and addresses users type on the command line, and their display."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from udpxfer.errors import UsageError
 
@@ -117,6 +118,14 @@ class Address:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if self.is_ipv6 else f"{self.host}:{self.port}"
+
+
+def format_sockaddr(sockaddr: tuple[Any, ...]) -> str:
+    """``host:port`` or ``[v6]:port``; IPv4-mapped IPv6 peers show as plain IPv4."""
+    host, port = str(sockaddr[0]), int(sockaddr[1])
+    if host.startswith("::ffff:") and "." in host:
+        host = host.removeprefix("::ffff:")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_address(text: str, *, default_host: str) -> Address:

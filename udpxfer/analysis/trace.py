@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from udpxfer.analysis.tracefile import CHUNK_ROWS, COLUMNS, TraceReader, TraceWriter, is_stream
-from udpxfer.errors import UsageError
+from udpxfer.errors import UsageError, map_os_errors
 from udpxfer.protocol.online import TRACE_DUPLICATE, TRACE_RESENT
 
 TRACE_FORMAT: Final = "udpxfer.trace/1"  # the earlier .npz archive, still read
@@ -295,14 +295,11 @@ class Trace:
             UsageError: the file is missing, unreadable, not a trace or inconsistent.
         """
         try:
-            with path.open("rb") as handle:
+            with map_os_errors(UsageError, f"cannot read trace {path}"), path.open("rb") as handle:
                 stream = is_stream(handle.read(8))
                 handle.seek(0)
                 fields = _read_stream(handle) if stream else _read_fields(handle)
             return cls(**fields)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise UsageError(f"cannot read trace {path}: {reason}") from None
         except (
             ValueError,
             EOFError,

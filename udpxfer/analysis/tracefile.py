@@ -28,8 +28,8 @@ from typing import Any, BinaryIO, Final
 import numpy as np
 import numpy.typing as npt
 
-from udpxfer.errors import TransportError
-from udpxfer.net.files import unique_path
+from udpxfer.errors import TransportError, map_os_errors
+from udpxfer.paths import unique_path
 
 STREAM_FORMAT: Final = "udpxfer.trace/2"
 NPY_MAGIC: Final = b"\x93NUMPY"
@@ -91,7 +91,7 @@ class TraceWriter:
             mode = os.stat(target).st_mode
         except OSError:
             mode = None
-        try:
+        with map_os_errors(TransportError, f"cannot write trace {target}"):
             if mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
                 return cls(open(target, "wb"), target, **header)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +102,6 @@ class TraceWriter:
                 except FileExistsError:
                     continue
                 return cls(handle, path, **header)
-        except OSError as exc:
-            raise TransportError(f"cannot write trace {target}: {exc.strerror}") from exc
 
     def write(self, columns: dict[str, npt.NDArray[Any]]) -> None:
         """Append one chunk of records (nothing for an empty one)."""

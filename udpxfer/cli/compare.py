@@ -34,8 +34,8 @@ from udpxfer.cli.impair_options import (
     ReorderOpt,
     build_impairment,
 )
-from udpxfer.cli.signals import Interrupted, handled, raise_interrupted
-from udpxfer.errors import UsageError
+from udpxfer.cli.signals import handled, raise_interrupted
+from udpxfer.errors import Interrupted, LabError, UsageError
 from udpxfer.lab.compare.plan import parse_sweep, parse_transports, sweep_points
 from udpxfer.lab.compare.run import CompareConfig, Comparison, Progress
 from udpxfer.lab.impair.models import Direction, Impairment, JitterDistribution
@@ -49,13 +49,12 @@ from udpxfer.lab.live import (
 )
 from udpxfer.lab.netns import (
     Backend,
-    LabError,
     LabSpec,
     describe_lab,
     pid_alive,
     remove_leftovers,
 )
-from udpxfer.net.files import ensure_writable_dir
+from udpxfer.paths import ensure_writable_dir
 from udpxfer.units import parse_rate
 
 lab_app = typer.Typer(

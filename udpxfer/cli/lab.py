@@ -40,7 +40,8 @@ from udpxfer.units import (
 )
 
 if TYPE_CHECKING:
-    from udpxfer.lab.relay import RecordLog, Relay
+    from udpxfer.lab.relay import Relay
+    from udpxfer.lab.relay_log import RecordLog
 
 T = TypeVar("T")
 
@@ -171,7 +172,8 @@ def impair(
         target = parsed("--to", lambda text: parse_peer_address(text, default_host=LOOPBACK), to)
         if seed is None:
             seed = secrets.randbits(32)
-        from udpxfer.lab.relay import RecordLog, Relay
+        from udpxfer.lab.relay import Relay
+        from udpxfer.lab.relay_log import RecordLog
 
         record_log = RecordLog(log) if log is not None else None
         try:

@@ -9,9 +9,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import NoReturn
 
-
-class Interrupted(Exception):
-    """A signal arrived where ``raise_interrupted`` handles it: unwind, so ``finally`` runs."""
+from udpxfer.errors import Interrupted
 
 
 def raise_interrupted(sig: signal.Signals) -> NoReturn:

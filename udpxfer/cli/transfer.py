@@ -19,7 +19,8 @@ from udpxfer.cli.progress import show_progress
 from udpxfer.cli.signals import handled
 from udpxfer.cli.watch import RecvObserver, SendWatch, human, json_line
 from udpxfer.errors import TransferError
-from udpxfer.net.driver import ReceiverServer, send_file
+from udpxfer.net.receiving import ReceiverServer
+from udpxfer.net.sending import send_file
 from udpxfer.net.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.protocol.events import Outcome
 from udpxfer.protocol.sender import SenderConfig, SenderSession

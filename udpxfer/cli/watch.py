@@ -16,7 +16,7 @@ from udpxfer.reports.stream import IntervalMeter, receiver_record, sender_record
 from udpxfer.units import format_size, plural
 
 if TYPE_CHECKING:
-    from udpxfer.net.driver import TransferResult
+    from udpxfer.net.receiving import TransferResult
     from udpxfer.protocol.receiver import ReceiverSession
     from udpxfer.protocol.sender import SenderSession
 

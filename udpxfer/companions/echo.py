@@ -26,7 +26,7 @@ from udpxfer.companions.runtime import (
     run_until_stopped,
     serve_tcp,
 )
-from udpxfer.errors import TransferError
+from udpxfer.errors import TransferError, map_os_errors
 from udpxfer.units import Address
 
 DEFAULT_PORT = defaults.ECHO_PORT
@@ -120,10 +120,8 @@ def run_echo_client(
                         say(f"Server did not close within {timeout_s:g} s; closing.")
                         break
                 continue
-            try:
+            with map_os_errors(TransferError, f"connection to {to} lost"):
                 data = sock.recv(READ_BYTES)
-            except OSError as exc:
-                raise TransferError(f"connection to {to} lost: {exc.strerror}") from None
             if not data:
                 closed_by_server = True
                 say("Disconnected from server.")

@@ -21,8 +21,8 @@ from types import FrameType
 from typing import Protocol, TypeVar
 
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.net.sockets import SockAddr, bind_socket, format_sockaddr
-from udpxfer.units import Address
+from udpxfer.net.sockets import SockAddr, bind_socket
+from udpxfer.units import Address, format_sockaddr
 
 T = TypeVar("T")
 Log = Callable[[str], None]

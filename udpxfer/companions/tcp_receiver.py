@@ -36,12 +36,8 @@ from udpxfer.companions.tcp_transfer import (
     header_length_untrusted,
 )
 from udpxfer.errors import ProtocolError, TransportError, UdpxferError
-from udpxfer.net.files import (
-    PARTIAL_SUFFIX,
-    PartialFile,
-    ensure_writable_dir,
-    safe_name,
-)
+from udpxfer.net.files import PartialFile
+from udpxfer.paths import PARTIAL_SUFFIX, ensure_writable_dir, safe_name
 from udpxfer.reports.output import STDOUT, check_target, write_report
 from udpxfer.reports.report import (
     ChunkSection,

@@ -29,8 +29,8 @@ from typing import Any
 from udpxfer.companions import defaults
 from udpxfer.companions.runtime import NoProgress, ProgressFactory, connect_tcp
 from udpxfer.companions.tcp_info import read_tcp_info
-from udpxfer.errors import MalformedPacket, TransferError, UsageError
-from udpxfer.net.files import sha256_file
+from udpxfer.errors import MalformedPacket, TransferError, UsageError, map_os_errors
+from udpxfer.net.hashing import sha256_file
 from udpxfer.reports.send_report import SEND_SCHEMA
 from udpxfer.units import Address, format_size
 
@@ -146,10 +146,8 @@ def send_file(
     if not path.is_file():
         raise UsageError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
     digest = sha256_file(path)
-    try:
+    with map_os_errors(UsageError, f"cannot read {path}"):
         handle = path.open("rb")
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     with handle, connect_tcp(to, timeout_s) as sock:
         if congestion is not None:
             set_congestion(sock, congestion)

@@ -29,8 +29,8 @@ from udpxfer.companions.runtime import (
     run_until_stopped,
 )
 from udpxfer.errors import TransportError, UsageError
-from udpxfer.net.sockets import SockAddr, bind_socket, connect_udp, format_sockaddr
-from udpxfer.units import Address
+from udpxfer.net.sockets import SockAddr, bind_socket, connect_udp
+from udpxfer.units import Address, format_sockaddr
 
 DEFAULT_PORT = defaults.UDP_ECHO_PORT
 DEFAULT_PAYLOAD_BYTES = defaults.UDP_ECHO_PAYLOAD_BYTES

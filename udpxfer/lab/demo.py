@@ -17,8 +17,9 @@ from udpxfer.errors import TransferError
 from udpxfer.lab.impair.models import GilbertElliott, Impairment
 from udpxfer.lab.relay import Relay
 from udpxfer.lab.samples import SAMPLE_DIR
-from udpxfer.net.driver import ReceiverServer, send_file
-from udpxfer.net.files import ensure_writable_dir
+from udpxfer.net.receiving import ReceiverServer
+from udpxfer.net.sending import send_file
+from udpxfer.paths import ensure_writable_dir
 from udpxfer.protocol.receiver import ReceiverConfig
 from udpxfer.protocol.sender import SenderConfig
 from udpxfer.protocol.wire import Mode

@@ -22,10 +22,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from udpxfer.errors import LabError
 from udpxfer.lab.impair.models import Impairment
 from udpxfer.lab.netns import (
     Backend,
-    LabError,
     LabSpec,
     list_namespaces,
     namespace_commands,

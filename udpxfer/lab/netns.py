@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from udpxfer.errors import UdpxferError
+from udpxfer.errors import LabError
 from udpxfer.lab.impair.models import Impairment
 
 T = TypeVar("T")
@@ -45,10 +45,6 @@ COMMAND_TIMEOUT_S = 20.0
 _NS_NAME = re.compile(rf"^{PREFIX}-(\d+)-([a-z]+)$")
 _DEV_NAME = re.compile(rf"^{PREFIX}(\d+)[a-z]$")
 CLONE_NEWNET = 0x40000000
-
-
-class LabError(UdpxferError):
-    """The lab cannot be built here (not root, no TUN, no netem, a command failed)."""
 
 
 class Backend(StrEnum):

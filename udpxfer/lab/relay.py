@@ -17,10 +17,7 @@ one size (UDP GSO, scatter-gather), with no copy.
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import json
-import os
 import selectors
 import socket
 import threading
@@ -28,16 +25,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from udpxfer.errors import UsageError
 from udpxfer.lab.impair.models import Direction, Impairment
 from udpxfer.lab.impair.policy import ImpairmentPolicy, direction_rng
-from udpxfer.lab.impair.records import LOG_COLUMNS, Datagram, DirectionStats, Record
-from udpxfer.net.sockets import SockAddr, bind_socket, resolve
-from udpxfer.net.transport import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, MAX_DATAGRAM, UdpTransport
+from udpxfer.lab.impair.records import Datagram, DirectionStats, Record
+from udpxfer.net.sockets import SockAddr, kernel_drops, resolve
+from udpxfer.net.transport import MAX_DATAGRAM, UdpTransport
+from udpxfer.protocol.wire import datagrams_per_run
 from udpxfer.units import Address
 
 # Datagrams read in one drain stay in this buffer, each at its own offset, until the batch is
@@ -76,56 +72,32 @@ class RelayStats:
     kernel_drops_reverse: int | None = None
 
 
-def kernel_drops(sockets: list[socket.socket]) -> int | None:
-    """Receive-queue overflows of ``sockets`` from Linux ``/proc/net/udp*`` (None elsewhere)."""
-    inodes = {os.fstat(sock.fileno()).st_ino for sock in sockets}
-    total, found = 0, False
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
-        except OSError:
-            continue  # not Linux, or no IPv6: nothing to count there
-        for line in lines:
-            # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
-            fields = line.split()
-            if len(fields) >= 13 and int(fields[9]) in inodes:
-                total += int(fields[12])
-                found = True
-    return total if found else None
-
-
 class _Outbox(Generic[Dest]):
     """Collects datagrams to send, in order, into runs of one destination and one size.
 
     Each full run, and the last one at ``flush()``, goes to ``send_run`` (one GSO system call).
     """
 
-    __slots__ = ("_bytes", "_dest", "_run", "_send_run", "_size")
+    __slots__ = ("_dest", "_limit", "_run", "_send_run", "_size")
 
     def __init__(self, send_run: Callable[[list[Datagram], Dest], None]) -> None:
         self._send_run = send_run
         self._run: list[Datagram] = []
         self._dest: Dest | None = None
         self._size = -1
-        self._bytes = 0
+        self._limit = 0  # datagrams of this size one GSO send carries
 
     def add(self, data: Datagram, dest: Dest) -> None:
         size = len(data)
-        if (
-            size != self._size
-            or dest != self._dest
-            or len(self._run) >= GSO_MAX_SEGMENTS
-            or self._bytes + size > GSO_MAX_BYTES
-        ):
+        if size != self._size or dest != self._dest or len(self._run) >= self._limit:
             self.flush()
             self._dest, self._size = dest, size
+            self._limit = datagrams_per_run(size)
         self._run.append(data)
-        self._bytes += size
 
     def flush(self) -> None:
         if self._run:
             run, self._run = self._run, []
-            self._bytes = 0
             self._send_run(run, self._dest)  # type: ignore[arg-type]
 
 
@@ -194,9 +166,7 @@ class Relay:
         self._duration_s = duration_s
         self._clock = clock
         self._target_family, self._target = resolve(target, socket.SOCK_DGRAM)
-        self._listen = UdpTransport(
-            bind_socket(listen, socket.SOCK_DGRAM), timestamps=False, send_wait_s=SEND_WAIT_S
-        )
+        self._listen = UdpTransport.bind(listen, timestamps=False, send_wait_s=SEND_WAIT_S)
         self._upstreams: dict[SockAddr, UdpTransport] = {}
         self._closed_unsent = self._closed_refused = 0  # counters of closed upstream sockets
         self._view = memoryview(bytearray(RECV_BUFFER_BYTES))
@@ -463,36 +433,3 @@ class Relay:
 
     def _send_to_client(self, run: list[Datagram], client: SockAddr) -> None:
         self._listen.send_run(run, client)
-
-
-class RecordLog:
-    """Writes ground-truth records to a file: JSON Lines, or CSV when the name ends in .csv.
-
-    Raises:
-        UsageError: the file cannot be created.
-    """
-
-    def __init__(self, path: Path, epoch: float = 0.0) -> None:
-        self.path = path
-        self.epoch = epoch  # the clock reading log times count from (``Relay.epoch``)
-        self._csv = path.suffix.lower() == ".csv"
-        try:
-            self._file: IO[str] = path.open("w", encoding="utf-8", newline="")
-        except OSError as exc:
-            raise UsageError(f"cannot write the log {str(path)!r}: {exc.strerror}") from None
-        self._writer: Any = None
-        if self._csv:
-            self._writer = csv.DictWriter(self._file, fieldnames=LOG_COLUMNS)
-            self._writer.writeheader()
-
-    def write(self, records: list[Record]) -> None:
-        """Append ``records`` (the relay's ``on_records`` callback)."""
-        rows = (record.as_row(self.epoch) for record in records)
-        if self._writer is not None:
-            self._writer.writerows(rows)
-        else:
-            self._file.write("".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows))
-
-    def close(self) -> None:
-        """Flush and close the file."""
-        self._file.close()

@@ -22,10 +22,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from udpxfer.errors import LabError, map_os_errors
 from udpxfer.lab.impair.models import Direction, Impairment
 from udpxfer.lab.impair.policy import ImpairmentPolicy, direction_rng
 from udpxfer.lab.impair.records import DirectionStats
-from udpxfer.lab.netns import LabError, in_netns
+from udpxfer.lab.netns import in_netns
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -52,10 +53,8 @@ def open_tun(netns: str, name: str) -> int:
             raise
         return fd
 
-    try:
+    with map_os_errors(LabError, f"cannot create TUN device {name} in {netns}"):
         return in_netns(netns, create)
-    except OSError as exc:
-        raise LabError(f"cannot create TUN device {name} in {netns}: {exc.strerror}") from None
 
 
 @dataclass(slots=True)

@@ -1,2 +1,3 @@
-"""The adapters: UDP sockets (GSO/GRO, batch send and receive), files on disk, and the driver
-that runs a session against a socket, a clock and the files."""
+"""The adapters: UDP sockets (sockets, offload, transport), files on disk (files, hashing, resume,
+source), and the drivers that run a session against them and a clock (sending, receiving with
+receiver_files)."""

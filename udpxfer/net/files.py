@@ -1,200 +1,36 @@
-"""Where received files and reports go: safe names, unique paths, ``.partial`` files.
+"""``NAME.partial`` files: created safely, written at offsets, hashed as they fill, renamed
+once verified.
 
 Nothing here ever writes outside the directory it is given.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
 import hashlib
-import json
 import os
-import tempfile
 import threading
-import unicodedata
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import numpy as np
+from udpxfer.errors import TransportError, map_os_errors
+from udpxfer.net.hashing import PrefixHasher
+from udpxfer.net.resume import (
+    SourceIdentity,
+    blocks_held,
+    read_state,
+    remove_state,
+    state_path,
+    write_state,
+)
+from udpxfer.paths import PARTIAL_SUFFIX, safe_name, unique_path
 
+if TYPE_CHECKING:
     from udpxfer.protocol.ranges import Bitmap
 
-from udpxfer.errors import TransportError, UsageError
-
-MAX_NAME_BYTES = 200  # leaves room for a ``-NN`` suffix and ``.partial`` under NAME_MAX (255)
-PARTIAL_SUFFIX = ".partial"
-HASH_BLOCK_BYTES = 1 << 22
 MAX_RUN_CHUNKS = 512  # below IOV_MAX (1024 on Linux)
-
-
-def safe_name(name: str) -> str:
-    """Reduce a file name from the network to a harmless base name.
-
-    Path separators, control characters and NULs are removed, ``.``/``..`` and empty names
-    become ``unnamed``, and the result is cut to ``MAX_NAME_BYTES`` of UTF-8 (keeping the
-    extension), so the name can only ever denote a plain file inside the output directory.
-    """
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(c for c in base if unicodedata.category(c)[0] != "C")
-    base = base.strip().lstrip(".") or "unnamed"
-    encoded = base.encode("utf-8")
-    if len(encoded) > MAX_NAME_BYTES:
-        stem, dot, ext = base.rpartition(".")
-        ext_bytes = (dot + ext).encode("utf-8") if dot and len(ext) <= 16 else b""
-        head = (stem if ext_bytes else base).encode("utf-8")[: MAX_NAME_BYTES - len(ext_bytes)]
-        base = head.decode("utf-8", errors="ignore") + ext_bytes.decode("utf-8")
-    while base.endswith(PARTIAL_SUFFIX):  # only unfinished files carry that suffix
-        base = base[: -len(PARTIAL_SUFFIX)].rstrip(".") or "unnamed"
-    return base
-
-
-def unique_path(directory: Path, name: str, *, also_free: tuple[str, ...] = ()) -> Path:
-    """Return ``directory/name``, or ``stem-N.ext`` with the smallest free N.
-
-    A path is free when neither it nor any of ``path + suffix`` for ``also_free`` exists, so
-    a receiver never overwrites an earlier transfer's file, partial file or report.
-    """
-    stem, dot, ext = name.rpartition(".")
-    if not stem:
-        stem, dot, ext = name, "", ""
-    candidate = directory / name
-    n = 1
-    # lexists: a dangling symbolic link occupies its name too.
-    while os.path.lexists(candidate) or any(
-        os.path.lexists(str(candidate) + suffix) for suffix in also_free
-    ):
-        candidate = directory / f"{stem}-{n}{dot}{ext}"
-        n += 1
-    return candidate
-
-
-def ensure_writable_dir(directory: Path) -> Path:
-    """Create ``directory`` if needed and check that files can be created in it.
-
-    Raises:
-        UsageError: it cannot be created or written.
-    """
-    for ancestor in (directory, *directory.parents):
-        if os.path.lexists(ancestor):
-            if not ancestor.is_dir():
-                raise UsageError(f"{ancestor} is a file, not a directory")
-            break
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create directory {directory}: {exc.strerror}") from None
-    if not directory.is_dir():
-        raise UsageError(f"{directory} is not a directory")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(f"directory {directory} is not writable")
-    # Permission bits do not tell the whole story (root passes os.access everywhere; /proc,
-    # /sys and read-only mounts still refuse): create a file there and remove it.
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".udpxfer-probe-", dir=directory)
-    except OSError as exc:
-        raise UsageError(f"directory {directory} is not writable: {exc.strerror}") from None
-    os.close(fd)
-    os.unlink(probe)
-    return directory
-
-
-class PrefixHasher:
-    """SHA-256 of a file's leading bytes, computed in a worker thread as they become final.
-
-    ``advance(n)`` says the first ``n`` bytes will not change again; ``result(size)`` waits
-    for the digest of the first ``size`` bytes. ``os.pread`` and hashlib release the GIL on
-    large blocks, so the hash runs beside the receive loop, and a transfer's verification at
-    the end has only its last stretch left to hash.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._digest = hashlib.sha256()
-        self._done = 0  # bytes hashed
-        self._target = 0  # bytes known to be final
-        self._error: OSError | None = None
-        self._closed = False
-        self._waiting = False  # the worker waits for a new target (under the condition)
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def advance(self, final_bytes: int) -> None:
-        """The first ``final_bytes`` bytes of the file are written for good."""
-        if final_bytes <= self._target or self._closed:
-            return
-        if self._thread is not None and not self._waiting:
-            # The worker is hashing and reads the target when it is done: no lock, no wake-up
-            # (a notify per call hands the interpreter lock back and forth for nothing).
-            self._target = final_bytes
-            if self._waiting:  # it went to wait meanwhile: wake it after all
-                with self._cond:
-                    self._cond.notify_all()
-            return
-        with self._cond:
-            self._target = max(self._target, final_bytes)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="udpxfer-hash", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def result(self, size: int) -> bytes:
-        """The digest of the first ``size`` bytes (all of them final by now).
-
-        Raises:
-            OSError: reading the file failed.
-        """
-        self.advance(size)
-        with self._cond:
-            self._cond.notify_all()  # the worker may wait on a target set without the lock
-            while self._done < size and self._error is None and not self._closed:
-                self._cond.wait(timeout=1.0)
-                if self._thread is not None and not self._thread.is_alive():
-                    break  # the worker died: report it below rather than wait forever
-            if self._error is not None:
-                raise self._error
-            if self._done < size:
-                raise OSError(errno.EBADF, "the file was closed while being hashed")
-            return self._digest.copy().digest()
-
-    def close(self) -> None:
-        """Stop the worker (it finishes the block it is reading)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._done >= self._target and not self._closed:
-                    self._waiting = True
-                    # Bounded: a target set without the lock just as this thread came to
-                    # wait is picked up at the latest here.
-                    self._cond.wait(0.05)
-                self._waiting = False
-                if self._closed:
-                    return
-                start, end = self._done, min(self._target, self._done + HASH_BLOCK_BYTES)
-            try:
-                block = os.pread(self._fd, end - start, start)
-                if len(block) != end - start:
-                    raise OSError(errno.EIO, "the file is shorter than it should be")
-            except OSError as exc:
-                with self._cond:
-                    self._error = exc
-                    self._cond.notify_all()
-                return
-            self._digest.update(block)  # only this thread touches the digest until done
-            with self._cond:
-                self._done = end
-                self._cond.notify_all()
 
 
 class PartialFile:
@@ -246,19 +82,20 @@ class PartialFile:
         self.path = Path(str(self.final_path) + PARTIAL_SUFFIX)
         self.size = size
         if self._fd < 0:
-            try:
+            with map_os_errors(TransportError, f"cannot create {self.path}"):
                 self._fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
-            except OSError as exc:
-                raise TransportError(f"cannot create {self.path}: {exc.strerror}") from exc
-        try:
-            os.ftruncate(self._fd, size)
-            _check_room(self._fd, size)
-        except OSError as exc:
-            os.close(self._fd)
-            self.path.unlink(missing_ok=True)
-            raise TransportError(f"cannot make room for {self.path}: {exc.strerror}") from exc
+        with map_os_errors(TransportError, f"cannot make room for {self.path}"):
+            try:
+                os.ftruncate(self._fd, size)
+                _check_room(self._fd, size)
+            except OSError:
+                os.close(self._fd)
+                self.path.unlink(missing_ok=True)
+                raise
         self._run: list[bytes | memoryview] = []  # chunks waiting for flush(), back to back
         self._run_start = self._run_end = 0
+        # Made once: flush() runs after every receive that stored chunks.
+        self._write_errors = map_os_errors(TransportError, f"cannot write {self.path}")
         self._hasher = PrefixHasher(self._fd)
         self._saver: threading.Thread | None = None  # a background save_state_soon
         self._saver_error: TransportError | None = None
@@ -301,20 +138,20 @@ class PartialFile:
         Raises:
             TransportError: the system refused the write.
         """
+        if not self._run:
+            return  # the usual case for most files after a receive: nothing gathered
         run, self._run = self._run, []
         offset = self._run_start
         first = 0  # run[first:] is still to be written
-        while first < len(run):
-            try:
+        with self._write_errors:
+            while first < len(run):
                 written = os.pwritev(self._fd, run[first : first + MAX_RUN_CHUNKS], offset)
-            except OSError as exc:
-                raise TransportError(f"cannot write {self.path}: {exc.strerror}") from exc
-            offset += written
-            while first < len(run) and written >= len(run[first]):
-                written -= len(run[first])
-                first += 1
-            if first < len(run) and written:
-                run[first] = memoryview(run[first])[written:]  # a short write: go on from there
+                offset += written
+                while first < len(run) and written >= len(run[first]):
+                    written -= len(run[first])
+                    first += 1
+                if first < len(run) and written:
+                    run[first] = memoryview(run[first])[written:]  # a short write: go on there
 
     def final_prefix(self, n_bytes: int) -> None:
         """The first ``n_bytes`` are written for good (flushed, never written again): hash
@@ -329,10 +166,8 @@ class PartialFile:
             TransportError: the file cannot be read.
         """
         self.flush()
-        try:
+        with map_os_errors(TransportError, f"cannot read {self.path}"):
             return self._hasher.result(self.size)
-        except OSError as exc:
-            raise TransportError(f"cannot read {self.path}: {exc.strerror}") from exc
 
     def bad_blocks(self, manifest: list[bytes | None], block_bytes: int) -> list[int]:
         """Indexes of the blocks whose SHA-256 differs from the manifest's.
@@ -341,14 +176,12 @@ class PartialFile:
             TransportError: the file cannot be read.
         """
         bad = []
-        try:
+        with map_os_errors(TransportError, f"cannot read {self.path}"):
             for block, expected in enumerate(manifest):
                 start = block * block_bytes
                 data = os.pread(self._fd, min(block_bytes, self.size - start), start)
                 if hashlib.sha256(data).digest() != expected:
                     bad.append(block)
-        except OSError as exc:
-            raise TransportError(f"cannot read {self.path}: {exc.strerror}") from exc
         return bad
 
     def restart_hash(self) -> None:
@@ -412,12 +245,11 @@ class PartialFile:
 
         def save() -> None:
             try:
-                os.fdatasync(fd)
+                with map_os_errors(TransportError, f"cannot sync {path}"):
+                    os.fdatasync(fd)
                 with self._state_lock:
                     if generation == self._state_generation:
                         write_state(path, identity, blocks, fd, sync=False)
-            except OSError as exc:
-                self._saver_error = TransportError(f"cannot sync {path}: {exc.strerror}")
             except TransportError as exc:
                 self._saver_error = exc
             finally:
@@ -437,10 +269,8 @@ class PartialFile:
         remove_state(self.path)
         if self.final_path.exists():
             self.final_path = unique_path(self.final_path.parent, self.final_path.name)
-        try:
+        with map_os_errors(TransportError, f"cannot rename {self.path}"):
             os.rename(self.path, self.final_path)
-        except OSError as exc:
-            raise TransportError(f"cannot rename {self.path}: {exc.strerror}") from exc
         return self.final_path
 
 
@@ -453,152 +283,3 @@ def _check_room(fd: int, size: int) -> None:
     stats = os.fstatvfs(fd)
     if size and stats.f_bavail * stats.f_frsize < size:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def sha256_file(path: Path) -> bytes:
-    """SHA-256 of a file read in large blocks.
-
-    Raises:
-        UsageError: the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as handle:
-            while block := handle.read(HASH_BLOCK_BYTES):
-                digest.update(block)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    return digest.digest()
-
-
-STATE_SUFFIX = ".state"  # the resume sidecar beside NAME.partial
-STATE_SCHEMA = "udpxfer.partial/1"
-
-
-@dataclass(frozen=True, slots=True)
-class SourceIdentity:
-    """What makes two transfers the same file: a changed source never resumes."""
-
-    name: str
-    size: int
-    sha256: str
-    mtime_ns: int
-    chunk_size: int
-    block_chunks: int
-
-
-def state_path(partial: Path) -> Path:
-    """The sidecar of a ``.partial`` file."""
-    return Path(str(partial) + STATE_SUFFIX)
-
-
-def write_state(
-    partial: Path, identity: SourceIdentity, blocks: bytes, fd: int, *, sync: bool = True
-) -> None:
-    """Record which blocks are on disk, atomically: data synced first (``sync``; or by the
-    caller), then a temporary file renamed over the sidecar, so a crash leaves the old state
-    or the new, never half of one.
-
-    Raises:
-        TransportError: the file system refused.
-    """
-    target = state_path(partial)
-    doc = {"schema": STATE_SCHEMA, **asdict(identity), "blocks": base64.b64encode(blocks).decode()}
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        if sync:
-            os.fdatasync(fd)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-        out = os.open(tmp, flags, 0o644)
-        try:
-            os.write(out, json.dumps(doc).encode())
-            os.fsync(out)
-        finally:
-            os.close(out)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise TransportError(f"cannot write {target}: {exc.strerror}") from exc
-
-
-def read_state(partial: Path, identity: SourceIdentity) -> bytes | None:
-    """The block map of a sidecar that describes this very source, or None.
-
-    Anything unreadable, foreign or of another version of the file gives None.
-    """
-    target = state_path(partial)
-    try:
-        if target.is_symlink() or partial.is_symlink() or not partial.is_file():
-            return None
-        raw = target.read_bytes()
-        if len(raw) > 1 << 20:
-            return None
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or doc.get("schema") != STATE_SCHEMA:
-            return None
-        if any(doc.get(k) != v for k, v in asdict(identity).items()):
-            return None
-        if os.stat(partial).st_size != identity.size:
-            return None
-        blocks = base64.b64decode(str(doc.get("blocks", "")), validate=True)
-    except (OSError, ValueError, json.JSONDecodeError, binascii.Error):
-        return None
-    return blocks
-
-
-def remove_state(partial: Path) -> None:
-    """Remove a sidecar (the file is final, or it started over)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(state_path(partial))
-
-
-def blocks_on_disk(held: np.ndarray, block_chunks: int) -> bytes:
-    """Packed bits (little-endian) of the blocks whose every chunk is held."""
-    import numpy as np
-
-    if block_chunks <= 0 or held.size == 0:
-        return b""
-    return np.packbits(_full_blocks(held, block_chunks), bitorder="little").tobytes()
-
-
-def blocks_held(held: Bitmap, block_chunks: int, stretch_chunks: int = 1 << 20) -> bytes:
-    """``blocks_on_disk`` of a packed chunk bitmap, a stretch of about ``stretch_chunks`` at a
-    time: a byte per chunk only for the stretch, not for a whole (huge) file."""
-    import numpy as np
-
-    size = held.size
-    if block_chunks <= 0 or size == 0:
-        return b""
-    per = block_chunks * 8  # stretches of whole blocks that start on a whole byte
-    step = max(per, stretch_chunks // per * per)
-    bits = np.frombuffer(held.bits, dtype=np.uint8)
-    parts = []
-    for start in range(0, size, step):
-        end = min(size, start + step)
-        stretch = np.unpackbits(bits[start >> 3 : (end + 7) >> 3], bitorder="little")
-        parts.append(_full_blocks(stretch[: end - start], block_chunks))
-    return np.packbits(np.concatenate(parts), bitorder="little").tobytes()
-
-
-def _full_blocks(held: np.ndarray, block_chunks: int) -> np.ndarray:
-    """0/1 per block of ``block_chunks`` chunks: 1 where every chunk is held (the last block
-    may be shorter)."""
-    import numpy as np
-
-    blocks = -(-held.size // block_chunks)
-    padded = np.ones(blocks * block_chunks, dtype=np.uint8)
-    padded[: held.size] = held
-    full = np.all(padded.reshape(blocks, block_chunks), axis=1)
-    return np.asarray(full, dtype=np.uint8)
-
-
-def chunks_of_blocks(blocks: bytes, chunk_count: int, block_chunks: int) -> np.ndarray:
-    """0/1 per chunk: held when its block is in ``blocks``."""
-    import numpy as np
-
-    if block_chunks <= 0 or chunk_count == 0:
-        return np.zeros(chunk_count, dtype=np.uint8)
-    n_blocks = -(-chunk_count // block_chunks)
-    bits = np.unpackbits(np.frombuffer(blocks, dtype=np.uint8), bitorder="little")[:n_blocks]
-    full = np.zeros(n_blocks, dtype=np.uint8)
-    full[: bits.size] = bits
-    return np.repeat(full, block_chunks)[:chunk_count]

@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from udpxfer.errors import UsageError
+from udpxfer.errors import UsageError, map_os_errors
 from udpxfer.protocol.keys import KEY_BYTES, NONCE_BYTES, SECRET_BYTES
 
 KEY_FILE_PREFIX = "udpxfer-psk-1"
@@ -47,22 +47,24 @@ def write_key_file(path: Path | str, key: bytes) -> None:
     if len(key) != KEY_BYTES:
         raise ValueError(f"a key is {KEY_BYTES} bytes, not {len(key)}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise UsageError(f"{path}: exists; refusing to overwrite it (choose a new path)") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot create the key file: {exc.strerror}") from None
+    with map_os_errors(UsageError, f"{path}: cannot create the key file"):
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            raise UsageError(
+                f"{path}: exists; refusing to overwrite it (choose a new path)"
+            ) from None
     line = f"{KEY_FILE_PREFIX} {base64.b64encode(key).decode('ascii')}\n".encode("ascii")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)  # whatever the umask left
-            out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
-    except OSError as exc:
-        os.unlink(path)  # never leave a half-written key behind
-        raise UsageError(f"{path}: cannot write the key file: {exc.strerror}") from None
+    with map_os_errors(UsageError, f"{path}: cannot write the key file"):
+        try:
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), 0o600)  # whatever the umask left
+                out.write(line)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError:
+            os.unlink(path)  # never leave a half-written key behind
+            raise
 
 
 def load_key_file(path: Path | str) -> bytes:
@@ -72,24 +74,21 @@ def load_key_file(path: Path | str) -> bytes:
         UsageError: one line saying why: missing, unreadable, not a regular file, not a
             udpxfer key file, or a key of the wrong length.
     """
-    try:
-        # O_NONBLOCK: a FIFO must not hang the program before fstat can refuse it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such key file (make one with `udpxfer keygen`)") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the key file: {exc.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise UsageError(f"{path}: is a directory, not a key file")
-        if not stat.S_ISREG(mode):
-            raise UsageError(f"{path}: not a regular file, not a key file")
-        raw = os.read(fd, _KEY_FILE_MAX_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the key file: {exc.strerror}") from None
-    finally:
-        os.close(fd)
+    with map_os_errors(UsageError, f"{path}: cannot read the key file"):
+        try:
+            # O_NONBLOCK: a FIFO must not hang the program before fstat can refuse it.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such key file (make one with `udpxfer keygen`)") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise UsageError(f"{path}: is a directory, not a key file")
+            if not stat.S_ISREG(mode):
+                raise UsageError(f"{path}: not a regular file, not a key file")
+            raw = os.read(fd, _KEY_FILE_MAX_BYTES + 1)
+        finally:
+            os.close(fd)
     return _parse_key_file(str(path), raw)
 
 

@@ -1,4 +1,5 @@
-"""Resolving user addresses into socket addresses, and binding with clear errors.
+"""Resolving user addresses into socket addresses, binding with clear errors, and the
+kernel's count of what a full receive queue dropped.
 
 An empty host means all interfaces: a dual-stack IPv6 socket where the system has IPv6,
 else IPv4.
@@ -7,10 +8,12 @@ else IPv4.
 from __future__ import annotations
 
 import errno
+import os
 import socket
+from pathlib import Path
 from typing import Any
 
-from udpxfer.errors import TransportError, UsageError
+from udpxfer.errors import TransportError, UsageError, map_os_errors
 from udpxfer.units import Address
 
 ALL_INTERFACES = ""
@@ -32,17 +35,9 @@ def resolve(address: Address, kind: socket.SocketKind) -> tuple[socket.AddressFa
     try:
         infos = socket.getaddrinfo(address.host, address.port, type=kind)
     except (socket.gaierror, UnicodeError) as exc:
-        raise UsageError(f"cannot resolve {address.host!r}: {exc}") from None
+        raise UsageError(f"cannot resolve {address.host!r}: {exc}") from exc
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr
-
-
-def format_sockaddr(sockaddr: SockAddr) -> str:
-    """``host:port`` or ``[v6]:port``; IPv4-mapped IPv6 peers show as plain IPv4."""
-    host, port = str(sockaddr[0]), int(sockaddr[1])
-    if host.startswith("::ffff:") and "." in host:
-        host = host.removeprefix("::ffff:")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def connect_udp(address: Address) -> tuple[socket.socket, SockAddr]:
@@ -54,11 +49,12 @@ def connect_udp(address: Address) -> tuple[socket.socket, SockAddr]:
     """
     family, sockaddr = resolve(address, socket.SOCK_DGRAM)
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.connect(sockaddr)
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"cannot send to {address}: {exc.strerror}") from None
+    with map_os_errors(UsageError, f"cannot send to {address}"):
+        try:
+            sock.connect(sockaddr)
+        except OSError:
+            sock.close()
+            raise
     return sock, sockaddr
 
 
@@ -82,11 +78,11 @@ def bind_socket(address: Address, kind: socket.SocketKind) -> socket.socket:
         except OSError as exc:
             error = exc
     if error.errno == errno.EADDRINUSE:
-        raise UsageError(f"address {address} is already in use") from None
+        raise UsageError(f"address {address} is already in use") from error
     if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-        raise UsageError(f"address {address} is not available on this machine") from None
+        raise UsageError(f"address {address} is not available on this machine") from error
     if error.errno == errno.EACCES:
-        raise UsageError(f"permission denied binding {address}") from None
+        raise UsageError(f"permission denied binding {address}") from error
     raise TransportError(f"cannot bind {address}: {error.strerror}") from error
 
 
@@ -104,3 +100,21 @@ def _bound(
         sock.close()
         raise
     return sock
+
+
+def kernel_drops(sockets: list[socket.socket]) -> int | None:
+    """Receive-queue overflows of ``sockets`` from Linux ``/proc/net/udp*`` (None elsewhere)."""
+    inodes = {os.fstat(sock.fileno()).st_ino for sock in sockets}
+    total, found = 0, False
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue  # not Linux, or no IPv6: nothing to count there
+        for line in lines:
+            # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            fields = line.split()
+            if len(fields) >= 13 and int(fields[9]) in inodes:
+                total += int(fields[12])
+                found = True
+    return total if found else None

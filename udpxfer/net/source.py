@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from udpxfer.errors import UsageError
+from udpxfer.errors import UsageError, map_os_errors
 from udpxfer.protocol.wire import block_chunks_for, chunk_count_for
 
 HASH_STEP_BYTES = 8 << 20  # the up-front hash drops what it has read this often
@@ -41,16 +41,16 @@ class MappedFile:
     """A read-only view of a whole file (a memory map; empty files have none)."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            with path.open("rb") as handle:
+        with map_os_errors(UsageError, f"cannot read {path}"):
+            try:
+                handle = path.open("rb")
+            except IsADirectoryError:
+                raise UsageError(f"{path} is a directory, not a file") from None
+            with handle:
                 size = os.fstat(handle.fileno()).st_size
                 self._map = (
                     mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ) if size else None
                 )
-        except IsADirectoryError:
-            raise UsageError(f"{path} is a directory, not a file") from None
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
         self.size = size
         if self._map is not None and _SEQUENTIAL is not None:
             self._map.madvise(_SEQUENTIAL)

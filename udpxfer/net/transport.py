@@ -2,184 +2,46 @@
 
 The sessions hand over lists of datagrams, the relay runs of them; both go out here, runs of
 equal datagrams in one system call (UDP GSO) straight from the caller's buffers, and coalesced
-runs come in here (UDP GRO), with a plain fallback where the kernel offers neither.
-
-Setting the environment variable ``UDPXFER_NO_OFFLOAD=1`` turns GSO and GRO off (one datagram
-per system call), for comparisons and for paths where offload misbehaves.
+runs come in here (UDP GRO), with a plain fallback where the kernel offers neither. What the
+kernel offers is probed in ``offload``.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import select
 import socket
-import struct
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from udpxfer.errors import TransportError, UsageError
+from udpxfer.net.offload import (
+    GSO_UNSUPPORTED,
+    RECV_CONTROL_BYTES,
+    SEGMENT_SIZE,
+    SOL_UDP,
+    UDP_SEGMENT,
+    Buffer,
+    enable_gro,
+    enable_timestamps,
+    gso_runs,
+    parse_control,
+    probe_gso,
+    size_buffers,
+    split_segments,
+)
 from udpxfer.net.sockets import SockAddr, bind_socket, connect_udp
-from udpxfer.protocol.wire import GSO_MAX_BYTES as GSO_MAX_BYTES  # re-exported: the relay's limits
-from udpxfer.protocol.wire import GSO_MAX_SEGMENTS as GSO_MAX_SEGMENTS
 from udpxfer.protocol.wire import datagrams_per_run
 from udpxfer.units import Address
 
 RECV_BUFFER_BYTES = 32 << 20  # asked for; the kernel may cap it (net.core.rmem_max)
 SEND_BUFFER_BYTES = 8 << 20
-MIN_BUFFER_BYTES = 256 << 10  # where halving a refused size stops (macOS: kern.ipc.maxsockbuf)
 MAX_DATAGRAM = 65535
-OFFLOAD_ENV = "UDPXFER_NO_OFFLOAD"
-# Linux: SO_RCVBUFFORCE/SO_SNDBUFFORCE pass the rmem_max/wmem_max caps with CAP_NET_ADMIN.
-_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _TRANSIENT = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
-# Linux UDP segmentation offload (linux/udp.h, udp(7)): one sendmsg carries many equal
-# datagrams, one recvmsg returns many coalesced ones with their segment size in a control
-# message. On loopback GSO cuts the cost of sending a 1400-byte datagram about fivefold.
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
-_GSO_UNSUPPORTED = {errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE}
-_GRO_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
-# Kernel receive timestamps (socket(7) SO_TIMESTAMPNS: a struct timespec, CLOCK_REALTIME)
-# tell how long a datagram waited in our own receive queue before we read it.
-_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_TIMESPEC = struct.Struct("=qq")
-_CMSG_SPACE = (
-    _GRO_CMSG_SPACE + socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
-)
-_SEGMENT_SIZE = struct.Struct("=H")
-_GRO_SIZE = struct.Struct("=i")
-_LINUX = sys.platform.startswith("linux")
 
-# What sendmsg takes: bytes, bytearrays, memoryviews (of a receive buffer, of a mapped file).
-Buffer = Any
 # (bytes, GRO segment size or 0, sender, kernel arrival time in ns or 0)
 Received = tuple[int, int, SockAddr, int]
-
-
-def offload_allowed() -> bool:
-    """False when the user turned GSO/GRO off with ``UDPXFER_NO_OFFLOAD`` (any value but 0)."""
-    return os.environ.get(OFFLOAD_ENV, "") in ("", "0")
-
-
-@dataclass(frozen=True, slots=True)
-class BufferSizes:
-    """Socket buffer sizes as asked for and as the kernel granted them (usable bytes)."""
-
-    recv_asked: int
-    recv_granted: int
-    send_asked: int
-    send_granted: int
-
-    @property
-    def capped(self) -> bool:
-        """True when the kernel gave less receive buffer than asked for."""
-        return self.recv_granted < self.recv_asked
-
-
-def _set_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> int:
-    """Ask for a ``size``-byte buffer; return the usable size the kernel granted.
-
-    Tries the forcing option first (Linux, CAP_NET_ADMIN), then the plain one, halving a size
-    the system refuses outright (macOS refuses sizes above kern.ipc.maxsockbuf).
-    """
-    options = (force_opt, opt) if _LINUX else (opt,)
-    asked = size
-    done = False
-    while not done and asked >= min(size, MIN_BUFFER_BYTES):
-        for option in options:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, asked)
-            except OSError:
-                continue  # no CAP_NET_ADMIN for the forcing option, or too large
-            done = True
-            break
-        asked //= 2
-    granted = sock.getsockopt(socket.SOL_SOCKET, opt)
-    # Linux reports twice the size asked for (the rest is for bookkeeping), see socket(7).
-    return granted // 2 if _LINUX else granted
-
-
-def size_buffers(sock: socket.socket, recv_bytes: int, send_bytes: int) -> BufferSizes:
-    """Ask for receive and send buffers of these sizes; say what the kernel granted."""
-    return BufferSizes(
-        recv_bytes,
-        _set_buffer(sock, _SO_RCVBUFFORCE, socket.SO_RCVBUF, recv_bytes),
-        send_bytes,
-        _set_buffer(sock, _SO_SNDBUFFORCE, socket.SO_SNDBUF, send_bytes),
-    )
-
-
-def probe_gso(sock: socket.socket) -> bool:
-    """True when the kernel segments UDP for us (Linux 4.18+) and offload is not turned off."""
-    if not _LINUX or not offload_allowed():
-        return False
-    try:
-        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
-    except OSError:
-        return False
-    return True
-
-
-def enable_gro(sock: socket.socket) -> bool:
-    """Ask for coalesced receives (Linux 5.0+); False where unsupported or turned off."""
-    if not _LINUX or not _GRO_CMSG_SPACE or not offload_allowed():
-        return False
-    try:
-        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-    except OSError:
-        return False
-    return True
-
-
-def enable_timestamps(sock: socket.socket) -> bool:
-    """Ask for kernel receive timestamps (Linux); False where unsupported."""
-    if not _LINUX or not _CMSG_SPACE:
-        return False
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-    except OSError:
-        return False
-    return True
-
-
-def split_segments(view: memoryview, segment: int) -> list[memoryview]:
-    """Cut a coalesced receive into its datagrams (all ``segment`` bytes but the last)."""
-    if segment <= 0 or segment >= len(view):
-        return [view]
-    return [view[start : start + segment] for start in range(0, len(view), segment)]
-
-
-def gso_runs(datagrams: Sequence[Buffer]) -> list[tuple[int, int, int]]:
-    """Split a list into runs that one segmentation-offload send can carry.
-
-    Returns (start, end, segment size) triples: datagrams[start:end] are all ``segment``
-    bytes long except possibly the last, which may be shorter (as UDP_SEGMENT allows), and
-    the run fits ``GSO_MAX_SEGMENTS`` and ``GSO_MAX_BYTES``.
-    """
-    runs: list[tuple[int, int, int]] = []
-    n = len(datagrams)
-    start = 0
-    while start < n:
-        size = len(datagrams[start])
-        if size == 0:  # a segment size of 0 means "do not segment": empty ones go alone
-            runs.append((start, start + 1, 0))
-            start += 1
-            continue
-        limit = min(n, start + datagrams_per_run(size))
-        end = start + 1
-        while end < limit and len(datagrams[end]) == size:
-            end += 1
-        if end < limit and 0 < len(datagrams[end]) < size:
-            end += 1  # a shorter datagram may close the run
-        runs.append((start, end, size))
-        start = end
-    return runs
 
 
 class UdpTransport:
@@ -304,7 +166,7 @@ class UdpTransport:
                     n, addr = self.sock.recvfrom_into(view, 0, socket.MSG_DONTWAIT)
                     return n, 0, addr, 0
                 n, ancdata, _flags, addr = self.sock.recvmsg_into(
-                    [view], _CMSG_SPACE, socket.MSG_DONTWAIT
+                    [view], RECV_CONTROL_BYTES, socket.MSG_DONTWAIT
                 )
             except BlockingIOError:
                 return None
@@ -313,7 +175,7 @@ class UdpTransport:
                     self.refused += 1  # reported once, then cleared: read on
                     continue
                 raise TransportError(f"receive failed: {exc.strerror}") from exc
-            segment, kernel_ns = _control(ancdata)
+            segment, kernel_ns = parse_control(ancdata)
             return n, segment, addr, kernel_ns
         return None
 
@@ -416,7 +278,7 @@ class UdpTransport:
 
     def _send_segmented(self, run: Sequence[Buffer], size: int, addr: SockAddr | None) -> bool:
         """One scatter-gather GSO send; False when the datagrams should go one by one."""
-        control = [(SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZE.pack(size))]
+        control = [(SOL_UDP, UDP_SEGMENT, SEGMENT_SIZE.pack(size))]
         relay = self.send_wait_s is not None
         for _ in range(2):
             try:
@@ -429,7 +291,7 @@ class UdpTransport:
                 return False  # a relay's full send buffer: one by one, each waiting for room
             except OSError as exc:
                 # UDP is all or nothing: the kernel sent none of the run.
-                if exc.errno in _GSO_UNSUPPORTED:
+                if exc.errno in GSO_UNSUPPORTED:
                     self.gso = False  # no offload on this path: plain sends from now on
                     return False
                 if exc.errno in _TRANSIENT:
@@ -450,15 +312,3 @@ class UdpTransport:
         """Wait up to ``send_wait_s`` for room in the send buffer; True if there is some."""
         _, writable, _ = select.select([], [self.sock], [], self.send_wait_s)
         return bool(writable)
-
-
-def _control(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int]:
-    """(GRO segment size or 0, kernel arrival time in ns or 0) from a receive's control data."""
-    segment = kernel_ns = 0
-    for level, kind, data in ancdata:
-        if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
-            segment = _GRO_SIZE.unpack_from(data)[0]
-        elif level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
-            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            kernel_ns = seconds * 1_000_000_000 + nanoseconds
-    return segment, kernel_ns

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from udpxfer.errors import AuthenticationFailed, MalformedPacket
+from udpxfer.errors import AuthenticationFailed, CorruptPacket, MalformedPacket
 from udpxfer.protocol.batch import DataBatch, decode_batch_untrusted, row_count
 from udpxfer.protocol.codec import decode_header_untrusted
 from udpxfer.protocol.endpoint_handshake import Handshake, KeyProblem
@@ -38,7 +38,7 @@ from udpxfer.protocol.endpoint_limits import (
     unvalidated_refusal,
 )
 from udpxfer.protocol.events import Event
-from udpxfer.protocol.framing import CRC, CorruptPacket, Header, parse_header_untrusted
+from udpxfer.protocol.framing import CRC, Header, parse_header_untrusted
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.protocol.receiver_core import EventSink, Peer
 from udpxfer.protocol.receiver_state import ReceiverState

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from udpxfer.errors import MalformedPacket
+from udpxfer.errors import CorruptPacket, MalformedPacket
 from udpxfer.protocol.checksum import crc32
 from udpxfer.protocol.wire import (
     CRC_BYTES,
@@ -58,14 +58,6 @@ class Header:
     def space(self) -> int:
         """The packet-number space: 0 for DATA, 1 for everything else."""
         return 0 if self.ptype == DATA_TYPE else 1
-
-
-class CorruptPacket(MalformedPacket):
-    """A datagram with our magic and version whose integrity check fails."""
-
-    def __init__(self, message: str, session: int) -> None:
-        super().__init__(message)
-        self.session = session
 
 
 class Seal:

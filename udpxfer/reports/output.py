@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from udpxfer.errors import TransportError, UsageError
-from udpxfer.net.files import ensure_writable_dir, unique_path
+from udpxfer.errors import TransportError, UsageError, map_os_errors
+from udpxfer.paths import ensure_writable_dir, unique_path
 
 STDOUT = Path("-")
 
@@ -61,12 +61,11 @@ def check_target(text: str, *, what: str, allow_stdout: bool = True) -> Path:
         if not allow_stdout and stream is sys.stdout.buffer:
             raise UsageError(f"{what}: {path} is stdout, which is not possible here")
         return path
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        mode = None  # nothing there (or a dangling symlink): a fresh file
-    except OSError as exc:
-        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+    with map_os_errors(UsageError, f"{what} {path}"):
+        try:
+            mode: int | None = os.stat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None  # nothing there (or a dangling symlink): a fresh file
     if mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
         if not os.access(path, os.W_OK):
             raise UsageError(f"{what} {path}: not writable")

@@ -16,7 +16,7 @@ import numpy as np
 from udpxfer.analysis import online_report
 from udpxfer.analysis.trace import MODES, Trace
 from udpxfer.analysis.tracefile import COLUMNS, TraceReader, is_stream
-from udpxfer.errors import UsageError
+from udpxfer.errors import UsageError, map_os_errors
 from udpxfer.protocol.online import OnlineStats
 from udpxfer.protocol.ranges import Bitmap, as_lists
 from udpxfer.reports.report import SCHEMA, ChunkSection, FileSection, TransferReport
@@ -94,14 +94,12 @@ def report_from_trace(path: Path) -> dict[str, Any]:
         UsageError: the file is missing, unreadable, not a trace or inconsistent.
     """
     try:
-        with path.open("rb") as handle:
+        with map_os_errors(UsageError, f"cannot read trace {path}"), path.open("rb") as handle:
             if not is_stream(handle.read(8)):
                 return _report(iter_trace(Trace.load(path)), path)  # an earlier .npz trace
             handle.seek(0)
             reader = TraceReader(handle)
             return _report(_stream(reader), path)
-    except OSError as exc:
-        raise UsageError(f"cannot read trace {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise UsageError(f"bad trace file {path}: {exc}") from None
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from udpxfer import __version__
-from udpxfer.errors import TransportError, UsageError
-from udpxfer.net.files import ensure_writable_dir, safe_name
+from udpxfer.errors import TransportError, UsageError, map_os_errors
+from udpxfer.paths import ensure_writable_dir, safe_name
 from udpxfer.reports.document import Report, lookup
 from udpxfer.reports.report import summary_lines, verdict_text
 from udpxfer.units import format_rate, format_size
@@ -161,13 +161,11 @@ def report_stem(doc: Report) -> str:
 
 
 def _write(path: Path, data: str | bytes) -> Path:
-    try:
+    with map_os_errors(TransportError, f"cannot write {path}"):
         if isinstance(data, str):
             path.write_text(data, encoding="utf-8")
         else:
             path.write_bytes(data)
-    except OSError as exc:
-        raise TransportError(f"cannot write {path}: {exc.strerror}") from exc
     return path
 
 
@@ -250,11 +248,9 @@ def _image_panel(images: tuple[Path, Path]) -> str:
     """The original file beside what arrived (``.partial``), both embedded as data URIs."""
     blobs: list[bytes | None] = []
     for path in images:
-        try:
+        with map_os_errors(UsageError, f"cannot read image {path}"):
             size = path.stat().st_size
             blobs.append(path.read_bytes() if size <= MAX_EMBED_BYTES else None)
-        except OSError as exc:
-            raise UsageError(f"cannot read image {path}: {exc.strerror}") from None
     original = blobs[0] or b""
     mime = next((m for magic, m in _MAGIC if original.startswith(magic)), "image/jpeg")
     figures = []

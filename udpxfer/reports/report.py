@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from udpxfer.analysis import online_report
-from udpxfer.net.files import unique_path
-from udpxfer.net.sockets import format_sockaddr
+from udpxfer.paths import unique_path
 from udpxfer.protocol.events import Outcome
 from udpxfer.protocol.ranges import as_lists
 from udpxfer.protocol.receiver import ReceiverSession
 from udpxfer.protocol.wire import Mode
 from udpxfer.reports.output import is_stream
 from udpxfer.reports.output import write_report as write_report  # the receiver writes through here
-from udpxfer.units import format_rate, format_size, plural
+from udpxfer.units import format_rate, format_size, format_sockaddr, plural
 
 SCHEMA = "udpxfer.report/1"
 

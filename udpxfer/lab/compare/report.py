@@ -25,7 +25,7 @@ from udpxfer.lab.compare.plan import (
 )
 from udpxfer.lab.compare.plots import compare_plots
 from udpxfer.lab.compare.run import CompareConfig
-from udpxfer.net.files import unique_path
+from udpxfer.paths import unique_path
 from udpxfer.reports.output import write_report
 from udpxfer.reports.plots import Plot
 from udpxfer.reports.render import _data_uri, _html_page, _html_table, _md_table

@@ -20,9 +20,10 @@ from typing import Any
 
 from udpxfer.companions.rtt import PingStats
 from udpxfer.companions.udp_echo import run_udp_echo_client
+from udpxfer.errors import LabError
 from udpxfer.lab.compare.plan import TRANSPORTS, Point, Transport
 from udpxfer.lab.live import LiveLab, wait_for_line
-from udpxfer.lab.netns import LabError, in_netns, run
+from udpxfer.lab.netns import in_netns, run
 from udpxfer.units import Address, format_rate
 
 UDP_PORT = 9000

@@ -1,33 +1,27 @@
-"""The loops that connect sessions to sockets, the clock and files.
+"""The receiver's driver: the endpoint against a bound socket, the clock and the files.
 
-Like aioquic's ``transmit()``: hand the session what arrived, send what it returns, sleep
-until its timer. Progress leaves through callbacks; the CLI connects them to tqdm.
+Like aioquic's ``transmit()``: hand the endpoint what arrived (a whole arena of receives at a
+time), store and send what it returns, sleep until its timer. The files themselves are
+``ReceiverFiles``' part; progress leaves through an observer, which the CLI connects to tqdm.
 """
 
 from __future__ import annotations
 
-import os
-import queue
 import secrets
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from udpxfer.errors import TransportError, UsageError
-from udpxfer.net.files import (
-    PartialFile,
-    SourceIdentity,
-    chunks_of_blocks,
-    ensure_writable_dir,
-    safe_name,
-)
+from udpxfer.errors import TransportError
+from udpxfer.net.files import PartialFile
+from udpxfer.net.receiver_files import ReceiverFiles
+from udpxfer.net.sending import PROGRESS_INTERVAL_S, Clock
 from udpxfer.net.sockets import SockAddr
-from udpxfer.net.source import MappedFile, SentPages, file_digests
 from udpxfer.net.transport import MAX_DATAGRAM, UdpTransport
+from udpxfer.paths import safe_name
 from udpxfer.protocol.events import (
     ChunkReceived,
     Outcome,
@@ -35,163 +29,16 @@ from udpxfer.protocol.events import (
     TransferStarted,
     VerifyRequested,
 )
-from udpxfer.protocol.ranges import Bitmap, missing_ranges
-from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
-from udpxfer.protocol.wire import NONCE_BYTES, Mode
+from udpxfer.protocol.wire import NONCE_BYTES
 from udpxfer.units import Address
 
 if TYPE_CHECKING:
     from udpxfer.analysis.tracefile import TraceWriter
-    from udpxfer.protocol.endpoint import StoreRun
     from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
 
-Clock = Callable[[], float]
-PROGRESS_INTERVAL_S = 0.1
 _RECV_BURST = 256  # receives handled between two looks at timers
 ARENA_RECEIVES = 16  # receives (GRO runs of up to 64 datagrams) decoded as one batch at most
 _HASH_POLL_S = 0.005  # how often an idle loop looks for finished hashes
-STATE_SAVE_INTERVAL_S = 1.0  # resume sidecars are rewritten this often
-MAX_BLOCK_REPAIRS = 8  # times a transfer may fetch bad blocks again before it is a mismatch
-
-
-# -- sending ----------------------------------------------------------------------------
-
-
-def send_file(
-    path: Path,
-    to: Address,
-    config: SenderConfig | None = None,
-    *,
-    on_progress: Callable[[SenderSession], None] | None = None,
-    name: str | None = None,
-    clock: Clock = time.monotonic,
-    key: bytes | None = None,
-    encrypt: bool = True,
-) -> SenderSession:
-    """Send one file to a receiver and return the finished session.
-
-    Raises:
-        UsageError: the file cannot be read or the address is bad.
-        TransportError: the socket failed.
-        KeyboardInterrupt: after telling the receiver that the transfer is cancelled.
-    """
-    if not path.is_file() and path.exists():
-        raise UsageError(f"{path} is not a regular file")
-    source = MappedFile(path)
-    try:
-        mtime_ns = os.stat(path).st_mtime_ns
-        chunk_size = (config or SenderConfig()).chunk_size
-        digest, manifest = file_digests(source.data, chunk_size, done=source.drop)
-        transport = UdpTransport.connect(to)
-        try:
-            session_id = secrets.randbits(64)
-            keying = None
-            if key is not None:
-                from udpxfer.net.keyfile import new_nonce
-                from udpxfer.protocol.sender import SenderKeying
-
-                keying = SenderKeying(key, session_id, new_nonce(), encrypt=encrypt)
-            session = SenderSession(
-                source.data,
-                name=path.name if name is None else name,
-                sha256=digest,
-                session_id=session_id,
-                now=clock(),
-                config=config,
-                mtime_ns=mtime_ns,
-                keying=keying,
-                manifest=manifest,
-            )
-            try:
-                _run_sender(session, transport, clock, on_progress, SentPages(source, chunk_size))
-            except KeyboardInterrupt:
-                # Caught here, around a call, as well as in the loop: CPython 3.11 can raise
-                # it at a loop's back edge outside the try around the loop (python/cpython
-                # #108214). Telling the receiver twice sends nothing more (abort is idempotent).
-                session.abort("sender interrupted", clock())
-                _send(transport, session.transmit(clock()))
-                raise
-            finally:
-                session.release()
-            if transport.refused:
-                session.note_unreachable(to)
-        finally:
-            transport.close()
-    finally:
-        source.close()
-    return session
-
-
-def _run_sender(
-    session: SenderSession,
-    transport: UdpTransport,
-    clock: Clock,
-    on_progress: Callable[[SenderSession], None] | None,
-    pages: SentPages,
-) -> None:
-    next_progress = 0.0
-    try:
-        while not session.finished:
-            now = clock()
-            batch = session.transmit(now)
-            if batch:
-                _send(transport, batch, pages)
-                session.batch_left(clock())
-            heard = False
-            while (incoming := transport.recv_batch()) is not None:
-                now = clock()
-                for datagram in incoming[0]:
-                    session.receive_datagram(datagram, now, incoming[2])
-                heard = True
-            if transport.refused and not session.refused_by_network:
-                session.refused_by_network = True  # ICMP: nothing listens there (yet)
-            if on_progress is not None and now >= next_progress:
-                on_progress(session)
-                next_progress = now + PROGRESS_INTERVAL_S
-            if batch or heard or session.finished:
-                continue  # more may be ready to send now
-            timer = session.get_timer()
-            now = clock()
-            if timer is not None and timer <= now:
-                session.handle_timer(now)
-                continue
-            transport.wait(None if timer is None else timer - now)
-    except KeyboardInterrupt as exc:
-        # Frames the interrupt cut short hold views of the mapped file (a run being sent):
-        # let them go, so that the file can be unmapped.
-        traceback.clear_frames(exc.__traceback__)
-        batch = []
-        session.abort("sender interrupted", clock())
-        _send(transport, session.transmit(clock()))
-        raise
-    _send(transport, session.transmit(clock()))  # a final ABORT, if any
-    while session.next_event() is not None:
-        pass  # the outcome is kept on the session
-    if on_progress is not None:
-        on_progress(session)
-
-
-def _send(
-    transport: UdpTransport, items: list[bytes | DataRun], pages: SentPages | None = None
-) -> None:
-    """Send a session's output in order: control datagrams as they are, DATA runs gathered
-    (then their pages may leave our resident set)."""
-    plain: list[bytes] = []
-    for item in items:
-        if isinstance(item, DataRun):
-            if plain:
-                transport.send_many(plain)
-                plain = []
-            transport.send_gathered(item.pieces, item.count, item.segment)
-            if pages is not None:
-                pages.sent(item.first, item.count)
-        else:
-            plain.append(item)
-    if plain:
-        transport.send_many(plain)
-
-
-# -- receiving --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +66,7 @@ class ReceiverObserver(Protocol):
     def transfer_ended(self, session: ReceiverSession, result: TransferResult) -> None: ...
 
 
-class ReceiverServer:
+class ReceiverServer(ReceiverFiles):
     """Receives transfers on one UDP socket into a directory, writing a report for each."""
 
     def __init__(
@@ -238,18 +85,15 @@ class ReceiverServer:
         encrypt: bool = True,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        self.out_dir = ensure_writable_dir(out_dir)
+        super().__init__(out_dir, clock, observer)
         self.log = log
         self.report_path = report_path
         self.reports_dir = reports_dir
         self.trace_path = trace_path
         self.once = once
-        self.observer = observer
-        self.clock = clock
         # The receiving side (and its reports: numpy, the analysis) loads here, not with a
         # sender, which starts faster without it; and before the first transfer, not at its end.
         import udpxfer.reports.report  # noqa: F401
-        from udpxfer.protocol.batch import payload_views
         from udpxfer.protocol.endpoint import Keying, ReceiverEndpoint
         from udpxfer.protocol.receiver import ReceiverConfig
 
@@ -268,15 +112,8 @@ class ReceiverServer:
             hello_pn_start=secrets.randbits(60),
         )
         self._logged: dict[object, float] = {}  # peer -> when its last auth failure was logged
-        self._next_state_save = 0.0
         self.results: list[TransferResult] = []
         self._traces: dict[ReceiverSession, TraceWriter] = {}  # --trace: written as it comes
-        self._files: dict[ReceiverSession, PartialFile] = {}
-        self._refused: set[ReceiverSession] = set()
-        self._hashed: queue.Queue[tuple[ReceiverSession, bytes | list[int] | TransportError]] = (
-            queue.Queue()
-        )
-        self._hashing = 0  # verifications under way in worker threads
         self._ended: list[ReceiverSession] = []
         self._marks = (0, 0, 0)  # endpoint (received, rejected, unauthenticated) at the last report
         self._reports_written = 0
@@ -285,8 +122,6 @@ class ReceiverServer:
         # Receives land back to back in one arena; a run of them from one sender, all cut
         # at one segment size, is decoded and written as one batch (one pwritev per run).
         self._arena = memoryview(bytearray(ARENA_RECEIVES * MAX_DATAGRAM))
-        self._payload_views = payload_views
-        self._unwritten = False  # chunks gathered from the arena, not yet written
 
     @property
     def address(self) -> tuple[str, int]:
@@ -317,37 +152,6 @@ class ReceiverServer:
             self.transport.close()
         return self.results
 
-    def _store(self, session: ReceiverSession, offset: int, payload: bytes | memoryview) -> None:
-        partial = self._files.get(session) or self._open(session, self.clock())
-        if partial is not None:
-            self._unwritten = True
-            try:
-                partial.write_at(offset, payload)
-            except TransportError as exc:
-                session.close(self.clock(), str(exc))
-
-    def _supersede(self, session: ReceiverSession, identity: SourceIdentity, now: float) -> None:
-        """The same source host sends the same file again (its sender was restarted): end
-        the older transfer, so that the new one resumes from what it wrote."""
-        host = session.peer[0] if isinstance(session.peer, tuple) else session.peer
-        for other, partial in list(self._files.items()):
-            other_host = other.peer[0] if isinstance(other.peer, tuple) else other.peer
-            if other is not session and partial.identity == identity and other_host == host:
-                other.supersede(now)
-                self._handle_events(now)
-
-    def _save_states(self, now: float) -> None:
-        """Resume sidecars of the transfers in progress, at intervals."""
-        if now < self._next_state_save:
-            return
-        self._next_state_save = now + STATE_SAVE_INTERVAL_S
-        for session, partial in self._files.items():
-            if partial.identity is not None and session.is_transfer:
-                try:
-                    partial.save_state_soon(session.held)
-                except TransportError as exc:
-                    session.close(now, str(exc))
-
     def _log_auth_failures(self, now: float) -> None:
         failures = self.endpoint.auth_failures
         while failures:
@@ -360,58 +164,6 @@ class ReceiverServer:
             from udpxfer.reports.report import peer_text
 
             self.log(f"{failure.reason}: datagram from {peer_text(failure.peer)} dropped")
-
-    def _write_gathered(self) -> None:
-        """Write the chunks gathered from the last receive, before its buffer is reused, and
-        let the hash run over what is now final."""
-        for session, partial in self._files.items():
-            try:
-                partial.flush()
-            except TransportError as exc:
-                session.close(self.clock(), str(exc))
-                continue
-            partial.final_prefix(session.contiguous * session.chunk_size)
-
-    def _open(self, session: ReceiverSession, now: float) -> PartialFile | None:
-        """The session's ``.partial`` file, created on its first chunk or its start event;
-        a ``NAME.partial`` left by an earlier transfer of the same source is resumed."""
-        if session in self._files:
-            return self._files[session]
-        meta = session.meta
-        if meta is None or session in self._refused:
-            return None
-        identity = None
-        if meta.mode is Mode.RELIABLE and meta.block_chunks:
-            identity = SourceIdentity(
-                meta.name,
-                meta.size,
-                meta.sha256.hex(),
-                meta.mtime_ns,
-                meta.chunk_size,
-                meta.block_chunks,
-            )
-            self._supersede(session, identity, now)
-        try:
-            partial = PartialFile(
-                self.out_dir,
-                meta.name,
-                meta.size,
-                identity,
-                busy=frozenset(p.path for p in self._files.values()),
-            )
-        except TransportError as exc:
-            self._refused.add(session)
-            session.close(now, str(exc))
-            return None
-        self._files[session] = partial
-        if partial.resumed_blocks is not None:
-            held = chunks_of_blocks(partial.resumed_blocks, meta.chunk_count, meta.block_chunks)
-            bitmap = Bitmap(meta.chunk_count)
-            bitmap.set_ranges(missing_ranges(1 - held))
-            session.resume(bitmap)
-        if self.observer is not None:
-            self.observer.transfer_started(session)
-        return partial
 
     def _loop(self, stop: threading.Event | None) -> None:
         endpoint, transport, clock = self.endpoint, self.transport, self.clock
@@ -493,32 +245,6 @@ class ReceiverServer:
             self._write_gathered()  # the arena is read into again next
         self._flush()  # feedback leaves at once: its delay is the sender's signal
 
-    def _store_run(self, run: StoreRun, buffer: memoryview, now: float) -> None:
-        """Gather the new chunks of one receive for writing (straight from ``buffer``)."""
-        session, batch, positions = run.session, run.batch, run.positions
-        partial = self._files.get(session) or self._open(session, now)
-        if partial is None:
-            return
-        self._unwritten = True
-        chunk_size = session.chunk_size
-        if run.plain is not None:  # keyed: authenticated (and decrypted) payloads
-            payloads = [run.plain[p] for p in positions.tolist()]
-        else:
-            payloads = self._payload_views(buffer, batch, positions)
-        index = batch.index[positions]
-        try:
-            first, last = int(index[0]), int(index[-1])
-            if last - first == index.size - 1 and (
-                index.size < 3 or bool((index[1:] - index[:-1] == 1).all())
-            ):  # one run of consecutive chunks (the usual)
-                n_bytes = int(batch.payload_bytes[positions].sum())
-                partial.write_run(first * chunk_size, payloads, n_bytes)
-                return
-            for chunk, payload in zip(index.tolist(), payloads, strict=True):
-                partial.write_at(chunk * chunk_size, payload)
-        except TransportError as exc:
-            session.close(now, str(exc))
-
     def _done_with(self, session: ReceiverSession, now: float) -> bool:
         """A transfer's report is written and its linger (answering repeated ENDs) is over."""
         if session.closed:
@@ -584,59 +310,6 @@ class ReceiverServer:
             elif isinstance(event, TransferEnded):
                 self._open(session, now)  # an empty transfer may end before any chunk
                 self._finish(session)
-
-    def _verify(self, session: ReceiverSession, partial: PartialFile, now: float) -> None:
-        """Hash the file in a worker thread; the loop goes on answering the sender meanwhile.
-
-        hashlib and pread release the GIL on large blocks, so a large file's hash does not
-        hold the receive loop up (a long silence would make the sender give up).
-        """
-        try:
-            partial.flush()  # every chunk is held: nothing more is written to this file
-        except TransportError as exc:
-            session.close(now, str(exc))
-            return
-
-        meta = session.meta
-        manifest = list(session.manifest) if session.manifest_complete else []
-        if session.block_repairs >= MAX_BLOCK_REPAIRS:
-            manifest = []  # a forger that keeps at it gets a mismatch in the end
-        block_bytes = meta.block_chunks * meta.chunk_size if meta is not None else 0
-
-        def work() -> None:
-            try:
-                digest = partial.sha256()
-                bad: list[int] = []
-                if meta is not None and digest != meta.sha256 and manifest:
-                    # Wrong by content (forged, or corrupt past the CRC): find the blocks.
-                    bad = partial.bad_blocks(manifest, block_bytes)
-                self._hashed.put((session, bad or digest))
-            except TransportError as exc:
-                self._hashed.put((session, exc))
-
-        self._hashing += 1
-        threading.Thread(target=work, name="udpxfer-verify", daemon=True).start()
-
-    def _take_hashes(self) -> None:
-        """Hand finished hashes to their sessions."""
-        while True:
-            try:
-                session, result = self._hashed.get_nowait()
-            except queue.Empty:
-                return
-            self._hashing -= 1
-            now = self.clock()
-            if isinstance(result, TransportError):
-                session.close(now, str(result))
-            elif isinstance(result, list):
-                partial = self._files.get(session)
-                if partial is not None:
-                    partial.restart_hash()
-                session.blocks_bad(result, now)
-            else:
-                session.hash_computed(result, now)
-            self._handle_events(now)
-            self._flush()
 
     def _finish(self, session: ReceiverSession) -> None:
         from udpxfer.reports.report import udp_report, write_report
