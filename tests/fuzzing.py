@@ -33,7 +33,9 @@ from udpxfer.protocol.events import TransferStarted, VerifyRequested
 from udpxfer.protocol.keyed import AeadSeal
 from udpxfer.protocol.keys import Direction, PacketProtection
 from udpxfer.protocol.receiver import Peer, ReceiverConfig, ReceiverSession, ReceiverState
-from udpxfer.protocol.sender import SenderConfig, SenderKeying, SenderSession
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
+from udpxfer.protocol.sender_keying import SenderKeying
 from udpxfer.protocol.wire import (
     Abort,
     AbortCode,

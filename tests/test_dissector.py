@@ -19,7 +19,7 @@ from udpxfer.net.driver import send_file
 from udpxfer.net.keyfile import new_key
 from udpxfer.protocol.codec import encode
 from udpxfer.protocol.framing import encode_data
-from udpxfer.protocol.sender import SenderConfig
+from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import (
     Abort,
     AbortCode,

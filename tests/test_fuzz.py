@@ -39,7 +39,9 @@ from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import AMPLIFICATION_FACTOR, ReceiverEndpoint
 from udpxfer.protocol.framing import encode_data, parse_header_untrusted
 from udpxfer.protocol.receiver import MAX_STAMP_SPREAD_NS, Peer, ReceiverConfig, ReceiverSession
-from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
+from udpxfer.protocol.sender_state import SenderState
 from udpxfer.protocol.wire import (
     DEFAULT_CHUNK_BYTES,
     MAX_PN,

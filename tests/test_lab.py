@@ -38,7 +38,8 @@ from udpxfer.lab.impair.policy import ImpairmentPolicy
 from udpxfer.lab.impair.records import DirectionStats, Record
 from udpxfer.lab.relay import Relay
 from udpxfer.net.driver import TransferResult, send_file
-from udpxfer.protocol.sender import SenderConfig, SenderSession
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import Mode
 from udpxfer.units import Address
 

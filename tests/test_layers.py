@@ -48,7 +48,6 @@ KNOWN_LONG = {
     "udpxfer.protocol.congestion",
     "udpxfer.protocol.endpoint",
     "udpxfer.protocol.receiver",
-    "udpxfer.protocol.sender",
 }
 
 

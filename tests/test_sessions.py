@@ -13,7 +13,9 @@ from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import ReceiverEndpoint
 from udpxfer.protocol.events import ChunkReceived, TransferEnded, TransferStarted, VerifyRequested
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverState
-from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
+from udpxfer.protocol.sender_state import SenderState
 from udpxfer.protocol.wire import (
     Abort,
     AbortCode,
@@ -62,7 +64,7 @@ def test_clean_transfer_is_byte_exact(size: int, config: SenderConfig) -> None:
     assert bytes(result.stored[:size]) == data
     assert result.session is not None
     assert result.session.gaps() == []
-    assert result.sender.chunks_resent == 0
+    assert result.sender.stats().chunks_resent == 0
 
 
 def test_blast_gaps_are_exactly_the_dropped_chunks() -> None:
@@ -78,7 +80,7 @@ def test_blast_gaps_are_exactly_the_dropped_chunks() -> None:
     assert session.gaps() == [(0, 2), (50, 51), (199, 199), (300, 300)]
     assert session.first_pass_gaps() == session.gaps()
     assert [e.outcome for e in result.ended] == ["incomplete"]
-    assert result.sender.verdict is Verdict.INCOMPLETE
+    assert result.sender.stats().verdict is Verdict.INCOMPLETE
     for index in range(301):
         if index not in lost:
             chunk = slice(index * CHUNK, (index + 1) * CHUNK)
@@ -119,7 +121,7 @@ def test_reliable_repairs_bursts_and_edges(lost: set[int]) -> None:
     assert result.session is not None
     gaps = result.session.first_pass_gaps()
     assert {i for a, b in gaps for i in range(a, b + 1)} == lost
-    assert result.sender.chunks_resent == len(lost)
+    assert result.sender.stats().chunks_resent == len(lost)
 
 
 @pytest.mark.parametrize(
@@ -195,8 +197,9 @@ def test_sender_gives_up_when_the_receiver_is_silent() -> None:
     assert result.sender.state is SenderState.FAILED
     assert result.sender.outcome is not None
     assert result.sender.outcome.outcome == "timeout"
-    assert result.sender.finished_at is not None
-    assert 3.0 <= result.sender.finished_at - result.sender.started_at <= 3.1
+    stats = result.sender.stats()
+    assert stats.finished_at is not None
+    assert 3.0 <= stats.finished_at - stats.started_at <= 3.1
 
 
 def test_receiver_times_out_when_the_sender_vanishes() -> None:
@@ -232,9 +235,10 @@ def test_pacing_follows_the_rate() -> None:
     data = payload(CHUNK * 500)
     rate = 8_000_000  # 1 MB/s
     result = run_pair(data, sender_config=SenderConfig(chunk_size=CHUNK, rate_bps=rate))
-    sent_bytes = result.sender.bytes_sent
-    assert result.sender.finished_at is not None
-    duration = result.sender.finished_at - result.sender.started_at
+    stats = result.sender.stats()
+    sent_bytes = stats.bytes_sent
+    assert stats.finished_at is not None
+    duration = stats.finished_at - stats.started_at
     assert duration == pytest.approx(sent_bytes * 8 / rate, rel=0.05)
 
 
@@ -501,7 +505,7 @@ def test_resuming_sender_waits_for_the_have_before_sending_data() -> None:
                if isinstance(p, Data)]  # fmt: skip
     assert indexes
     assert min(indexes) == 10
-    assert sender.resumed == 10
+    assert sender.stats().resumed == 10
 
 
 def test_resuming_sender_goes_on_when_the_have_is_lost() -> None:

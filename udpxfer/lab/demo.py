@@ -20,7 +20,7 @@ from udpxfer.lab.samples import SAMPLE_DIR
 from udpxfer.net.driver import ReceiverServer, send_file
 from udpxfer.net.files import ensure_writable_dir
 from udpxfer.protocol.receiver import ReceiverConfig
-from udpxfer.protocol.sender import SenderConfig
+from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import Mode
 from udpxfer.reports.render import render_comparison, render_html, render_markdown
 from udpxfer.reports.report import summary_lines
