@@ -45,7 +45,6 @@ KNOWN_LONG = {
     "udpxfer.net.driver",
     "udpxfer.net.files",
     "udpxfer.net.transport",
-    "udpxfer.protocol.congestion",
     "udpxfer.protocol.endpoint",
     "udpxfer.protocol.receiver",
 }
