@@ -15,7 +15,8 @@ from udpxfer.protocol.events import ChunkReceived, TransferEnded, TransferStarte
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverState
 from udpxfer.protocol.sender import SenderSession
 from udpxfer.protocol.sender_config import SenderConfig
-from udpxfer.protocol.sender_state import SenderState
+from udpxfer.protocol.sender_core import SenderCore
+from udpxfer.protocol.sender_state import TRANSITIONS, SenderState
 from udpxfer.protocol.wire import (
     Abort,
     AbortCode,
@@ -220,6 +221,38 @@ def test_receiver_times_out_when_the_sender_vanishes() -> None:
     assert [e.outcome for e in ended] == ["timeout"]
     aborts = [decode_untrusted(d) for d, _ in endpoint.datagrams_to_send()]
     assert any(getattr(p, "reason", "") == "receiver timed out" for p in aborts)
+
+
+def test_every_sender_move_is_in_its_transition_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over lossy runs of both modes, each state change the sender makes is one the table
+    allows (none refused), and together they walk the whole machine but for the failures."""
+    moves: list[tuple[SenderState, SenderState, bool]] = []
+    move = SenderCore._move
+
+    def watched(self: SenderCore, state: SenderState) -> bool:
+        before = self.state
+        moved = move(self, state)
+        moves.append((before, state, moved))
+        return moved
+
+    monkeypatch.setattr(SenderCore, "_move", watched)
+    data = payload(CHUNK * 300)
+    for config in (RELIABLE, BLAST):
+        lossy = Link(random.Random(2), loss=0.1, duplicate=0.05, jitter_s=0.002)
+        result = run_pair(data, sender_config=config, forward=lossy)
+        assert result.sender.state is SenderState.DONE
+    assert all(moved for _, _, moved in moves)
+    assert {(before, after) for before, after, _ in moves} == {
+        (SenderState.HANDSHAKE, SenderState.SENDING),
+        (SenderState.SENDING, SenderState.WAITING),
+        (SenderState.WAITING, SenderState.REPAIRING),
+        (SenderState.REPAIRING, SenderState.WAITING),
+        (SenderState.WAITING, SenderState.DONE),
+        (SenderState.SENDING, SenderState.CLOSING),
+        (SenderState.CLOSING, SenderState.DONE),
+    }
+    assert set(TRANSITIONS) == set(SenderState)
+    assert TRANSITIONS[SenderState.FAILED] == frozenset()
 
 
 def test_blast_sender_finishes_without_any_reverse_path() -> None:

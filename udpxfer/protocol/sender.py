@@ -34,7 +34,7 @@ class SenderSession(SenderData, SenderFeedback, SenderHandshake):
     def receive_datagram(
         self, data: bytes | bytearray | memoryview, now: float, queued_s: float = 0.0
     ) -> None:
-        """Handle one datagram from the receiver; junk is counted in ``rejected``.
+        """Handle one datagram from the receiver; junk is counted (``stats().rejected``).
 
         ``queued_s`` is how long it waited in our own socket before this call (kernel
         timestamps), left out of the congestion controller's round-trip samples.

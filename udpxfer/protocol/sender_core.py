@@ -210,6 +210,7 @@ class SenderCore:
         return True
 
     def _finish(self, now: float, outcome: str, reason: str, *, fail: bool = False) -> None:
+        """End the session (DONE, or FAILED with ``fail``) and say how, as an event."""
         if not self._move(SenderState.FAILED if fail else SenderState.DONE):
             return
         self._finished_at = now
