@@ -35,7 +35,9 @@ from udpxfer.protocol.keys import Direction, PacketProtection
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.protocol.receiver_core import Peer
 from udpxfer.protocol.receiver_state import ReceiverState
-from udpxfer.protocol.sender import SenderConfig, SenderKeying, SenderSession
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
+from udpxfer.protocol.sender_keying import SenderKeying
 from udpxfer.protocol.wire import (
     Abort,
     AbortCode,

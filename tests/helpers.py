@@ -22,7 +22,8 @@ from udpxfer.protocol.codec import decode_untrusted
 from udpxfer.protocol.endpoint import ReceiverEndpoint
 from udpxfer.protocol.events import ChunkReceived, TransferEnded, VerifyRequested
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
-from udpxfer.protocol.sender import SenderConfig, SenderSession
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import Data, PacketType
 from udpxfer.units import Address
 

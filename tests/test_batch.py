@@ -22,7 +22,9 @@ from udpxfer.protocol.framing import encode_data
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.protocol.receiver_core import EventSink
 from udpxfer.protocol.receiver_state import ReceiverState
-from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
+from udpxfer.protocol.sender_data import DataRun
 from udpxfer.protocol.wire import CRC_BYTES, HEADER_BYTES, MAX_PN, Data, End, Flags, Meta, Mode
 
 CHUNK = 100

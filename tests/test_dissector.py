@@ -19,7 +19,7 @@ from udpxfer.net.keyfile import new_key
 from udpxfer.net.sending import send_file
 from udpxfer.protocol.codec import encode
 from udpxfer.protocol.framing import encode_data
-from udpxfer.protocol.sender import SenderConfig
+from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import (
     Abort,
     AbortCode,

@@ -42,7 +42,9 @@ from udpxfer.protocol.framing import encode_data, parse_header_untrusted
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.protocol.receiver_core import Peer
 from udpxfer.protocol.receiver_data import MAX_STAMP_SPREAD_NS
-from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
+from udpxfer.protocol.sender_state import SenderState
 from udpxfer.protocol.wire import (
     DEFAULT_CHUNK_BYTES,
     MAX_PN,

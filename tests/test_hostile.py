@@ -20,7 +20,7 @@ from udpxfer.net.receiving import TransferResult
 from udpxfer.net.sending import send_file
 from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.framing import encode_data, parse_header_untrusted
-from udpxfer.protocol.sender import SenderConfig
+from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import (
     HEADER,
     MAGIC,
@@ -121,9 +121,10 @@ def test_a_forged_nack_for_every_index_costs_one_resend_of_the_file_at_most(
     assert injected
     assert session.outcome is not None
     assert session.outcome.outcome == "complete"
-    assert session.finished_at is not None
-    assert session.finished_at - session.started_at < 10
-    assert session.chunks_resent <= 300 * (session.repair_rounds or 1)
+    stats = session.stats()
+    assert stats.finished_at is not None
+    assert stats.finished_at - stats.started_at < 10
+    assert stats.chunks_resent <= 300 * (stats.repair_rounds or 1)
     assert results[0].file_path.read_bytes() == source.read_bytes()
 
 
@@ -197,7 +198,8 @@ def test_keyed_transfer_survives_a_forger_on_the_path(tmp_path: Path) -> None:
     report = results[0].report
     assert report["file"]["verified"]
     assert report["datagrams"]["unauthenticated"] >= forged["data"] // 2
-    assert session.unauthenticated + session.rejected >= forged["verdicts"] // 2
+    stats = session.stats()
+    assert stats.unauthenticated + stats.rejected >= forged["verdicts"] // 2
 
 
 def test_a_wrong_key_fails_fast_on_the_sender(tmp_path: Path) -> None:
@@ -210,8 +212,9 @@ def test_a_wrong_key_fails_fast_on_the_sender(tmp_path: Path) -> None:
     assert session.outcome is not None
     assert session.outcome.outcome == "unauthenticated"
     assert "wrong key" in session.outcome.reason
-    assert session.finished_at is not None
-    assert session.finished_at - session.started_at < 5
+    stats = session.stats()
+    assert stats.finished_at is not None
+    assert stats.finished_at - stats.started_at < 5
     assert not results
 
 

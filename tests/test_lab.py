@@ -39,7 +39,8 @@ from udpxfer.lab.impair.records import DirectionStats, Record
 from udpxfer.lab.relay import Relay
 from udpxfer.net.receiving import TransferResult
 from udpxfer.net.sending import send_file
-from udpxfer.protocol.sender import SenderConfig, SenderSession
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import Mode
 from udpxfer.units import Address
 

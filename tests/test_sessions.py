@@ -20,7 +20,10 @@ from udpxfer.protocol.events import (
 )
 from udpxfer.protocol.receiver import ReceiverConfig
 from udpxfer.protocol.receiver_state import ReceiverState
-from udpxfer.protocol.sender import SenderConfig, SenderSession, SenderState
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
+from udpxfer.protocol.sender_core import SenderCore
+from udpxfer.protocol.sender_state import TRANSITIONS, SenderState
 from udpxfer.protocol.wire import (
     Abort,
     AbortCode,
@@ -69,7 +72,7 @@ def test_clean_transfer_is_byte_exact(size: int, config: SenderConfig) -> None:
     assert bytes(result.stored[:size]) == data
     assert result.session is not None
     assert result.session.gaps() == []
-    assert result.sender.chunks_resent == 0
+    assert result.sender.stats().chunks_resent == 0
 
 
 def test_blast_gaps_are_exactly_the_dropped_chunks() -> None:
@@ -85,7 +88,7 @@ def test_blast_gaps_are_exactly_the_dropped_chunks() -> None:
     assert session.gaps() == [(0, 2), (50, 51), (199, 199), (300, 300)]
     assert session.first_pass_gaps() == session.gaps()
     assert [e.outcome for e in result.ended] == ["incomplete"]
-    assert result.sender.verdict is Verdict.INCOMPLETE
+    assert result.sender.stats().verdict is Verdict.INCOMPLETE
     for index in range(301):
         if index not in lost:
             chunk = slice(index * CHUNK, (index + 1) * CHUNK)
@@ -144,7 +147,7 @@ def test_reliable_repairs_bursts_and_edges(lost: set[int]) -> None:
     assert result.session is not None
     gaps = result.session.first_pass_gaps()
     assert {i for a, b in gaps for i in range(a, b + 1)} == lost
-    assert result.sender.chunks_resent == len(lost)
+    assert result.sender.stats().chunks_resent == len(lost)
 
 
 @pytest.mark.parametrize(
@@ -220,8 +223,9 @@ def test_sender_gives_up_when_the_receiver_is_silent() -> None:
     assert result.sender.state is SenderState.FAILED
     assert result.sender.outcome is not None
     assert result.sender.outcome.outcome == "timeout"
-    assert result.sender.finished_at is not None
-    assert 3.0 <= result.sender.finished_at - result.sender.started_at <= 3.1
+    stats = result.sender.stats()
+    assert stats.finished_at is not None
+    assert 3.0 <= stats.finished_at - stats.started_at <= 3.1
 
 
 def test_receiver_times_out_when_the_sender_vanishes() -> None:
@@ -244,6 +248,38 @@ def test_receiver_times_out_when_the_sender_vanishes() -> None:
     assert any(getattr(p, "reason", "") == "receiver timed out" for p in aborts)
 
 
+def test_every_sender_move_is_in_its_transition_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over lossy runs of both modes, each state change the sender makes is one the table
+    allows (none refused), and together they walk the whole machine but for the failures."""
+    moves: list[tuple[SenderState, SenderState, bool]] = []
+    move = SenderCore._move
+
+    def watched(self: SenderCore, state: SenderState) -> bool:
+        before = self.state
+        moved = move(self, state)
+        moves.append((before, state, moved))
+        return moved
+
+    monkeypatch.setattr(SenderCore, "_move", watched)
+    data = payload(CHUNK * 300)
+    for config in (RELIABLE, BLAST):
+        lossy = Link(random.Random(2), loss=0.1, duplicate=0.05, jitter_s=0.002)
+        result = run_pair(data, sender_config=config, forward=lossy)
+        assert result.sender.state is SenderState.DONE
+    assert all(moved for _, _, moved in moves)
+    assert {(before, after) for before, after, _ in moves} == {
+        (SenderState.HANDSHAKE, SenderState.SENDING),
+        (SenderState.SENDING, SenderState.WAITING),
+        (SenderState.WAITING, SenderState.REPAIRING),
+        (SenderState.REPAIRING, SenderState.WAITING),
+        (SenderState.WAITING, SenderState.DONE),
+        (SenderState.SENDING, SenderState.CLOSING),
+        (SenderState.CLOSING, SenderState.DONE),
+    }
+    assert set(TRANSITIONS) == set(SenderState)
+    assert TRANSITIONS[SenderState.FAILED] == frozenset()
+
+
 def test_blast_sender_finishes_without_any_reverse_path() -> None:
     data = payload(CHUNK * 300)
     result = run_pair(data, sender_config=BLAST, reverse=Link(random.Random(0), loss=1.0))
@@ -257,9 +293,10 @@ def test_pacing_follows_the_rate() -> None:
     data = payload(CHUNK * 500)
     rate = 8_000_000  # 1 MB/s
     result = run_pair(data, sender_config=SenderConfig(chunk_size=CHUNK, rate_bps=rate))
-    sent_bytes = result.sender.bytes_sent
-    assert result.sender.finished_at is not None
-    duration = result.sender.finished_at - result.sender.started_at
+    stats = result.sender.stats()
+    sent_bytes = stats.bytes_sent
+    assert stats.finished_at is not None
+    duration = stats.finished_at - stats.started_at
     assert duration == pytest.approx(sent_bytes * 8 / rate, rel=0.05)
 
 
@@ -526,7 +563,7 @@ def test_resuming_sender_waits_for_the_have_before_sending_data() -> None:
                if isinstance(p, Data)]  # fmt: skip
     assert indexes
     assert min(indexes) == 10
-    assert sender.resumed == 10
+    assert sender.stats().resumed == 10
 
 
 def test_resuming_sender_goes_on_when_the_have_is_lost() -> None:

@@ -21,7 +21,9 @@ from udpxfer.net.source import (
     SentPages,
     file_digests,
 )
-from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
+from udpxfer.protocol.sender_data import DataRun
 from udpxfer.protocol.wire import Mode, block_chunks_for, chunk_count_for
 
 PAGE = mmap.PAGESIZE

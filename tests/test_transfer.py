@@ -16,7 +16,7 @@ from helpers import LossyRelay, receiver, wait_for
 
 from udpxfer.net.sending import send_file
 from udpxfer.protocol.codec import decode_untrusted, encode
-from udpxfer.protocol.sender import SenderConfig
+from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import Data, Meta, Mode, PacketType
 from udpxfer.units import Address
 
@@ -321,7 +321,7 @@ def test_ctrl_c_that_escapes_the_send_loop_still_aborts_the_transfer(
 
     def escaping(session: Any, transport: Any, clock: Any, on_progress: Any, pages: Any) -> None:
         def progress(current: Any) -> None:
-            if current.first_pass_sent:
+            if current.stats().first_pass_sent:
                 raise _Stop
 
         try:
@@ -343,10 +343,10 @@ def test_ctrl_c_while_a_chunk_is_framed_is_an_interrupt(
 ) -> None:
     """The interrupt's traceback holds a view of the mapped file (the chunk being framed):
     closing the map must not turn Ctrl-C into a BufferError."""
-    import udpxfer.protocol.sender
+    import udpxfer.protocol.sender_data
 
     source = make_file(tmp_path, 2_000_000)
-    crc32 = udpxfer.protocol.sender.crc32
+    crc32 = udpxfer.protocol.sender_data.crc32
     calls = 0
 
     def interrupted(data: Any, value: int = 0) -> int:
@@ -356,7 +356,7 @@ def test_ctrl_c_while_a_chunk_is_framed_is_an_interrupt(
             raise KeyboardInterrupt  # this frame (and the run's pieces) hold views of the file
         return crc32(data, value)
 
-    monkeypatch.setattr(udpxfer.protocol.sender, "crc32", interrupted)
+    monkeypatch.setattr(udpxfer.protocol.sender_data, "crc32", interrupted)
     with receiver(tmp_path, idle_timeout_s=60) as (server, results):
         with pytest.raises(KeyboardInterrupt):
             send_file(source, Address(*server.address), SenderConfig())

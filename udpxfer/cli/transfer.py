@@ -23,7 +23,8 @@ from udpxfer.net.receiving import ReceiverServer
 from udpxfer.net.sending import send_file
 from udpxfer.net.sockets import ALL_INTERFACES, LOOPBACK
 from udpxfer.protocol.events import Outcome
-from udpxfer.protocol.sender import SenderConfig, SenderSession
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_KEYED_CHUNK_BYTES,
@@ -214,10 +215,11 @@ def _conclude_send(
     session: SenderSession, doc: dict[str, Any], *, say: Callable[[str], None]
 ) -> None:
     outcome = session.outcome
+    stats = session.stats()
     timing = doc["timing"]
     head = f"{session.meta.name} ({format_size(session.size)}) -> {doc['peer']}"
     chunks = plural(session.chunk_count, "chunk")
-    rounds = plural(session.repair_rounds, "repair round")
+    rounds = plural(stats.repair_rounds, "repair round")
     if outcome is None:
         raise TransferError(f"{head}: the transfer did not finish")
     if session.mode is Mode.BLAST:
@@ -233,9 +235,9 @@ def _conclude_send(
         raise typer.Exit(EXIT_OK)
     if outcome.outcome is Outcome.COMPLETE:
         rate = timing["goodput_bps"] or 0.0
-        resumed = f"; {plural(session.resumed, 'chunk')} already there" if session.resumed else ""
+        resumed = f"; {plural(stats.resumed, 'chunk')} already there" if stats.resumed else ""
         say(
-            f"sent {head}: verified by the receiver; {chunks}, {session.chunks_resent} resent "
+            f"sent {head}: verified by the receiver; {chunks}, {stats.chunks_resent} resent "
             f"in {rounds}; {timing['duration_s']:.3f} s until the verdict, "
             f"goodput {format_rate(rate)}{resumed}"
         )

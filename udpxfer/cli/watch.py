@@ -58,15 +58,16 @@ class SendWatch:
 
     def update(self, session: SenderSession) -> None:
         self.session = session
+        stats = session.stats()
         self._bar.set(
-            min(session.size, session.acked_held * session.chunk_size),
-            f"resent {session.chunks_resent}",
+            min(session.size, stats.acknowledged * session.chunk_size),
+            f"resent {stats.chunks_resent}",
         )
         if self._every is None:
             return
         now = self._clock()
         if self._meter is None:
-            self._meter = IntervalMeter("send", self._every, session.started_at)
+            self._meter = IntervalMeter("send", self._every, stats.started_at)
         if self._meter.due(now) or session.finished:
             json_line(sender_record(self._meter, session, now))
 

@@ -21,7 +21,7 @@ from udpxfer.net.receiving import ReceiverServer
 from udpxfer.net.sending import send_file
 from udpxfer.paths import ensure_writable_dir
 from udpxfer.protocol.receiver import ReceiverConfig
-from udpxfer.protocol.sender import SenderConfig
+from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import Mode
 from udpxfer.reports.render import render_comparison, render_html, render_markdown
 from udpxfer.reports.report import summary_lines

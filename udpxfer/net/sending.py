@@ -17,7 +17,9 @@ from pathlib import Path
 from udpxfer.errors import UsageError
 from udpxfer.net.source import MappedFile, SentPages, file_digests
 from udpxfer.net.transport import UdpTransport
-from udpxfer.protocol.sender import DataRun, SenderConfig, SenderSession
+from udpxfer.protocol.sender import SenderSession
+from udpxfer.protocol.sender_config import SenderConfig
+from udpxfer.protocol.sender_data import DataRun
 from udpxfer.units import Address
 
 Clock = Callable[[], float]
@@ -55,7 +57,7 @@ def send_file(
             keying = None
             if key is not None:
                 from udpxfer.net.keyfile import new_nonce
-                from udpxfer.protocol.sender import SenderKeying
+                from udpxfer.protocol.sender_keying import SenderKeying
 
                 keying = SenderKeying(key, session_id, new_nonce(), encrypt=encrypt)
             session = SenderSession(
@@ -110,8 +112,8 @@ def _run_sender(
                 for datagram in incoming[0]:
                     session.receive_datagram(datagram, now, incoming[2])
                 heard = True
-            if transport.refused and not session.refused_by_network:
-                session.refused_by_network = True  # ICMP: nothing listens there (yet)
+            if transport.refused:
+                session.port_unreachable()  # ICMP: nothing listens there (yet)
             if on_progress is not None and now >= next_progress:
                 on_progress(session)
                 next_progress = now + PROGRESS_INTERVAL_S

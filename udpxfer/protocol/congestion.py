@@ -35,15 +35,18 @@ On a path whose round trip is below what user-space timing resolves (a LAN, loop
 rate samples are noise and pacing only throttles: there the sender is unpaced and the window
 alone bounds the queue (see ``pacing_rate_bps``).
 
+The delivery-rate samples and the windowed filters over them are in ``congestion_model``; here
+is the state machine that steers by them.
+
 Units: datagrams and seconds inside; the pacing rate comes out in bits per second.
 """
 
 from __future__ import annotations
 
-import collections
 import math
-from dataclasses import dataclass
 from enum import Enum, auto
+
+from udpxfer.protocol.congestion_model import DeliveryRate, MinRttFilter, WindowedMax
 
 # draft-ietf-ccwg-bbr-01, "Startup": 4 ln 2, the smallest gain that doubles the delivery rate
 # each round trip; the window gain of 2 keeps the queue startup builds within one BDP.
@@ -62,14 +65,11 @@ BW_SLOT_MIN_S = 0.05
 PHASE_MIN_S = 0.01  # likewise, a ProbeBW phase lasts at least this long
 EXTRA_ACKED_MAX_S = 0.003  # feedback bunching counted into the window, at most (see _aggregate)
 SHORT_PATH_RTT_S = 0.005  # round trips below this are a LAN's: see pacing_rate_bps
-MIN_RTT_FILTER_S = 10.0  # draft MinRTTFilterLen: min_rtt expires after 10 s
-PROBE_RTT_INTERVAL_S = 5.0  # draft ProbeRTTInterval: a fresh minimum at least this often
 PROBE_RTT_S = 0.2  # draft ProbeRTTDuration
 PROBE_RTT_CWND_GAIN = 0.5  # draft BBRProbeRTTCwndGain
 FULL_BW_GROWTH = 1.25  # draft BBRStartupFullBwThresh: growth that counts as "still growing"
 FULL_BW_ROUNDS = 3  # draft BBRStartupFullBwCount
 BETA = 0.7  # draft BBRBeta: multiplicative cut of inflight_hi on congestion loss
-APP_LIMITED_SHARE = 0.9  # sending below this share of the pace (window open) is app-limited
 MIN_CONGESTION_LOSSES = 4  # fewer losses in a round trip are never taken for congestion
 
 
@@ -80,19 +80,6 @@ class Phase(Enum):
     DRAIN = auto()
     PROBE_BW = auto()
     PROBE_RTT = auto()
-
-
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    """What the sender knew when a feedback-requesting datagram left (the draft's P.*)."""
-
-    sent_at: float
-    delivered: int
-    delivered_at: float
-    first_sent_at: float
-    tx: int
-    first_sent_tx: int
-    behind: bool  # sending fell behind the pace with the window open: app-limited
 
 
 class BbrController:
@@ -139,12 +126,7 @@ class BbrController:
         self.phase = Phase.STARTUP
         self.pacing_gain = STARTUP_PACING_GAIN
         self.cwnd_gain = STARTUP_CWND_GAIN
-        self.btl_bw = 0.0  # datagrams per second
-        self.min_rtt_s = math.inf
-        self._min_rtt_at = now
-        self._probe_min_s = math.inf  # the draft's probe_rtt_min_delay and its stamp
-        self._probe_min_at = now
-        self._probe_rtt_due = False
+        self._min_rtt = MinRttFilter(now)
         self.inflight_hi = math.inf
         self.cwnd = float(initial_cwnd)
         self.rounds = 0
@@ -153,13 +135,7 @@ class BbrController:
         self._path_lost = 0
         self._initial_rate = initial_cwnd / initial_rtt_s  # datagrams per second, pre-model
 
-        # Delivery-rate state (the draft's C.*).
-        self._sent: dict[int, _Sent] = {}
-        self._delivered = 0
-        self._delivered_at = now
-        self._first_sent_at = now
-        self._first_sent_tx = 0
-        self._started = False
+        self._rate = DeliveryRate(now)
         self._window = initial_cwnd  # the window last handed to the sender
         self._slot_valid = False  # the current filter slot holds a sample that counts
         self._highest_sent = -1  # highest tx sent, as of the last STATUS
@@ -167,12 +143,11 @@ class BbrController:
 
         # Round trips: a round ends when a datagram sent after it began is acknowledged.
         self._round_end_delivered = 0
-        self._bw_rounds: collections.deque[float] = collections.deque([0.0], BW_FILTER_ROUNDS)
+        self._bw = WindowedMax(BW_FILTER_ROUNDS)  # datagrams per second
         self._bw_slot_at = now
         # ACK aggregation (draft-ietf-ccwg-bbr-01 BBRUpdateACKAggregation): how much more
         # arrived in a bunch than the model expects, kept over the same slots as the bandwidth.
-        self.extra_acked = 0.0
-        self._extra_rounds: collections.deque[float] = collections.deque([0.0], BW_FILTER_ROUNDS)
+        self._extra = WindowedMax(BW_FILTER_ROUNDS)
         self._epoch_at = now
         self._epoch_delivered = 0
         self._round_start_tx = -1
@@ -190,6 +165,21 @@ class BbrController:
         self._probed_clean = True  # the last probing phase saw no congestion loss
 
     # -- what the sender reads --------------------------------------------------------------
+
+    @property
+    def btl_bw(self) -> float:
+        """The bottleneck bandwidth in datagrams per second (0 before the first sample)."""
+        return self._bw.best
+
+    @property
+    def min_rtt_s(self) -> float:
+        """The path's round trip without queues (inf before the first sample)."""
+        return self._min_rtt.min_rtt_s
+
+    @property
+    def extra_acked(self) -> float:
+        """Feedback bunching in datagrams: how much more arrived at once than the model says."""
+        return self._extra.best
 
     @property
     def pacing_rate_bps(self) -> int:
@@ -228,36 +218,9 @@ class BbrController:
 
     def on_sent(self, key: int, tx: int, now: float) -> None:
         """Datagram number ``tx``, asking for feedback with echo stamp ``key``, left at ``now``."""
-        if key in self._sent:
-            return  # one batch shares a stamp: its first datagram carries the state
-        if not self._started:
-            self._started = True
-            self._first_sent_at = self._delivered_at = now
-            self._first_sent_tx = tx
-        # The draft's app-limited mark, widened: a user-space sender on a busy machine can
-        # fall behind its own pace. Samples from such stretches measure the sender, not the
-        # path, and must not lower the estimate (or the pace follows them down, and the
-        # sender falls behind that too).
-        elapsed = now - self._first_sent_at
         pace = self.pacing_rate_bps / self.datagram_bits
         window_open = tx - self._highest_reported < 0.9 * self._window
-        behind = (
-            window_open
-            and pace > 0
-            and elapsed > 0
-            and tx - self._first_sent_tx < APP_LIMITED_SHARE * pace * elapsed
-        )
-        self._sent[key] = _Sent(
-            now,
-            self._delivered,
-            self._delivered_at,
-            self._first_sent_at,
-            tx,
-            self._first_sent_tx,
-            behind,
-        )
-        if len(self._sent) > 4096:  # echoes of long-lost datagrams never come
-            del self._sent[next(iter(self._sent))]
+        self._rate.on_sent(key, tx, now, pace=pace, window_open=window_open)
 
     def on_status(
         self,
@@ -280,29 +243,24 @@ class BbrController:
             self._on_rtt(rtt_s, now)
         self._highest_sent = max(self._highest_sent, tx_sent)
         self._highest_reported = max(self._highest_reported, highest_tx)
-        acked = max(0, received - self._delivered)
-        if acked:
-            self._delivered = received
-            self._delivered_at = now
-        sent = self._sent.pop(key, None)
+        acked, sent = self._rate.on_ack(key, received, now)
         if acked and self.btl_bw > 0:
             self._aggregate(acked, now)
         if sent is None:
             self._update(now, acked)
             return
-        self._first_sent_at, self._first_sent_tx = sent.sent_at, sent.tx
         inflight = max(0, self._highest_sent - self._highest_reported)
         self._round_max_inflight = max(self._round_max_inflight, inflight)
         if sent.delivered >= self._round_end_delivered:
             self._end_round(highest_tx, received, now)
-        interval = max(sent.sent_at - sent.first_sent_at, now - sent.delivered_at)
-        # The draft drops samples over less than min_rtt: they measure a burst, not the path.
-        if interval > 0 and (math.isinf(self.min_rtt_s) or interval >= self.min_rtt_s):
-            rate = (self._delivered - sent.delivered) / interval
-            if rate > self._bw_rounds[-1] and (not sent.behind or rate >= self.btl_bw):
-                self._bw_rounds[-1] = rate
-                self._slot_valid = True
-                self.btl_bw = max(self._bw_rounds)
+        rate = self._rate.sample(sent, now, self.min_rtt_s)
+        if (
+            rate is not None
+            and rate > self._bw.current
+            and (not sent.behind or rate >= self.btl_bw)
+        ):
+            self._bw.update(rate)
+            self._slot_valid = True
         self._update(now, acked)
 
     def on_timeout(self, now: float) -> None:
@@ -316,13 +274,8 @@ class BbrController:
     # -- the model ------------------------------------------------------------------------
 
     def _on_rtt(self, rtt_s: float, now: float) -> None:
-        """The two min filters of draft-ietf-ccwg-bbr-01 (BBRUpdateMinRTT)."""
         self._round_min_rtt = min(self._round_min_rtt, rtt_s)
-        self._probe_rtt_due = now > self._probe_min_at + PROBE_RTT_INTERVAL_S
-        if rtt_s < self._probe_min_s or self._probe_rtt_due:
-            self._probe_min_s, self._probe_min_at = rtt_s, now
-        if self._probe_min_s < self.min_rtt_s or now > self._min_rtt_at + MIN_RTT_FILTER_S:
-            self.min_rtt_s, self._min_rtt_at = self._probe_min_s, self._probe_min_at
+        self._min_rtt.sample(rtt_s, now)
 
     def _aggregate(self, acked: int, now: float) -> None:
         """Track feedback that arrives faster than the model's rate (draft: extra_acked)."""
@@ -333,14 +286,12 @@ class BbrController:
         # Capped (as Linux BBR caps it at 100 ms of the rate, here tighter): the bunches grow
         # with the window they are added to, and only a few milliseconds of them are ours.
         extra = min(self._epoch_delivered - expected, self.cwnd, self.btl_bw * EXTRA_ACKED_MAX_S)
-        if extra > self._extra_rounds[-1]:
-            self._extra_rounds[-1] = extra
-            self.extra_acked = max(self._extra_rounds)
+        self._extra.update(extra)
 
     def _end_round(self, highest_tx: int, received: int, now: float) -> None:
         """One round trip is over: check for a full pipe and for congestion loss."""
         self.rounds += 1
-        self._round_end_delivered = self._delivered
+        self._round_end_delivered = self._rate.delivered
         sent = highest_tx - self._round_start_tx
         lost = sent - (received - self._round_start_received)
         if self._round_start_tx >= 0 and sent > 0:
@@ -358,7 +309,7 @@ class BbrController:
         self._round_min_rtt = math.inf
         self._round_max_inflight = 0
         if self.phase is Phase.STARTUP:
-            bw = max(self._bw_rounds)
+            bw = self.btl_bw
             if bw >= self._full_bw * FULL_BW_GROWTH:
                 self._full_bw = bw
                 self._full_bw_count = 0
@@ -372,10 +323,8 @@ class BbrController:
         if self._slot_valid and now - self._bw_slot_at >= BW_SLOT_MIN_S:
             self._slot_valid = False
             self._bw_slot_at = now
-            self._bw_rounds.append(0.0)  # the oldest slot falls out of the max filters
-            self._extra_rounds.append(0.0)
-            self.btl_bw = max(self._bw_rounds)
-            self.extra_acked = max(self._extra_rounds)
+            self._bw.advance()  # the oldest slot falls out of the max filters
+            self._extra.advance()
 
     def _on_congestion(self) -> None:
         """A round lost much of what it sent into a standing queue: a buffer overflowed."""
@@ -411,8 +360,7 @@ class BbrController:
             self.min_rtt_s, PHASE_MIN_S
         ):
             self._next_cycle_phase(now)
-        if self.phase is not Phase.PROBE_RTT and self._probe_rtt_due:
-            self._probe_rtt_due = False
+        if self.phase is not Phase.PROBE_RTT and self._min_rtt.take_probe_rtt_due():
             self._probe_rtt_until = now + max(PROBE_RTT_S, self.min_rtt_s)
             self._prior_phase = self.phase
             self._enter(Phase.PROBE_RTT)
@@ -422,7 +370,7 @@ class BbrController:
             and now >= self._probe_rtt_until
         ):
             self._probe_rtt_until = None
-            self._probe_min_at = now  # draft: the dip refreshed the filter (or it stays)
+            self._min_rtt.probed(now)  # draft: the dip refreshed the filter (or it stays)
             self._cycle_at = now
             startup = self._prior_phase is Phase.STARTUP
             self._enter(Phase.STARTUP if startup else Phase.PROBE_BW)

@@ -70,25 +70,25 @@ def _rate(nbytes: int, seconds: float) -> float:
 def sender_record(meter: IntervalMeter, session: SenderSession, now: float) -> dict[str, Any]:
     """A sender's record: ``bytes`` are file bytes of chunks sent (first pass and resends),
     ``lost`` is what the receiver's last STATUS says did not arrive."""
-    lost, seen = session.reported_loss
-    chunks = session.first_pass_sent
+    stats, meta = session.stats(), session.meta
+    lost, seen = stats.reported_lost, stats.reported_seen
+    chunks = stats.first_pass_sent
     totals: dict[str, int | None] = {
-        "bytes": min(session.size, chunks * session.chunk_size)
-        + session.chunks_resent * session.chunk_size,
+        "bytes": min(meta.size, chunks * meta.chunk_size) + stats.chunks_resent * meta.chunk_size,
         "chunks": chunks,
-        "datagrams": session.datagrams_sent,
-        "resent": session.chunks_resent,
+        "datagrams": stats.datagrams_sent,
+        "resent": stats.chunks_resent,
         "lost": lost,
     }
-    srtt = session.rtt.srtt_s
+    srtt = stats.srtt_s
     return meter.record(
         totals,
         now,
-        session_id=f"{session.session_id:016x}",
-        name=session.meta.name,
+        session_id=f"{meta.session:016x}",
+        name=meta.name,
         loss_rate=lost / seen if seen else 0.0,
-        acknowledged=min(session.acked_held, session.chunk_count),
-        window=session.window,
+        acknowledged=stats.acknowledged,
+        window=stats.window,
         rtt_ms=srtt * 1000 if srtt is not None else None,
     )
 
