@@ -277,7 +277,7 @@ def test_every_sender_move_is_in_its_transition_table(monkeypatch: pytest.Monkey
         (SenderState.CLOSING, SenderState.DONE),
     }
     assert set(TRANSITIONS) == set(SenderState)
-    assert TRANSITIONS[SenderState.FAILED] == frozenset()
+    assert TRANSITIONS[SenderState.DONE] == TRANSITIONS[SenderState.FAILED] == frozenset()
 
 
 def test_blast_sender_finishes_without_any_reverse_path() -> None:
@@ -541,6 +541,23 @@ def test_closed_before_the_verdict_changes_nothing() -> None:
     endpoint.receive_datagram(forged, PEER, 2.0)
     assert session.state is ReceiverState.RECEIVING
     assert not session.closed
+
+
+@pytest.mark.parametrize("code", [AbortCode.CANCELLED, AbortCode.CLOSED, AbortCode.BUSY])
+def test_an_abort_after_the_verdict_changes_nothing(code: AbortCode) -> None:
+    """An ABORT read after the verdict (later in the same receive, or forged) neither turns a
+    verified transfer into an aborted one nor ends the session a second time."""
+    result = run_pair(payload(CHUNK * 20), sender_config=RELIABLE)
+    sender = result.sender
+    assert sender.outcome is not None
+    assert sender.outcome.outcome is Outcome.COMPLETE
+    while sender.next_event() is not None:
+        pass
+    late = encode(Abort(sender.session_id, code, "late", 2, 0, 10**6))
+    sender.receive_datagram(late, result.elapsed_s + 0.01)
+    assert sender.outcome.outcome is Outcome.COMPLETE
+    assert sender.state is SenderState.DONE
+    assert sender.next_event() is None
 
 
 def resuming_sender() -> SenderSession:

@@ -28,8 +28,8 @@ TRANSITIONS: dict[SenderState, frozenset[SenderState]] = {
     SenderState.WAITING: frozenset({SenderState.REPAIRING}) | _ENDS,  # a NACK asked for chunks
     SenderState.REPAIRING: frozenset({SenderState.WAITING}) | _ENDS,  # the repairs are out
     SenderState.CLOSING: _ENDS,
-    # A DONE or ABORT read after the verdict still ends the session once more: the driver
-    # reads its socket empty before it looks at ``finished``.
-    SenderState.DONE: _ENDS,
+    # Over is over: a DONE or ABORT read after the verdict (the driver reads its socket empty
+    # before it looks at ``finished``), forged or not, ends nothing a second time.
+    SenderState.DONE: frozenset(),
     SenderState.FAILED: frozenset(),
 }
