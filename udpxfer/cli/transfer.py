@@ -22,7 +22,6 @@ from udpxfer.errors import TransferError
 from udpxfer.net.receiving import ReceiverServer
 from udpxfer.net.sending import send_file
 from udpxfer.net.sockets import ALL_INTERFACES, LOOPBACK
-from udpxfer.protocol.events import Outcome
 from udpxfer.protocol.sender import SenderSession
 from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import (
@@ -32,19 +31,17 @@ from udpxfer.protocol.wire import (
     Mode,
 )
 from udpxfer.reports.output import check_target, is_directory_target, is_stdout, write_report
-from udpxfer.reports.send_report import send_report
+from udpxfer.reports.send_report import send_report, send_summary
 from udpxfer.reports.stream import (
     DEFAULT_INTERVAL_S,
     MIN_INTERVAL_S,
 )
 from udpxfer.units import (
-    format_rate,
     format_size,
     parse_address,
     parse_peer_address,
     parse_rate,
     parse_size,
-    plural,
 )
 
 # Only what "send" needs is imported up front; the receiver and its reports (numpy, the
@@ -214,35 +211,11 @@ def send(
 def _conclude_send(
     session: SenderSession, doc: dict[str, Any], *, say: Callable[[str], None]
 ) -> None:
-    outcome = session.outcome
-    stats = session.stats()
-    timing = doc["timing"]
-    head = f"{session.meta.name} ({format_size(session.size)}) -> {doc['peer']}"
-    chunks = plural(session.chunk_count, "chunk")
-    rounds = plural(stats.repair_rounds, "repair round")
-    if outcome is None:
-        raise TransferError(f"{head}: the transfer did not finish")
-    if session.mode is Mode.BLAST:
-        # Blast: the time to send everything, not the wait for the receiver's verdict.
-        rate = timing["first_pass_rate_bps"] or 0.0
-        detail = f"{chunks} in {timing['send_duration_s']:.3f} s, sent at {format_rate(rate)}"
-        verdicts = {
-            Outcome.COMPLETE: "the receiver verified the SHA-256",
-            Outcome.INCOMPLETE: "the receiver reports chunks missing",
-            Outcome.SENT: "no verdict from the receiver",
-        }
-        say(f"sent {head}: {detail}; {verdicts.get(outcome.outcome, outcome.outcome)}")
-        raise typer.Exit(EXIT_OK)
-    if outcome.outcome is Outcome.COMPLETE:
-        rate = timing["goodput_bps"] or 0.0
-        resumed = f"; {plural(stats.resumed, 'chunk')} already there" if stats.resumed else ""
-        say(
-            f"sent {head}: verified by the receiver; {chunks}, {stats.chunks_resent} resent "
-            f"in {rounds}; {timing['duration_s']:.3f} s until the verdict, "
-            f"goodput {format_rate(rate)}{resumed}"
-        )
-        raise typer.Exit(EXIT_OK)
-    raise TransferError(f"{head}: {outcome.reason or outcome.outcome}")
+    ok, line = send_summary(session, doc)
+    if not ok:
+        raise TransferError(line)
+    say(line)
+    raise typer.Exit(EXIT_OK)
 
 
 @app.command(short_help="Receive files over UDP, writing a JSON report for each.")

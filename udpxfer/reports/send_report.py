@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from udpxfer.protocol.events import Outcome
 from udpxfer.protocol.sender import SenderSession
-from udpxfer.protocol.wire import Verdict
+from udpxfer.protocol.wire import Mode, Verdict
+from udpxfer.units import format_rate, format_size, plural
 
 SEND_SCHEMA = "udpxfer.send-report/1"
 
@@ -82,3 +84,42 @@ def send_report(
             "rtt_ms": srtt * 1000 if srtt is not None else None,
         },
     }
+
+
+# What a blast sender can say of its receiver's verdict (it does not wait for one to succeed).
+_BLAST_VERDICTS = {
+    Outcome.COMPLETE: "the receiver verified the SHA-256",
+    Outcome.INCOMPLETE: "the receiver reports chunks missing",
+    Outcome.SENT: "no verdict from the receiver",
+}
+
+
+def send_summary(session: SenderSession, doc: dict[str, Any]) -> tuple[bool, str]:
+    """The one line ``udpxfer send`` ends with, from the session and its ``send_report``.
+
+    Returns ``(True, line)`` for a success: a verified reliable transfer, or a blast run that
+    sent everything (whatever the receiver says); ``(False, reason)`` otherwise.
+    """
+    outcome = session.outcome
+    stats = session.stats()
+    timing = doc["timing"]
+    head = f"{session.meta.name} ({format_size(session.size)}) -> {doc['peer']}"
+    chunks = plural(session.chunk_count, "chunk")
+    if outcome is None:
+        return False, f"{head}: the transfer did not finish"
+    if session.mode is Mode.BLAST:
+        # Blast: the time to send everything, not the wait for the receiver's verdict.
+        rate = timing["first_pass_rate_bps"] or 0.0
+        detail = f"{chunks} in {timing['send_duration_s']:.3f} s, sent at {format_rate(rate)}"
+        verdict = _BLAST_VERDICTS.get(outcome.outcome, str(outcome.outcome))
+        return True, f"sent {head}: {detail}; {verdict}"
+    if outcome.outcome is Outcome.COMPLETE:
+        rate = timing["goodput_bps"] or 0.0
+        rounds = plural(stats.repair_rounds, "repair round")
+        resumed = f"; {plural(stats.resumed, 'chunk')} already there" if stats.resumed else ""
+        return True, (
+            f"sent {head}: verified by the receiver; {chunks}, {stats.chunks_resent} resent "
+            f"in {rounds}; {timing['duration_s']:.3f} s until the verdict, "
+            f"goodput {format_rate(rate)}{resumed}"
+        )
+    return False, f"{head}: {outcome.reason or outcome.outcome}"
