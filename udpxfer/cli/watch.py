@@ -117,11 +117,9 @@ class RecvObserver:
     def progress(self, session: ReceiverSession) -> None:
         bar = self._bars.get(session)
         if bar is not None and session.meta is not None:
-            lost = max(0, session.transmissions_seen - session.data_received + session.duplicates)
-            bar.set(
-                session.held_count * session.meta.chunk_size,
-                f"lost {lost} resent {session.retransmitted}",
-            )
+            stats = session.stats()
+            lost = max(0, stats.transmissions_seen - stats.data_received + stats.duplicates)
+            bar.set(stats.held * stats.chunk_size, f"lost {lost} resent {stats.retransmitted}")
         meter = self._meters.get(session)
         if meter is not None and meter.due(now := self._clock()):
             json_line(receiver_record(meter, session, now))
@@ -134,7 +132,8 @@ class RecvObserver:
             bar.close()
         meter = self._meters.pop(session, None)
         if meter is not None:
-            end = session.finished_at if session.finished_at is not None else self._clock()
+            finished_at = session.stats().finished_at
+            end = finished_at if finished_at is not None else self._clock()
             json_line(receiver_record(meter, session, end))
             json_line(result.report)
         for line in summary_lines(result.report):
