@@ -28,13 +28,6 @@ IO_MODULES = {
 
 MAX_LINES = 450
 
-# Upward imports that are being removed now. Each entry goes when its move lands, and an entry
-# that no longer matches an import fails its own test. (importer, imported module)
-KNOWN: set[tuple[str, str]] = set()
-
-# Modules over MAX_LINES that are being split now; likewise, each entry goes when its split lands.
-KNOWN_LONG: set[str] = set()
-
 
 @dataclass(frozen=True)
 class Import:
@@ -144,20 +137,13 @@ def later():
 
 
 def test_imports_point_down_the_layers() -> None:
-    offending = [
-        found for found in upward(ALL_IMPORTS) if (found.module, found.target) not in KNOWN
-    ]
+    offending = upward(ALL_IMPORTS)
     assert not offending, (
         "upward imports (order: root < "
         + " < ".join(LAYERS[1:])
         + "):\n"
         + ("\n".join(map(describe, offending)))
     )
-
-
-def test_every_known_upward_import_still_exists() -> None:
-    present = {(found.module, found.target) for found in upward(ALL_IMPORTS)}
-    assert not KNOWN - present, f"no longer needed, remove from KNOWN: {sorted(KNOWN - present)}"
 
 
 def test_the_sans_io_core_imports_no_io() -> None:
@@ -177,20 +163,9 @@ def line_count(path: Path) -> int:
 
 def test_no_module_is_over_the_line_limit() -> None:
     long = {
-        module: line_count(path)
-        for module, path in MODULES.items()
-        if line_count(path) > MAX_LINES and module not in KNOWN_LONG
+        module: line_count(path) for module, path in MODULES.items() if line_count(path) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines: " + ", ".join(
         f"{MODULES[module].relative_to(PACKAGE.parent)} ({count})"
         for module, count in sorted(long.items())
     )
-
-
-def test_every_known_long_module_is_still_long() -> None:
-    fixed = {
-        module
-        for module in KNOWN_LONG
-        if module not in MODULES or line_count(MODULES[module]) <= MAX_LINES
-    }
-    assert not fixed, f"no longer over {MAX_LINES} lines, remove from KNOWN_LONG: {sorted(fixed)}"
