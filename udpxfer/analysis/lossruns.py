@@ -3,7 +3,7 @@
 The lost mask of a transfer is one bit per chunk (the receiver's first-pass bitmap); unpacked
 whole it would be a byte per chunk (100 MB for a 140 GB file). ``LossRuns`` takes it block by
 block, carrying what spans a block boundary (the open run, the last two chunks, the open RFC
-3611 group), and ends with the same integers ``analysis.py`` computes over the whole mask:
+3611 group), and ends with the same integers ``loss`` and ``bursts`` compute over the whole mask:
 run-length histograms, Gilbert transition counts, the lag sums of the Gilbert-Elliott moments
 and the RFC 3611 burst counters. Pure numpy, vectorised per block.
 """

@@ -1,6 +1,6 @@
 """The per-datagram trace a receiver records: plain numpy columns.
 
-One element per valid DATA datagram that arrived, in arrival order. ``analysis.py`` turns a
+One element per valid DATA datagram that arrived, in arrival order. ``sections.analyse`` turns a
 trace into loss, reordering and delay statistics; this module only holds, checks and stores it.
 On disk a trace is streamed (``tracefile``: ``.npy`` chunks appended as they come); traces of
 the earlier ``.npz`` format (``udpxfer.trace/1``) still load.

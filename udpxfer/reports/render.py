@@ -1,7 +1,7 @@
 """A JSON report -> Markdown or self-contained HTML, with plots drawn from its own numbers.
 
 Rendering only formats: the figures come from the report (``report.py`` core keys plus the
-``analysis.py`` sections) and the plots from ``plots.py``, imported lazily so that importing
+``analysis`` sections) and the plots from ``plots.py``, imported lazily so that importing
 this module does not load matplotlib. Everything is written under ``out_dir``; file names come
 from the report's file name, transport, mode and session, reduced to safe names.
 """
