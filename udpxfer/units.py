@@ -148,8 +148,8 @@ def parse_address(text: str, *, default_host: str) -> Address:
         host, port_text = raw[1:end], raw[end + 2 :]
         try:
             ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError:
-            raise UsageError(f"bad address {text!r}: {host!r} is not an IPv6 address") from None
+        except ValueError as exc:
+            raise UsageError(f"bad address {text!r}: {host!r} is not an IPv6 address") from exc
     else:
         if raw.count(":") != 1:
             raise UsageError(

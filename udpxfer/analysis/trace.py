@@ -310,4 +310,4 @@ class Trace:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "pickle" in reason:  # numpy's advice to load it unsafely is not ours to give
                 reason = "it holds Python objects, which udpxfer never loads"
-            raise UsageError(f"bad trace file {path}: {reason}") from None
+            raise UsageError(f"bad trace file {path}: {reason}") from exc

@@ -41,7 +41,7 @@ def parsed(option: str, parse: Callable[[str], T], text: str) -> T:
     try:
         return parse(text)
     except UsageError as exc:
-        raise UsageError(f"{option}: {exc}") from None
+        raise UsageError(f"{option}: {exc}") from exc
 
 
 DirectionOpt = Annotated[

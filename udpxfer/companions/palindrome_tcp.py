@@ -122,10 +122,10 @@ def run_palindrome_client(
                 on_answer(reply.rstrip(b"\r\n").decode("utf-8", errors="replace"))
                 answered += 1
             sock.shutdown(socket.SHUT_WR)
-        except TimeoutError:
-            raise TransferError(f"no answer from {to} within {timeout_s:g} s") from None
+        except TimeoutError as exc:
+            raise TransferError(f"no answer from {to} within {timeout_s:g} s") from exc
         except OSError as exc:
-            raise TransferError(f"connection to {to} lost: {exc.strerror}") from None
+            raise TransferError(f"connection to {to} lost: {exc.strerror}") from exc
         finally:
             replies.close()
     return answered

@@ -252,12 +252,12 @@ def connect_tcp(to: Address, timeout_s: float) -> socket.socket:
     try:
         sock = socket.create_connection((to.host, to.port), timeout=timeout_s)
     except socket.gaierror as exc:
-        raise UsageError(f"cannot resolve {to.host!r}: {exc.strerror}") from None
-    except TimeoutError:
-        raise TransportError(f"cannot connect to {to}: timed out after {timeout_s:g} s") from None
+        raise UsageError(f"cannot resolve {to.host!r}: {exc.strerror}") from exc
+    except TimeoutError as exc:
+        raise TransportError(f"cannot connect to {to}: timed out after {timeout_s:g} s") from exc
     except OSError as exc:
         hint = " (is the server running?)" if exc.errno == errno.ECONNREFUSED else ""
-        raise TransportError(f"cannot connect to {to}: {exc.strerror}{hint}") from None
+        raise TransportError(f"cannot connect to {to}: {exc.strerror}{hint}") from exc
     sock.settimeout(None)
     return sock
 

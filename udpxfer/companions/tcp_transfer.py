@@ -166,17 +166,17 @@ def send_file(
                 bar.update(n)
             verdict = _read_verdict(sock)
             tcp_info = read_tcp_info(sock)  # after the verdict: every byte was acknowledged
-        except TimeoutError:
+        except TimeoutError as exc:
             raise TransferError(
                 f"receiver at {to} stalled for {timeout_s:g} s after {format_size(sent)} "
                 f"of {format_size(size)}"
-            ) from None
+            ) from exc
         except OSError as exc:
             raise TransferError(
                 f"connection to receiver {to} lost after sending {format_size(sent)} of "
                 f"{format_size(size)} ({exc.strerror or type(exc).__name__}); "
                 "the file was not delivered"
-            ) from None
+            ) from exc
         finally:
             bar.close()
     ok, detail = verdict
@@ -201,7 +201,7 @@ def set_congestion(sock: socket.socket, name: str) -> None:
         raise UsageError(
             f"--congestion {name}: {exc.strerror} (see "
             "/proc/sys/net/ipv4/tcp_available_congestion_control)"
-        ) from None
+        ) from exc
 
 
 def _read_verdict(sock: socket.socket) -> tuple[bool, str]:
@@ -216,7 +216,7 @@ def _read_verdict(sock: socket.socket) -> tuple[bool, str]:
     try:
         return decode_verdict_untrusted(line)
     except MalformedPacket as exc:
-        raise TransferError(str(exc)) from None
+        raise TransferError(str(exc)) from exc
 
 
 REPORT_CHUNK_BYTES = 1 << 20  # a TCP report's "chunk", as the receiver's largest read

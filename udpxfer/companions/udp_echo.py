@@ -151,7 +151,7 @@ def _send(sock: socket.socket, parts: list[bytes]) -> None:
     except OSError as exc:
         if exc.errno == errno.EMSGSIZE:
             size = sum(map(len, parts))
-            raise UsageError(f"a datagram of {size} bytes is too large to send") from None
+            raise UsageError(f"a datagram of {size} bytes is too large to send") from exc
         if exc.errno != errno.ECONNREFUSED:
             raise TransportError(f"cannot send: {exc.strerror}") from exc
 

@@ -295,10 +295,10 @@ def run(cmd: Sequence[str]) -> str:
         done = subprocess.run(
             list(cmd), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
         )
-    except FileNotFoundError:
-        raise LabError(f"{cmd[0]} not found: the lab needs iproute2 (ip, tc)") from None
-    except subprocess.TimeoutExpired:
-        raise LabError(f"{' '.join(cmd)}: no answer in {COMMAND_TIMEOUT_S:g} s") from None
+    except FileNotFoundError as exc:
+        raise LabError(f"{cmd[0]} not found: the lab needs iproute2 (ip, tc)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"{' '.join(cmd)}: no answer in {COMMAND_TIMEOUT_S:g} s") from exc
     if done.returncode != 0:
         raise LabError(f"{' '.join(cmd)}: {done.stderr.strip() or f'exit {done.returncode}'}")
     return done.stdout

@@ -50,10 +50,10 @@ def write_key_file(path: Path | str, key: bytes) -> None:
     with map_os_errors(UsageError, f"{path}: cannot create the key file"):
         try:
             fd = os.open(path, flags, 0o600)
-        except FileExistsError:
+        except FileExistsError as exc:
             raise UsageError(
                 f"{path}: exists; refusing to overwrite it (choose a new path)"
-            ) from None
+            ) from exc
     line = f"{KEY_FILE_PREFIX} {base64.b64encode(key).decode('ascii')}\n".encode("ascii")
     with map_os_errors(UsageError, f"{path}: cannot write the key file"):
         try:
@@ -78,8 +78,8 @@ def load_key_file(path: Path | str) -> bytes:
         try:
             # O_NONBLOCK: a FIFO must not hang the program before fstat can refuse it.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no such key file (make one with `udpxfer keygen`)") from None
+        except FileNotFoundError as exc:
+            raise UsageError(f"{path}: no such key file (make one with `udpxfer keygen`)") from exc
         try:
             mode = os.fstat(fd).st_mode
             if stat.S_ISDIR(mode):
@@ -98,14 +98,14 @@ def _parse_key_file(name: str, raw: bytes) -> bytes:
         raise UsageError(not_ours)
     try:
         fields = raw.decode("ascii").split()
-    except UnicodeDecodeError:
-        raise UsageError(not_ours) from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(not_ours) from exc
     if len(fields) != 2 or fields[0] != KEY_FILE_PREFIX:
         raise UsageError(not_ours)
     try:
         key = base64.b64decode(fields[1], validate=True)
-    except binascii.Error:
-        raise UsageError(f"{name}: damaged key file (bad base64)") from None
+    except binascii.Error as exc:
+        raise UsageError(f"{name}: damaged key file (bad base64)") from exc
     if len(key) != KEY_BYTES:
         raise UsageError(f"{name}: the key is {len(key)} bytes, expected {KEY_BYTES}")
     return key

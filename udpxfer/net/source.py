@@ -44,8 +44,8 @@ class MappedFile:
         with map_os_errors(UsageError, f"cannot read {path}"):
             try:
                 handle = path.open("rb")
-            except IsADirectoryError:
-                raise UsageError(f"{path} is a directory, not a file") from None
+            except IsADirectoryError as exc:
+                raise UsageError(f"{path} is a directory, not a file") from exc
             with handle:
                 size = os.fstat(handle.fileno()).st_size
                 self._map = (

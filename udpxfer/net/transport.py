@@ -231,7 +231,7 @@ class UdpTransport:
                     raise UsageError(
                         f"datagram of {size} bytes is too large for the path: "
                         "use a smaller --chunk-size"
-                    ) from None
+                    ) from exc
                 raise TransportError(f"send failed: {exc.strerror}") from exc
         self.unsent += 1
 

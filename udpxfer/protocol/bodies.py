@@ -155,8 +155,8 @@ def _exact(kind: PacketType, body: memoryview, expected: int) -> None:
 def _enum(kind: type[IntEnum], value: int, what: str) -> IntEnum:
     try:
         return kind(value)
-    except ValueError:
-        raise MalformedPacket(f"unknown {what} {value}") from None
+    except ValueError as exc:
+        raise MalformedPacket(f"unknown {what} {value}") from exc
 
 
 def _decode_meta(h: Header, body: memoryview) -> Meta:

@@ -101,7 +101,7 @@ def report_from_trace(path: Path) -> dict[str, Any]:
             reader = TraceReader(handle)
             return _report(_stream(reader), path)
     except ValueError as exc:
-        raise UsageError(f"bad trace file {path}: {exc}") from None
+        raise UsageError(f"bad trace file {path}: {exc}") from exc
 
 
 def iter_trace(trace: Trace) -> Iterator[tuple[dict[str, Any], Any]]:
@@ -192,10 +192,10 @@ def load_report(path: Path) -> dict[str, Any]:
             return report_from_trace(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: no such file") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path} is not a JSON report: {exc}") from None
+        raise UsageError(f"{path} is not a JSON report: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise UsageError(f"{path} is not a udpxfer report (schema {SCHEMA})")
     problem = report_problem(doc)

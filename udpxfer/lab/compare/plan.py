@@ -90,7 +90,7 @@ def parse_sweep(text: str) -> SweepAxis:
     try:
         values = tuple(parse(label) for label in labels)
     except UsageError as exc:
-        raise UsageError(f"--sweep {param}: {exc}") from None
+        raise UsageError(f"--sweep {param}: {exc}") from exc
     if len(set(values)) != len(values):
         raise UsageError(f"--sweep {param}: a value is given twice")
     return SweepAxis(param, values, labels)
