@@ -560,6 +560,55 @@ def test_an_abort_after_the_verdict_changes_nothing(code: AbortCode) -> None:
     assert sender.next_event() is None
 
 
+def test_a_blast_transfer_that_proves_its_address_when_the_receiver_is_busy_goes_on() -> None:
+    """A blast sender's DATA starts its transfer before its token-echoing META arrives. If the
+    validated transfers fill the receiver by then, the transfer keeps its place among the
+    unvalidated ones: it is neither refused midway nor closed without a word."""
+    endpoint = ReceiverEndpoint(ReceiverConfig(max_transfers=1))
+    connect(reliable_sender(payload(CHUNK * 50), 1, "busy"), endpoint, 0.0)  # fills the pool
+    other = ("192.0.2.2", 4000)
+    blast = SenderSession(
+        payload(CHUNK * 30, seed=1), name="b", sha256=bytes(32), session_id=2, now=0.0,
+        config=BLAST,
+    )  # fmt: skip
+    answers: list[object] = []
+    for step in range(6):
+        now = 0.01 * step
+        for datagram in blast.datagrams_to_send(now):
+            endpoint.receive_datagram(datagram, other, now)
+        for datagram, to in endpoint.datagrams_to_send(now):
+            if to == other:
+                answers.append(decode_untrusted(datagram))
+                blast.receive_datagram(datagram, now)
+    session = endpoint.sessions[(other, 2)]
+    assert [a for a in answers if isinstance(a, Hello) and a.token]  # the token went out
+    assert session.state in {ReceiverState.RECEIVING, ReceiverState.VERIFYING}
+    assert not session.validated
+    assert not [a for a in answers if isinstance(a, Abort)]
+    ended = []
+    while (item := endpoint.next_event()) is not None:
+        if item[0] is session and isinstance(item[1], TransferEnded):
+            ended.append(item[1])
+    assert ended == []
+
+
+def test_a_transfer_refused_midway_still_ends_with_its_reason() -> None:
+    """Should limits ever turn away a session that is already a transfer, it ends as aborted
+    (a report, its file closed), never silently."""
+    endpoint = ReceiverEndpoint()
+    session = connect(reliable_sender(payload(CHUNK * 10), 3, "f"), endpoint, 0.0)
+    while endpoint.next_event() is not None:
+        pass
+    session.refuse("receiver busy: test", 1.0)
+    events = []
+    while (item := endpoint.next_event()) is not None:
+        events.append(item[1])
+    assert [(e.outcome, e.reason) for e in events if isinstance(e, TransferEnded)] == [
+        (Outcome.ABORTED, "receiver busy: test")
+    ]
+    assert session.closed
+
+
 def resuming_sender() -> SenderSession:
     """A sender whose receiver accepted it, resuming with 10 chunks held (its HAVE to come)."""
     data = payload(CHUNK * 30)

@@ -330,7 +330,12 @@ class ReceiverEndpoint:
             if session.meta is not None and session.meta.nonce != meta.nonce:
                 self.rejected += 1  # another sender's META under the same session id
                 return
-            if not session.validated and self._handshake.token_valid(meta, peer, now):
+            # A blast transfer under way that proves its address joins the validated ones if
+            # there is room, else keeps its place among the unvalidated (a repeated META).
+            busy = session.is_transfer and transfer_refusal(
+                self.sessions.values(), session, meta, self.config
+            )
+            if not session.validated and not busy and self._handshake.token_valid(meta, peer, now):
                 if self._admit_transfer(session, meta, now):
                     self._budgets.of(peer).validated = True
                     session.open_validated(meta, now)

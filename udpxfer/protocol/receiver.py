@@ -243,8 +243,11 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
         self._step(Step.CLOSE)
 
     def refuse(self, reason: str, now: float, code: AbortCode = AbortCode.REFUSED) -> None:
-        """Turn the sender away before anything was created (limits, too many transfers)."""
+        """Turn the sender away (limits, too many transfers); a session that is already a
+        transfer ends as aborted first, so that it has a report and its file is closed."""
         self.refusal = reason
+        if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:
+            self._end(now, Outcome.ABORTED, reason)
         self._step(Step.CLOSE)
         self._queue(Abort(self.session_id, code, reason, ns(now)))
 
