@@ -148,7 +148,6 @@ class SenderCore:
         self._sent_all_at: float | None = None  # when the first pass was all sent
         self.outcome: TransferEnded | None = None
         self._verdict: Verdict | None = None
-        self._receiver_sha256: bytes | None = None
 
         self._next_index = 0  # the first pass has covered chunks [0, _next_index)
         self._tx = 0  # next transmission number

@@ -93,7 +93,6 @@ class SenderFeedback(SenderCore):
 
     def _on_done(self, done: Done, now: float) -> None:
         self._verdict = done.verdict
-        self._receiver_sha256 = done.sha256
         self._acked_held = done.held
         if self.mode is Mode.BLAST:
             if self._next_index >= self.chunk_count:
