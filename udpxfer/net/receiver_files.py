@@ -4,6 +4,7 @@ buffers, resumed from an earlier attempt, its state saved, and verified in worke
 
 from __future__ import annotations
 
+import abc
 import queue
 import threading
 from pathlib import Path
@@ -26,7 +27,7 @@ STATE_SAVE_INTERVAL_S = 1.0  # resume sidecars are rewritten this often
 MAX_BLOCK_REPAIRS = 8  # times a transfer may fetch bad blocks again before it is a mismatch
 
 
-class ReceiverFiles:
+class ReceiverFiles(abc.ABC):
     """The file side of ``ReceiverServer``: which transfer writes to which ``.partial`` file.
 
     The server adds the socket, the loop, the traces and the reports, and acts on the
@@ -49,13 +50,13 @@ class ReceiverFiles:
         self._payload_views = payload_views
         self._unwritten = False  # chunks gathered from the arena, not yet written
 
+    @abc.abstractmethod
     def _handle_events(self, now: float) -> None:
         """Act on the endpoint's events (the server's part)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _flush(self) -> None:
         """Send what the endpoint has to send (the server's part)."""
-        raise NotImplementedError
 
     def _store(self, session: ReceiverSession, offset: int, payload: bytes | memoryview) -> None:
         partial = self._files.get(session) or self._open(session, self.clock())
