@@ -19,7 +19,7 @@ from udpxfer.protocol.wire import Mode
 
 if TYPE_CHECKING:
     from udpxfer.net.receiving import ReceiverObserver
-    from udpxfer.net.sending import Clock
+    from udpxfer.net.timing import Clock
     from udpxfer.protocol.endpoint import StoreRun
     from udpxfer.protocol.receiver import ReceiverSession
 

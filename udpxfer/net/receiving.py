@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from udpxfer.errors import TransportError
 from udpxfer.net.files import PartialFile
 from udpxfer.net.receiver_files import ReceiverFiles
-from udpxfer.net.sending import PROGRESS_INTERVAL_S, Clock
 from udpxfer.net.sockets import SockAddr
+from udpxfer.net.timing import PROGRESS_INTERVAL_S, Clock
 from udpxfer.net.transport import MAX_DATAGRAM, UdpTransport
 from udpxfer.paths import safe_name
 from udpxfer.protocol.events import (

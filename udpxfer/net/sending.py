@@ -16,14 +16,12 @@ from pathlib import Path
 
 from udpxfer.errors import UsageError
 from udpxfer.net.source import MappedFile, SentPages, file_digests
+from udpxfer.net.timing import PROGRESS_INTERVAL_S, Clock
 from udpxfer.net.transport import UdpTransport
 from udpxfer.protocol.sender import SenderSession
 from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.sender_data import DataRun
 from udpxfer.units import Address
-
-Clock = Callable[[], float]
-PROGRESS_INTERVAL_S = 0.1  # how often either driver reports progress
 
 
 def send_file(
