@@ -144,9 +144,15 @@ def run_lab(
             config = SenderConfig(mode=mode, rate_bps=RATE_BPS, chunk_size=CHUNK)
             session = send_file(source, Address(*relay.listen_address), config)
             wait_for(lambda: len(done) == 1)
-            # The sender's last words (ABORT closed, after the verdict) are still on the
-            # delayed path: let them through, so that the relay drops nothing at its stop.
-            wait_for(lambda: not relay.forward.pending, what="the relay to deliver what it holds")
+            # The sender's last words (ABORT closed, after the verdict) may still be in the
+            # relay's socket or on its delayed path: let the relay read every datagram the
+            # sender sent and deliver it, so that it drops nothing at its stop.
+            sent = session.stats().datagrams_sent
+            forward = relay.stats[Direction.FORWARD]
+            wait_for(
+                lambda: forward.datagrams_in >= sent and not relay.forward.pending,
+                what="the relay to read and deliver all the sender sent",
+            )
         assert relay.stop_reason is not None, "the relay loop did not end"
     (result,) = done
     return LabRun(
