@@ -23,6 +23,7 @@ from udpxfer.protocol.receiver_state import ReceiverState
 from udpxfer.protocol.sender import SenderSession
 from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.sender_core import SenderCore
+from udpxfer.protocol.sender_data import DataRun
 from udpxfer.protocol.sender_state import TRANSITIONS, SenderState
 from udpxfer.protocol.wire import (
     Abort,
@@ -318,6 +319,34 @@ def test_sender_abort_reaches_the_receiver() -> None:
     assert len(ended) == 1
     assert ended[0].outcome == "aborted"
     assert "Ctrl-C" in ended[0].reason
+
+
+def test_an_abort_counts_only_the_data_that_left() -> None:
+    """Runs built but never sent (the driver was interrupted first) do not count as sent: the
+    ABORT's first-pass mark and the send counters stop at the last run that left."""
+    endpoint = ReceiverEndpoint()
+    sender = SenderSession(
+        payload(CHUNK * 400), name="x", sha256=bytes(32), session_id=9, now=0.0, config=RELIABLE
+    )
+    connect(sender, endpoint, 0.0)
+    sent = [item for item in sender.transmit(0.1) if isinstance(item, DataRun)]
+    for run in sent:  # these left: the receiver's answers open the window for more
+        for datagram in run.datagrams():
+            endpoint.receive_datagram(datagram, PEER, 0.1)
+    for datagram, _peer in endpoint.datagrams_to_send(0.1):
+        sender.receive_datagram(datagram, 0.1)
+    unsent = [item for item in sender.transmit(0.11) if isinstance(item, DataRun)]
+    assert sent
+    assert unsent
+    before = sender.stats()
+    sender.abort("interrupted", 0.2, unsent=unsent)
+    aborts = [decode_untrusted(d) for d in sender.datagrams_to_send(0.2)]
+    left = sent[-1].first + sent[-1].count
+    assert unsent[0].first == left
+    assert {a.chunks_sent for a in aborts if isinstance(a, Abort)} == {left}
+    after = sender.stats()
+    assert after.first_pass_sent == left
+    assert before.datagrams_sent - after.datagrams_sent == sum(r.count for r in unsent) - 2
 
 
 def test_data_before_meta_is_kept_and_replayed() -> None:

@@ -362,3 +362,35 @@ def test_ctrl_c_while_a_chunk_is_framed_is_an_interrupt(
             send_file(source, Address(*server.address), SenderConfig())
         wait_for(lambda: len(results) == 1, timeout_s=10, what="the receiver to end it")
     assert results[0].report["outcome"] == "aborted"
+
+
+def test_ctrl_c_between_two_runs_counts_only_what_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs of DATA built but not yet sent when Ctrl-C comes are not counted as sent: the
+    receiver's report shows no first-pass loss on clean loopback, the rest as not sent."""
+    from udpxfer.net.transport import UdpTransport
+
+    source = make_file(tmp_path, 2_000_000)
+    send_gathered = UdpTransport.send_gathered
+    calls = 0
+
+    def interrupted(self: UdpTransport, *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 6:  # runs are left in the batch behind this one
+            raise KeyboardInterrupt
+        send_gathered(self, *args)
+
+    monkeypatch.setattr(UdpTransport, "send_gathered", interrupted)
+    with receiver(tmp_path, idle_timeout_s=60) as (server, results):
+        with pytest.raises(KeyboardInterrupt):
+            send_file(source, Address(*server.address), SenderConfig(chunk_size=1000))
+        wait_for(lambda: len(results) == 1, timeout_s=10, what="the receiver to end it")
+    doc = results[0].report
+    assert doc["outcome"] == "aborted"
+    chunks = doc["chunks"]
+    assert 0 < chunks["received"] < chunks["total"]
+    assert chunks["received"] + chunks["not_sent"] == chunks["total"]
+    assert doc["loss"]["first_pass_missing"] == 0
+

@@ -97,12 +97,14 @@ def _run_sender(
     pages: SentPages,
 ) -> None:
     next_progress = 0.0
+    batch: list[bytes | DataRun] = []
     try:
         while not session.finished:
             now = clock()
             batch = session.transmit(now)
-            if batch:
-                _send(transport, batch, pages)
+            sent = bool(batch)
+            if sent:
+                _send(transport, batch, pages)  # empties it
                 session.batch_left(clock())
             heard = False
             while (incoming := transport.recv_batch()) is not None:
@@ -115,7 +117,7 @@ def _run_sender(
             if on_progress is not None and now >= next_progress:
                 on_progress(session)
                 next_progress = now + PROGRESS_INTERVAL_S
-            if batch or heard or session.finished:
+            if sent or heard or session.finished:
                 continue  # more may be ready to send now
             timer = session.get_timer()
             now = clock()
@@ -127,8 +129,10 @@ def _run_sender(
         # Frames the interrupt cut short hold views of the mapped file (a run being sent):
         # let them go, so that the file can be unmapped.
         traceback.clear_frames(exc.__traceback__)
+        unsent = [item for item in batch if isinstance(item, DataRun)]  # what did not leave
         batch = []
-        session.abort("sender interrupted", clock())
+        session.abort("sender interrupted", clock(), unsent=unsent)
+        unsent = []
         _send(transport, session.transmit(clock()))
         raise
     _send(transport, session.transmit(clock()))  # a final ABORT, if any
@@ -142,17 +146,25 @@ def _send(
     transport: UdpTransport, items: list[bytes | DataRun], pages: SentPages | None = None
 ) -> None:
     """Send a session's output in order: control datagrams as they are, DATA runs gathered
-    (then their pages may leave our resident set)."""
-    plain: list[bytes] = []
-    for item in items:
-        if isinstance(item, DataRun):
-            if plain:
-                transport.send_many(plain)
-                plain = []
-            transport.send_gathered(item.pieces, item.count, item.segment)
-            if pages is not None:
-                pages.sent(item.first, item.count)
-        else:
-            plain.append(item)
-    if plain:
-        transport.send_many(plain)
+    (then their pages may leave our resident set). What left is taken off ``items``, so an
+    interrupted send leaves there what did not go out."""
+    done = 0  # items[:done] have left
+    try:
+        plain: list[bytes] = []
+        for index, item in enumerate(items):
+            if isinstance(item, DataRun):
+                if plain:
+                    transport.send_many(plain)
+                    plain = []
+                    done = index
+                transport.send_gathered(item.pieces, item.count, item.segment)
+                done = index + 1
+                if pages is not None:
+                    pages.sent(item.first, item.count)
+            else:
+                plain.append(item)
+        if plain:
+            transport.send_many(plain)
+        done = len(items)
+    finally:
+        del items[:done]

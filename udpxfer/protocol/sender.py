@@ -16,9 +16,10 @@ buffer never overflows on a clean path.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from udpxfer.protocol.events import Event, Outcome
-from udpxfer.protocol.sender_data import SenderData
+from udpxfer.protocol.sender_data import DataRun, SenderData
 from udpxfer.protocol.sender_feedback import SenderFeedback
 from udpxfer.protocol.sender_handshake import SenderHandshake
 from udpxfer.protocol.sender_state import SenderState
@@ -138,10 +139,16 @@ class SenderSession(SenderData, SenderFeedback, SenderHandshake):
         """The oldest event not yet taken, or None."""
         return self._events.popleft() if self._events else None
 
-    def abort(self, reason: str, now: float) -> None:
-        """Stop now and tell the receiver (two ABORT copies)."""
+    def abort(self, reason: str, now: float, *, unsent: Sequence[DataRun] = ()) -> None:
+        """Stop now and tell the receiver (two ABORT copies).
+
+        ``unsent``: runs ``transmit`` returned that never left (the driver was interrupted
+        before it sent them); they are taken back out of what the ABORT and the counters say
+        was sent, so that the receiver counts none of their chunks as lost.
+        """
         if self._state is SenderState.DONE or self._state is SenderState.FAILED:
             return
+        self._take_back(unsent)
         self._pending.append(self._abort(AbortCode.CANCELLED, reason, now))
         self._pending.append(self._abort(AbortCode.CANCELLED, reason, now))
         self._finish(now, Outcome.ABORTED, reason, fail=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from udpxfer.protocol.checksum import crc32
@@ -40,6 +41,7 @@ class DataRun:
     segment: int  # bytes of each datagram but the last
     last_bytes: int  # bytes of the last datagram
     first: int = 0  # chunk index of the first datagram
+    repair: bool = False  # resent chunks (else the first pass)
 
     @property
     def total_bytes(self) -> int:
@@ -78,6 +80,16 @@ class SenderData(SenderCore):
                 self._bytes_sent += len(item)
                 self._datagrams_sent += 1
         return out
+
+    def _take_back(self, unsent: Sequence[DataRun]) -> None:
+        """Runs returned by ``transmit`` that never left: not sent, as far as anyone is told."""
+        for run in unsent:
+            self._bytes_sent -= run.total_bytes
+            self._datagrams_sent -= run.count
+            if run.repair:
+                self._chunks_resent -= run.count
+            else:
+                self._next_index = min(self._next_index, run.first)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """``transmit`` as whole datagrams, one bytes object each (tests, simple drivers)."""
@@ -217,7 +229,8 @@ class SenderData(SenderCore):
         self._tx = tx
         overhead = HEADER_BYTES + seal.trailer_bytes
         last = overhead + min(chunk_size, size - (first + count - 1) * chunk_size)
-        return DataRun(pieces, count, overhead + chunk_size if count > 1 else last, last, first)
+        segment = overhead + chunk_size if count > 1 else last
+        return DataRun(pieces, count, segment, last, first, repairing)
 
     def _end_pass(self, now: float) -> None:
         """The pass is all out: END it, and wait for the receiver's answer."""
