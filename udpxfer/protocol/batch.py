@@ -209,8 +209,11 @@ def payload_views(view: memoryview, batch: DataBatch, positions: I64) -> list[me
     return out
 
 
-_view_cache: dict[tuple[int, int, int], tuple[memoryview, list[memoryview]]] = {}
-_VIEW_CACHE_ENTRIES = 128
+# (segment, start) -> the buffer whose views are kept, and the views: one buffer per kind of
+# view, and a few kinds (the oldest goes first), so that a caller with a fresh buffer each
+# time pins no more than its latest few.
+_view_cache: dict[tuple[int, int], tuple[memoryview, list[memoryview]]] = {}
+_VIEW_CACHE_ENTRIES = 8
 
 
 def _spans(view: memoryview, segment: int, rows: int) -> list[memoryview]:
@@ -227,11 +230,12 @@ def _views(view: memoryview, segment: int, start: int, end: int, rows: int) -> l
     memoryview object each time) are made once, as far as they are asked for, and shared;
     do not change the list.
     """
-    key = (id(view), segment, start)
+    key = (segment, start)
     cached = _view_cache.get(key)
     if cached is None or cached[0] is not view:
+        _view_cache.pop(key, None)
         if len(_view_cache) >= _VIEW_CACHE_ENTRIES:
-            _view_cache.clear()
+            del _view_cache[next(iter(_view_cache))]
         cached = _view_cache[key] = (view, [])
     views = cached[1]
     if len(views) < rows:
