@@ -393,4 +393,3 @@ def test_ctrl_c_between_two_runs_counts_only_what_left(
     assert 0 < chunks["received"] < chunks["total"]
     assert chunks["received"] + chunks["not_sent"] == chunks["total"]
     assert doc["loss"]["first_pass_missing"] == 0
-
