@@ -192,13 +192,13 @@ class OnlineStats:
         bins = self.bins
         if one_stamp:
             t = int(sent_ns[0]) + shift
-            index_sum = float(rows.sum())
-            square_sum = float(np.dot(rows.astype(np.float64), rows.astype(np.float64)))
-            self.fit += (rows.size, index_sum, t * rows.size, square_sum, t * index_sum)
+            i = rows.astype(np.float64)
+            index_sum = float(i.sum())
+            self.fit += (rows.size, index_sum, t * rows.size, float(np.dot(i, i)), t * index_sum)
             at = bins.slot(t)
             bins.update_one("first", at, rows.size)
             bins.update_one("first_min", at, int(rows[0]))
-            bins.update_one("index_sum", at, float(rows.sum()))
+            bins.update_one("index_sum", at, index_sum)
             bins.update_one("send_sum", at, float(t) * rows.size)
             return
         times = sent_ns + shift
@@ -206,9 +206,9 @@ class OnlineStats:
         i, f = rows.astype(np.float64), times.astype(np.float64)
         self.fit += (rows.size, i.sum(), f.sum(), np.dot(i, i), np.dot(i, f))
         bins.update("first", slots, 1.0)
-        bins.update("first_min", slots, rows.astype(np.float64))
-        bins.update("index_sum", slots, rows.astype(np.float64))
-        bins.update("send_sum", slots, times.astype(np.float64))
+        bins.update("first_min", slots, i)
+        bins.update("index_sum", slots, i)
+        bins.update("send_sum", slots, f)
 
     def _one_delay(self, delay: int, n: int, new_bytes: int, t_arrival: int) -> None:
         """A batch that arrived at once under one send stamp: every row has this delay."""
