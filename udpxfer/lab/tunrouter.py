@@ -19,6 +19,7 @@ import select
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,25 +135,27 @@ class TunRouter:
                     timeout = max(0.0, min(pending) - time.monotonic())
                 events = poller.poll(timeout)
                 with self._lock:
-                    now = time.monotonic()
                     for fd, _ in events:
                         if fd == self._stop_r:
                             return
-                        self._read(self._ways[by_src[fd]], now)
+                        self._read(self._ways[by_src[fd]], time.monotonic)
                     for way in self._ways.values():
                         self._release(way, time.monotonic())
         finally:
             poller.close()
 
     @staticmethod
-    def _read(way: _Way, now: float) -> None:
+    def _read(way: _Way, clock: Callable[[], float]) -> None:
+        # Each packet is stamped after its own read: a packet that arrived while the loop was
+        # already reading (its thread can wait for the GIL between two reads) must not be
+        # stamped with the wake-up time, which would release it early.
         policy = way.policy
         for _ in range(BATCH):
             try:
                 packet = os.read(way.src, READ_BYTES)
             except BlockingIOError:
                 return
-            policy.on_datagram(packet, now, None)
+            policy.on_datagram(packet, clock(), None)
 
     @staticmethod
     def _release(way: _Way, now: float) -> None:
