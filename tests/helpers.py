@@ -105,12 +105,14 @@ def run_pair(
     max_time_s: float = 600.0,
     max_steps: int = 5_000_000,
     batched: bool = True,
+    one_buffer_runs: bool = False,
 ) -> PairResult:
     """Run a sender and a receiver against each other on a fake clock until both are done.
 
     With ``batched`` (the driver's way), datagrams that arrive at the same moment reach the
     receiver as GRO-style buffers (``gro_buffers``) through ``receive_buffer``; without it,
-    one by one through ``receive_datagram``.
+    one by one through ``receive_datagram``. ``one_buffer_runs``: the sender builds its keyless
+    runs with numpy (``build_runs_in_one_buffer``), as the driver does for large files.
     """
     forward = forward or Link(random.Random(0))
     reverse = reverse or Link(random.Random(1))
@@ -123,6 +125,8 @@ def run_pair(
         now=now,
         config=sender_config,
     )
+    if one_buffer_runs:
+        sender.build_runs_in_one_buffer()
     endpoint = ReceiverEndpoint(receiver_config)
     in_flight: list[tuple[float, int, str, bytes]] = []
     order = itertools.count()

@@ -7,8 +7,10 @@ until its timer. Progress leaves through a callback; the CLI connects it to tqdm
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -22,6 +24,8 @@ from udpxfer.protocol.sender import SenderSession
 from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.sender_data import DataRun
 from udpxfer.units import Address
+
+PRELOAD_BYTES = 128 << 20  # files from this size hash for longer than numpy takes to load
 
 
 def send_file(
@@ -48,7 +52,18 @@ def send_file(
     try:
         mtime_ns = os.stat(path).st_mtime_ns
         chunk_size = (config or SenderConfig()).chunk_size
+        # The one-buffer runs need numpy (about 0.1 s to import): loaded beside the hash of
+        # a file large enough to hide it, skipped for a small one (which would wait for it).
+        preload = None
+        if source.size >= PRELOAD_BYTES:
+            preload = threading.Thread(
+                target=importlib.import_module, args=("udpxfer.protocol.datarun",),
+                name="udpxfer-preload",
+            )  # fmt: skip
+            preload.start()
         digest, manifest = file_digests(source.data, chunk_size, done=source.drop)
+        if preload is not None:
+            preload.join()
         transport = UdpTransport.connect(to)
         try:
             session_id = secrets.randbits(64)
@@ -69,6 +84,8 @@ def send_file(
                 keying=keying,
                 manifest=manifest,
             )
+            if preload is not None:
+                session.build_runs_in_one_buffer()
             try:
                 _run_sender(session, transport, clock, on_progress, SentPages(source, chunk_size))
             except KeyboardInterrupt:

@@ -249,7 +249,11 @@ class UdpTransport:
     ) -> None:
         """Send ``count`` datagrams given as pieces back to back (all ``segment`` bytes but
         the last), straight from the pieces: GSO runs of up to ``GSO_MAX_SEGMENTS`` each, or
-        one gathered send per datagram without offload."""
+        one gathered send per datagram without offload. The pieces are the same number for
+        each datagram, or one buffer that holds them all."""
+        if len(pieces) == 1 and count > 1:
+            self._send_contiguous(memoryview(pieces[0]), count, segment, addr)
+            return
         per = len(pieces) // count if count else 0
         if count > 1 and self.gso and segment:
             step = datagrams_per_run(segment)
@@ -263,6 +267,20 @@ class UdpTransport:
             return
         for one in range(count):
             self.send(list(pieces[one * per : (one + 1) * per]), addr)
+
+    def _send_contiguous(
+        self, whole: memoryview, count: int, segment: int, addr: SockAddr | None
+    ) -> None:
+        """``send_gathered`` of one buffer holding ``count`` datagrams back to back."""
+        with whole:
+            step = datagrams_per_run(segment) if self.gso else 1
+            for start in range(0, count, step):
+                end = min(count, start + step)
+                run = whole[start * segment : end * segment if end < count else len(whole)]
+                if end - start > 1 and self._send_segmented([run], segment, addr):
+                    continue
+                for one in range(start, end):
+                    self.send(run[(one - start) * segment : (one - start + 1) * segment], addr)
 
     def send_run(self, run: Sequence[Buffer], addr: SockAddr | None = None) -> None:
         """Send a run that one GSO call can carry (see ``gso_runs``) without copying it.

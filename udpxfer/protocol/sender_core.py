@@ -40,6 +40,8 @@ from udpxfer.protocol.wire import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from udpxfer.protocol.sender_keying import SenderKeying
 
 
@@ -156,6 +158,7 @@ class SenderCore:
         self._repair = RangeQueue(self.chunk_count)
         self._manifest_asked = RangeQueue(len(self._manifest))
         self._pending: list[bytes] = []  # control datagrams to send first
+        self._build_run: Callable[..., tuple[bytearray, list[int]]] | None = None
         self._events: collections.deque[Event] = collections.deque()
 
         self._highest_acked = -1
