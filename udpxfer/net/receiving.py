@@ -240,10 +240,12 @@ class ReceiverServer(ReceiverFiles):
             self._store_run(run, buffer, now)
         if self.endpoint.events:
             self._handle_events(now)
+        # Feedback leaves at once, before the chunks go to disk: its delay is the sender's
+        # signal, and the sender fills its window again while this side writes.
+        self._flush()
         if self._unwritten:  # junk stores nothing: no pass over the files for it
             self._unwritten = False
             self._write_gathered()  # the arena is read into again next
-        self._flush()  # feedback leaves at once: its delay is the sender's signal
 
     def _done_with(self, session: ReceiverSession, now: float) -> bool:
         """A transfer's report is written and its linger (answering repeated ENDs) is over."""
