@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from udpxfer.errors import MalformedPacket
-from udpxfer.net.receiver_files import MAX_BLOCK_REPAIRS
 from udpxfer.paths import safe_name
 from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import Keying, ReceiverEndpoint
@@ -39,6 +38,8 @@ from udpxfer.protocol.sender import SenderSession
 from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.sender_keying import SenderKeying
 from udpxfer.protocol.wire import (
+    MAX_BLOCK_REPAIRS,
+    NO_DIGEST,
     Abort,
     AbortCode,
     Have,
@@ -216,7 +217,7 @@ def verify(session: ReceiverSession, store: ChunkStore, now: float) -> None:
     stored = store.file(session)
     digest = hashlib.sha256(stored).digest()
     bad: list[int] = []
-    wrong = digest != meta.sha256
+    wrong = meta.sha256 not in (digest, NO_DIGEST)
     if wrong and session.manifest_complete and session.block_repairs < MAX_BLOCK_REPAIRS:
         size = meta.block_chunks * meta.chunk_size
         bad = [

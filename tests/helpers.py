@@ -24,7 +24,14 @@ from udpxfer.protocol.events import ChunkReceived, TransferEnded, VerifyRequeste
 from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
 from udpxfer.protocol.sender import SenderSession
 from udpxfer.protocol.sender_config import SenderConfig
-from udpxfer.protocol.wire import Data, PacketType
+from udpxfer.protocol.wire import (
+    MAX_BLOCK_REPAIRS,
+    NO_DIGEST,
+    Data,
+    PacketType,
+    block_chunks_for,
+    chunk_count_for,
+)
 from udpxfer.units import Address
 
 PEER = ("192.0.2.1", 4000)  # a documentation address used as an opaque key, never contacted
@@ -106,6 +113,7 @@ def run_pair(
     max_steps: int = 5_000_000,
     batched: bool = True,
     one_buffer_runs: bool = False,
+    late_digest_at: float | None = None,
 ) -> PairResult:
     """Run a sender and a receiver against each other on a fake clock until both are done.
 
@@ -113,17 +121,22 @@ def run_pair(
     receiver as GRO-style buffers (``gro_buffers``) through ``receive_buffer``; without it,
     one by one through ``receive_datagram``. ``one_buffer_runs``: the sender builds its keyless
     runs with numpy (``build_runs_in_one_buffer``), as the driver does for large files.
+    ``late_digest_at``: the sender starts without its digest and manifest, as the driver does
+    for large reliable files; the digest is provided at that fake time, the manifest as soon
+    as the sender wants it (``hashjobs.LateHashes``).
     """
     forward = forward or Link(random.Random(0))
     reverse = reverse or Link(random.Random(1))
     now = 1.0  # a real clock is never at zero (a zero echo means "none" on the wire)
+    late = late_digest_at is not None
     sender = SenderSession(
         data,
         name=name,
-        sha256=hashlib.sha256(data).digest(),
+        sha256=bytes(32) if late else hashlib.sha256(data).digest(),
         session_id=0x1234_5678_9ABC_DEF0,
         now=now,
         config=sender_config,
+        manifest_later=late,
     )
     if one_buffer_runs:
         sender.build_runs_in_one_buffer()
@@ -134,6 +147,11 @@ def run_pair(
     session: ReceiverSession | None = None
     ended: list[TransferEnded] = []
     for _ in range(max_steps):
+        if late_digest_at is not None and now >= late_digest_at:
+            sender.provide_digest(hashlib.sha256(data).digest(), now)
+            late_digest_at = None
+        if sender.manifest_wanted:
+            sender.provide_manifest(block_hashes(data, sender.chunk_size), now)
         outgoing = sender.datagrams_to_send(now)
         for datagram in outgoing:
             for at, copy in forward.carry(datagram, now):
@@ -146,9 +164,7 @@ def run_pair(
                     stored.extend(bytes(end - len(stored)))
                 stored[event.offset : end] = event.payload
             elif isinstance(event, VerifyRequested):
-                assert session.meta is not None
-                body = bytes(stored[: session.meta.size]).ljust(session.meta.size, b"\0")
-                session.hash_computed(hashlib.sha256(body).digest(), now)
+                verify_stored(session, stored, now)
             elif isinstance(event, TransferEnded):
                 ended.append(event)
         for datagram, _peer in endpoint.datagrams_to_send(now):
@@ -185,6 +201,37 @@ def run_pair(
     else:
         raise AssertionError("simulation did not settle")
     return PairResult(sender, endpoint, session, stored, ended, now)
+
+
+def verify_stored(session: ReceiverSession, stored: bytearray, now: float) -> None:
+    """What the driver does on ``VerifyRequested``: hash what is stored; when the digest is
+    known and differs, and every block hash is here, name the bad blocks instead."""
+    meta = session.meta
+    assert meta is not None
+    body = bytes(stored[: meta.size]).ljust(meta.size, b"\0")
+    digest = hashlib.sha256(body).digest()
+    if (
+        meta.sha256 not in (digest, NO_DIGEST)
+        and session.manifest_complete
+        and session.block_repairs < MAX_BLOCK_REPAIRS
+    ):
+        step = meta.block_chunks * meta.chunk_size
+        expected = list(session.manifest)
+        bad = [
+            i
+            for i, want in enumerate(expected)
+            if hashlib.sha256(body[i * step : (i + 1) * step]).digest() != want
+        ]
+        if bad:
+            session.blocks_bad(bad, now)
+            return
+    session.hash_computed(digest, now)
+
+
+def block_hashes(data: bytes, chunk_size: int) -> tuple[bytes, ...]:
+    """The manifest of ``data``: SHA-256 of each block (``wire.block_chunks_for``)."""
+    step = block_chunks_for(chunk_count_for(len(data), chunk_size), chunk_size) * chunk_size
+    return tuple(hashlib.sha256(data[i : i + step]).digest() for i in range(0, len(data), step))
 
 
 def gro_buffers(datagrams: list[bytes]) -> list[tuple[bytearray, int, int]]:

@@ -7,14 +7,17 @@ of its choosing; every test is bounded in time.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import socket
 import struct
 import zlib
 from pathlib import Path
 
+import pytest
 from helpers import LossyRelay, receiver, wait_for
 
+from udpxfer.net import sending
 from udpxfer.net.keyfile import new_key
 from udpxfer.net.receiving import TransferResult
 from udpxfer.net.sending import send_file
@@ -239,9 +242,16 @@ def test_junk_from_another_host_does_not_lock_a_sender_out(tmp_path: Path) -> No
     assert real[0].file_path.read_bytes() == source.read_bytes()
 
 
-def test_forged_content_with_a_valid_check_is_found_and_fetched_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hash_while_sending", [False, True])
+def test_forged_content_with_a_valid_check_is_found_and_fetched_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hash_while_sending: bool
+) -> None:
     """Keyless, an on-path forger can make a DATA datagram whose CRC holds; the block hashes
-    of the manifest find the bad block and the receiver fetches it again."""
+    of the manifest find the bad block and the receiver fetches it again. A large file's
+    sender computes them only then, on the receiver's request (``hash_while_sending``: this
+    file takes the large files' path)."""
+    if hash_while_sending:
+        monkeypatch.setattr(sending, "HASH_WHILE_SENDING_BYTES", 0)
     source = make_file(tmp_path, CHUNK * 3000)
     forged: list[int] = []
 
@@ -263,6 +273,10 @@ def test_forged_content_with_a_valid_check_is_found_and_fetched_again(tmp_path: 
     assert session.outcome.outcome == "complete", session.outcome
     assert results[0].file_path.read_bytes() == source.read_bytes()
     assert results[0].report["repair"]["bad_blocks"] >= 1
+    assert (
+        results[0].report["file"]["sha256_expected"]
+        == hashlib.sha256(source.read_bytes()).hexdigest()
+    )
 
 
 def _serve_once(tmp_path: Path, *, report_path: Path, trace_path: Path) -> TransferResult:

@@ -28,6 +28,14 @@ from helpers import wait_for
 pytestmark = pytest.mark.timeout(90)
 
 UDPXFER = [sys.executable, "-m", "udpxfer"]
+# The same CLI, with this small file taking a large file's path: sent at once, the digest
+# computed while it goes and announced later (``udpxfer.net.hashjobs``).
+UDPXFER_HASHING_WHILE_SENDING = [
+    sys.executable,
+    "-c",
+    "import sys, udpxfer.net.sending as s; s.HASH_WHILE_SENDING_BYTES = 0; "
+    "from udpxfer.cli import main; sys.argv[0] = 'udpxfer'; main()",
+]
 SIZE = 12_000_000
 RATE = "40M"  # 5 MB/s: about 2.4 s for the whole file
 
@@ -49,14 +57,17 @@ class Procs:
         assert line.startswith("listening on 127.0.0.1:"), line
         return proc, int(line.rsplit(":", 1)[1])
 
-    def send(self, cwd: Path, source: Path, port: int, rate: str = RATE) -> subprocess.Popen[str]:
+    def send(
+        self, cwd: Path, source: Path, port: int, rate: str = RATE, *, late: bool = False
+    ) -> subprocess.Popen[str]:
         return self._start(
-            cwd, "send", str(source), "--to", f"127.0.0.1:{port}", "--rate", rate, "-q"
-        )
+            cwd, "send", str(source), "--to", f"127.0.0.1:{port}", "--rate", rate, "-q",
+            command=UDPXFER_HASHING_WHILE_SENDING if late else UDPXFER,
+        )  # fmt: skip
 
-    def _start(self, cwd: Path, *args: str) -> subprocess.Popen[str]:
+    def _start(self, cwd: Path, *args: str, command: list[str] = UDPXFER) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [*UDPXFER, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*command, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.started.append(proc)
         return proc
@@ -168,6 +179,7 @@ def interrupt_and_send_again(
     at: float,
     change_to_seed: int | None = None,
     second_rate: str = RATE,
+    late: bool = False,
 ) -> TwoRuns:
     """Send, stop the sender with ``sig`` once the receiver holds ``at`` of the file (0: as
     soon as its sidecar records a block), optionally change the source, and send again."""
@@ -176,7 +188,7 @@ def interrupt_and_send_again(
         source = tmp_path / "big.bin"
         data = make_source(source, seed=1)
         receiver, port = procs.recv(tmp_path, 0, "--report", "r.json")
-        first = procs.send(tmp_path, source, port)
+        first = procs.send(tmp_path, source, port, late=late)
         partial = tmp_path / "in" / "big.bin.partial"
         if at:
             wait_for_progress(partial, first, at)
@@ -194,7 +206,7 @@ def interrupt_and_send_again(
         if change_to_seed is not None:
             data = make_source(source, seed=change_to_seed)  # same size, new content and mtime
 
-        again = procs.send(tmp_path, source, port, rate=second_rate)
+        again = procs.send(tmp_path, source, port, rate=second_rate, late=late)
         code, out, err = finish(again)
         assert code == 0, err
         receiver.send_signal(signal.SIGTERM)
@@ -205,10 +217,14 @@ def interrupt_and_send_again(
         procs.close()
 
 
-@pytest.fixture(scope="module")
-def resumed_run(tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
+@pytest.fixture(scope="module", params=[False, True], ids=["hash-first", "hash-while-sending"])
+def resumed_run(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> TwoRuns:
     """``kill -9`` of the sender, then the same ``send`` again."""
-    return interrupt_and_send_again(tmp_path_factory.mktemp("resumed"), sig=signal.SIGKILL, at=0)
+    return interrupt_and_send_again(
+        tmp_path_factory.mktemp("resumed"), sig=signal.SIGKILL, at=0, late=request.param
+    )
 
 
 def test_sender_killed_and_run_again_sends_only_the_missing_part(resumed_run: TwoRuns) -> None:
@@ -292,8 +308,10 @@ def test_sender_killed_counts_loss_only_over_what_was_sent(tmp_path: Path, procs
     assert_loss_over_what_was_sent(doc, recv_out)
 
 
-@pytest.fixture(scope="module")
-def changed_run(tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
+@pytest.fixture(scope="module", params=[False, True], ids=["hash-first", "hash-while-sending"])
+def changed_run(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> TwoRuns:
     """Ctrl-C of the sender near 30%, then a changed source (same name and size) sent again."""
     return interrupt_and_send_again(
         tmp_path_factory.mktemp("changed"),
@@ -301,6 +319,7 @@ def changed_run(tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
         at=0.3,
         change_to_seed=2,
         second_rate="0",
+        late=request.param,
     )
 
 

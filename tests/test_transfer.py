@@ -319,13 +319,13 @@ def test_ctrl_c_that_escapes_the_send_loop_still_aborts_the_transfer(
     source = make_file(tmp_path, 2_000_000)
     run_sender = udpxfer.net.sending._run_sender
 
-    def escaping(session: Any, transport: Any, clock: Any, on_progress: Any, pages: Any) -> None:
+    def escaping(session: Any, transport: Any, clock: Any, on_progress: Any, *args: Any) -> None:
         def progress(current: Any) -> None:
             if current.stats().first_pass_sent:
                 raise _Stop
 
         try:
-            run_sender(session, transport, clock, progress, pages)
+            run_sender(session, transport, clock, progress, *args)
         except _Stop:
             raise KeyboardInterrupt from None
 

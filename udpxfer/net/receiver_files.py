@@ -15,7 +15,7 @@ from udpxfer.net.files import PartialFile
 from udpxfer.net.resume import SourceIdentity, chunks_of_blocks
 from udpxfer.paths import ensure_writable_dir
 from udpxfer.protocol.ranges import Bitmap, missing_ranges
-from udpxfer.protocol.wire import Mode
+from udpxfer.protocol.wire import MAX_BLOCK_REPAIRS, NO_DIGEST, Mode
 
 if TYPE_CHECKING:
     from udpxfer.net.receiving import ReceiverObserver
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from udpxfer.protocol.receiver import ReceiverSession
 
 STATE_SAVE_INTERVAL_S = 1.0  # resume sidecars are rewritten this often
-MAX_BLOCK_REPAIRS = 8  # times a transfer may fetch bad blocks again before it is a mismatch
 
 
 class ReceiverFiles(abc.ABC):
@@ -189,7 +188,7 @@ class ReceiverFiles(abc.ABC):
             try:
                 digest = partial.sha256()
                 bad: list[int] = []
-                if meta is not None and digest != meta.sha256 and manifest:
+                if meta is not None and meta.sha256 not in (digest, NO_DIGEST) and manifest:
                     # Wrong by content (forged, or corrupt past the CRC): find the blocks.
                     bad = partial.bad_blocks(manifest, block_bytes)
                 self._hashed.put((session, bad or digest))

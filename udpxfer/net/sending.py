@@ -17,15 +17,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from udpxfer.errors import UsageError
+from udpxfer.net.hashjobs import POLL_S, LateHashes
 from udpxfer.net.source import MappedFile, SentPages, file_digests
 from udpxfer.net.timing import PROGRESS_INTERVAL_S, Clock
 from udpxfer.net.transport import UdpTransport
 from udpxfer.protocol.sender import SenderSession
 from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.sender_data import DataRun
+from udpxfer.protocol.wire import SHA256_BYTES, Mode
 from udpxfer.units import Address
 
 PRELOAD_BYTES = 128 << 20  # files from this size hash for longer than numpy takes to load
+# Reliable files from this size are sent at once and hashed while they go (``hashjobs``);
+# smaller ones hash first (a few hundredths of a second), which keeps their exchange simple.
+HASH_WHILE_SENDING_BYTES = 64 << 20
 
 
 def send_file(
@@ -52,6 +57,8 @@ def send_file(
     try:
         mtime_ns = os.stat(path).st_mtime_ns
         chunk_size = (config or SenderConfig()).chunk_size
+        mode = (config or SenderConfig()).mode
+        pages = SentPages(source, chunk_size)
         # The one-buffer runs need numpy (about 0.1 s to import): loaded beside the hash of
         # a file large enough to hide it, skipped for a small one (which would wait for it).
         preload = None
@@ -61,9 +68,16 @@ def send_file(
                 name="udpxfer-preload",
             )  # fmt: skip
             preload.start()
-        digest, manifest = file_digests(source.data, chunk_size, done=source.drop)
-        if preload is not None:
-            preload.join()
+        late: LateHashes | None = None
+        manifest: tuple[bytes, ...]
+        late_digest = mode is Mode.RELIABLE and source.size >= HASH_WHILE_SENDING_BYTES
+        if late_digest:
+            # Sent at once; the digest follows, the manifest only if the receiver asks.
+            digest, manifest = bytes(SHA256_BYTES), ()
+        else:
+            digest, manifest = file_digests(source.data, chunk_size, done=source.drop)
+        if preload is not None and not late_digest:
+            preload.join()  # done by now: the hash took longer
         transport = UdpTransport.connect(to)
         try:
             session_id = secrets.randbits(64)
@@ -83,11 +97,15 @@ def send_file(
                 mtime_ns=mtime_ns,
                 keying=keying,
                 manifest=manifest,
+                manifest_later=late_digest,
             )
-            if preload is not None:
+            if late_digest:
+                late = LateHashes(source, chunk_size)
+            if preload is not None and not preload.is_alive():
                 session.build_runs_in_one_buffer()
+                preload = None
             try:
-                _run_sender(session, transport, clock, on_progress, SentPages(source, chunk_size))
+                _run_sender(session, transport, clock, on_progress, pages, late, preload)
             except KeyboardInterrupt:
                 # Caught here, around a call, as well as in the loop: CPython 3.11 can raise
                 # it at a loop's back edge outside the try around the loop (python/cpython
@@ -112,6 +130,8 @@ def _run_sender(
     clock: Clock,
     on_progress: Callable[[SenderSession], None] | None,
     pages: SentPages,
+    late: LateHashes | None = None,
+    preload: threading.Thread | None = None,
 ) -> None:
     next_progress = 0.0
     batch: list[bytes | DataRun] = []
@@ -134,6 +154,11 @@ def _run_sender(
             if on_progress is not None and now >= next_progress:
                 on_progress(session)
                 next_progress = now + PROGRESS_INTERVAL_S
+            if late is not None:
+                late.poll(session, now)
+            if preload is not None and not preload.is_alive():
+                session.build_runs_in_one_buffer()  # numpy is loaded: no wait here
+                preload = None
             if sent or heard or session.finished:
                 continue  # more may be ready to send now
             timer = session.get_timer()
@@ -141,7 +166,11 @@ def _run_sender(
             if timer is not None and timer <= now:
                 session.handle_timer(now)
                 continue
-            transport.wait(None if timer is None else timer - now)
+            wait = None if timer is None else timer - now
+            if late is not None and (late.pending or session.manifest_wanted):
+                # A hash finishing in a worker wakes nothing: look often.
+                wait = POLL_S if wait is None else min(wait, POLL_S)
+            transport.wait(wait)
     except KeyboardInterrupt as exc:
         # Frames the interrupt cut short hold views of the mapped file (a run being sent):
         # let them go, so that the file can be unmapped.

@@ -15,10 +15,11 @@ peer-supplied range.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from udpxfer.protocol.batch import DataBatch
-from udpxfer.protocol.events import Outcome, TransferStarted
+from udpxfer.protocol.events import Outcome, TransferStarted, VerifyRequested
 from udpxfer.protocol.online import OnlineStats
 from udpxfer.protocol.ranges import Bitmap
 from udpxfer.protocol.receiver_core import I64, ns
@@ -27,6 +28,8 @@ from udpxfer.protocol.receiver_feedback import ReceiverFeedback
 from udpxfer.protocol.receiver_state import OVER_STATES, ReceiverState, Step
 from udpxfer.protocol.wire import (
     HEADER_BYTES,
+    MAX_BLOCK_REPAIRS,
+    NO_DIGEST,
     Abort,
     AbortCode,
     Data,
@@ -131,7 +134,7 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
         (the META is counted as this session's datagram, whatever it brings)."""
         self.datagrams += 1
         if self.state is not ReceiverState.AWAITING_META:
-            return self._on_repeated_meta(meta)
+            return self._on_repeated_meta(meta, now)
         if not self._on_meta(meta, now):
             return True
         replay, self._pending_packets = self._pending_packets, []
@@ -158,13 +161,29 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
             self._all_held()
 
     def hash_computed(self, digest: bytes, now: float) -> None:
-        """The driver's SHA-256 of the stored file, after ``VerifyRequested``."""
-        if self.state is not ReceiverState.VERIFYING or self.meta is None:
+        """The driver's SHA-256 of the stored file, after ``VerifyRequested``.
+
+        Before the verdict, two things may still have to come from the sender: the file's
+        digest (a large file's sender hashes while it sends, and a later META brings it), and
+        after a mismatch, the block hashes that find the bad blocks (asked for now).
+        """
+        meta = self.meta
+        if self.state is not ReceiverState.VERIFYING or meta is None:
             return
         self.sha256_actual = digest
-        if digest == self.meta.sha256:
+        if meta.sha256 == NO_DIGEST:
+            return  # the META with the digest decides (``_on_repeated_meta``)
+        if digest == meta.sha256:
             self.verdict = Verdict.VERIFIED
             self._end(now, Outcome.COMPLETE, "")
+        elif (
+            self.manifest
+            and not self.manifest_complete
+            and self.block_repairs < MAX_BLOCK_REPAIRS
+            and not self.manifest_needed
+        ):
+            self.manifest_needed = True
+            self._ask_manifest(self.rounds, self._last_sent_ns, now)
         else:
             self.verdict = Verdict.MISMATCH
             self._end(now, Outcome.MISMATCH, "SHA-256 of the received file does not match")
@@ -192,6 +211,8 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run next."""
+        if self.waits_for_sender:
+            return self.last_heard + self.config.idle_timeout_s
         if self.state in OVER_STATES or self.state is ReceiverState.VERIFYING:
             return None
         if self.state is ReceiverState.FINISHED:
@@ -215,13 +236,14 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
             if timer is not None and now >= timer:
                 self._step(Step.CLOSE)  # never a transfer: nothing was created
             return
-        if state is not ReceiverState.RECEIVING:
+        if state is not ReceiverState.RECEIVING and not self.waits_for_sender:
             return
         if now >= self.last_heard + self.config.idle_timeout_s:
             self._end(now, Outcome.TIMEOUT, f"sender silent for {self.config.idle_timeout_s:g} s")
             self._queue(Abort(self.session_id, AbortCode.TIMEOUT, "receiver timed out", ns(now)))
         elif (
-            self._end_seen_at is not None
+            state is ReceiverState.RECEIVING
+            and self._end_seen_at is not None
             and self.meta is not None
             and self.meta.mode is Mode.BLAST
             and now >= self._end_seen_at + self.config.blast_grace_s
@@ -258,7 +280,7 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
             return self._await_meta(packet, size)
         if self.state is ReceiverState.PROBATION:
             if isinstance(packet, Meta):
-                return self._on_repeated_meta(packet)
+                return self._on_repeated_meta(packet, now)
             if not isinstance(packet, Data | End | Abort):
                 return False
             self._begin(now)  # the sender follows its META up: this is a transfer
@@ -277,7 +299,7 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
                 self._on_end(packet, now)
                 return True
             case Meta():
-                return self._on_repeated_meta(packet)
+                return self._on_repeated_meta(packet, now)
             case Abort():
                 self._on_abort(packet, now)
                 return True
@@ -347,24 +369,35 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
         if meta.chunk_count == 0:
             self._all_held()
 
-    def _on_repeated_meta(self, meta: Meta) -> bool:
+    def _on_repeated_meta(self, meta: Meta, now: float) -> bool:
         current = self.meta
         if current is None or (
             meta.name,
             meta.size,
             meta.chunk_size,
-            meta.sha256,
             meta.mode,
             meta.nonce,
         ) != (
             current.name,
             current.size,
             current.chunk_size,
-            current.sha256,
             current.mode,
             current.nonce,
         ):
             return False
+        if meta.sha256 != current.sha256 and meta.sha256 != NO_DIGEST:
+            if current.sha256 != NO_DIGEST:
+                return False  # a digest is given once and never changes
+            self.meta = current = dataclasses.replace(current, sha256=meta.sha256)
+            actual = self.sha256_actual
+            if self.state is ReceiverState.VERIFYING and actual is not None:
+                # It was waiting for this. Block hashes already here (unasked) can name the
+                # bad blocks at once: the driver looks (it calls back either way).
+                if actual != meta.sha256 and self.manifest_complete:
+                    self._events.emit(self, VerifyRequested())
+                else:
+                    self.hash_computed(actual, now)
+                return True
         if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.PROBATION:
             if self.validated:
                 self._hello_wanted = meta.sent_ns  # the HELLO may have been lost
@@ -381,6 +414,10 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
         for offset, digest in enumerate(manifest.hashes[: len(blocks) - manifest.first]):
             if blocks[manifest.first + offset] is None:
                 blocks[manifest.first + offset] = digest
+        if self.manifest_needed and self.manifest_complete:
+            self.manifest_needed = False
+            if self.state is ReceiverState.VERIFYING:
+                self._events.emit(self, VerifyRequested())  # now the bad blocks can be found
         return True
 
     def _on_abort(self, abort: Abort, now: float) -> None:

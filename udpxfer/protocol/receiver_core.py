@@ -32,6 +32,7 @@ from udpxfer.protocol.receiver_state import (
 )
 from udpxfer.protocol.receiver_trace import TraceRecorder
 from udpxfer.protocol.wire import (
+    NO_DIGEST,
     NONCE_BYTES,
     Abort,
     Done,
@@ -156,6 +157,9 @@ class ReceiverCore:
         self._resumed: Bitmap | None = None
         self.manifest: list[bytes | None] = []  # SHA-256 per block, as MANIFEST brings them
         self.block_repairs = 0  # times blocks failed their hash and were fetched again
+        # The whole-file hash failed and the block hashes are still to come: they are asked
+        # for (NACK of kind 1) until they are all here, then the bad blocks are found.
+        self.manifest_needed = False
         self.bad_blocks = 0
         self._outgoing: list[bytes] = []
         self._status_wanted: tuple[int, float, float] | None = None  # echo, arrival, request
@@ -301,6 +305,16 @@ class ReceiverCore:
 
     def _held_from(self, start: int) -> int:
         return int(self.held.flags()[start:].sum())
+
+    @property
+    def waits_for_sender(self) -> bool:
+        """Every chunk is held and hashed, and the digest or the block hashes are still to
+        come from the sender."""
+        return (
+            self.state is ReceiverState.VERIFYING
+            and self.sha256_actual is not None
+            and (self.manifest_needed or self.meta is None or self.meta.sha256 == NO_DIGEST)
+        )
 
     @property
     def manifest_complete(self) -> bool:

@@ -86,6 +86,9 @@ class ReceiverFeedback(ReceiverCore):
                 self._send_done(end.sent_ns, now)
             return
         if self.state is ReceiverState.VERIFYING:
+            if self.manifest_needed:
+                self._ask_manifest(end.round, end.sent_ns, now)
+                return
             # Hashing a large file takes a while: answer, so the sender knows we are alive.
             self._send_status(end.sent_ns, now)
             return
@@ -128,24 +131,29 @@ class ReceiverFeedback(ReceiverCore):
             budget -= len(datagram)
             spent += len(datagram)
             sent += 1
-        missing = [i for i, d in enumerate(self.manifest) if d is None]
-        if missing and budget > 0:
-            ranges = missing_ranges(np.array([d is not None for d in self.manifest], np.uint8))
-            nack = Nack(
-                self.session_id,
-                end.round,
-                end.sent_ns,
-                tuple(ranges[:MAX_NACK_RANGES]),
-                ns(now),
-                RangeKind.BLOCKS,
-                self._next_pn(),
-            )
-            self._outgoing.append(encode(nack, self.seal))
-            sent += 1
         self._answered_round = (round_no, spent)
         self.nacks_sent += sent
         self._events.outgoing = True
         self._events.emit(self, NackSent(end.round, self._chunk_count - self.held_count))
+
+    def _ask_manifest(self, round_no: int, echo_ns: int, now: float) -> bool:
+        """One NACK of kind 1 for the block hashes still missing (asked only once the
+        whole-file hash failed: a sender computes them on request); True if one was queued."""
+        ranges = missing_ranges(np.array([d is not None for d in self.manifest], np.uint8))
+        if not ranges:
+            return False
+        nack = Nack(
+            self.session_id,
+            round_no,
+            echo_ns,
+            tuple(ranges[:MAX_NACK_RANGES]),
+            ns(now),
+            RangeKind.BLOCKS,
+            self._next_pn(),
+        )
+        self._outgoing.append(encode(nack, self.seal))
+        self._events.outgoing = True
+        return True
 
     def _send_done(self, echo_ns: int, now: float) -> None:
         if self.verdict is None:

@@ -100,6 +100,7 @@ class SenderCore:
         mtime_ns: int = 0,
         keying: SenderKeying | None = None,
         manifest: tuple[bytes, ...] = (),
+        manifest_later: bool = False,
     ) -> None:
         self.config = config or SenderConfig()
         if len(sha256) != SHA256_BYTES:
@@ -111,10 +112,19 @@ class SenderCore:
         self.session_id = session_id
         self.mode = self.config.mode
         self.keying = keying
-        block_chunks = block_chunks_for(self.chunk_count, self.chunk_size) if manifest else 0
-        if manifest and len(manifest) != -(-self.chunk_count // block_chunks):
+        reliable = self.mode is Mode.RELIABLE
+        has_manifest = reliable and (bool(manifest) or manifest_later)
+        block_chunks = block_chunks_for(self.chunk_count, self.chunk_size) if has_manifest else 0
+        self._block_count = -(-self.chunk_count // block_chunks) if block_chunks else 0
+        if manifest and reliable and len(manifest) != self._block_count:
             raise UsageError("the manifest must hold one SHA-256 per block")
-        self._manifest = manifest if self.mode is Mode.RELIABLE else ()
+        self._manifest = manifest if reliable else ()
+        # Digest and manifest may follow (large files: the driver hashes while it sends).
+        # The digest goes out in a META as soon as it is known and before every END after
+        # that; the manifest only when a receiver asks for it (its whole-file hash failed).
+        self._digest_later = sha256 == bytes(SHA256_BYTES)
+        self._late_digest = False  # provided after the start: sent again with every END
+        self.manifest_wanted = False  # a receiver asked for block hashes not computed yet
         # No file system takes a name this long; the receiver cuts it to a safe one anyway.
         name = name.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", errors="ignore")
         self.meta = Meta(
@@ -125,7 +135,7 @@ class SenderCore:
             self.chunk_count,
             sha256,
             self.mode,
-            block_chunks=block_chunks if self._manifest else 0,
+            block_chunks=block_chunks,
             mtime_ns=mtime_ns,
             nonce=keying.nonce if keying is not None else bytes(NONCE_BYTES),
         )
@@ -156,7 +166,7 @@ class SenderCore:
         self._pn = 0  # control packet number
         self._round = 0  # round of the last END sent
         self._repair = RangeQueue(self.chunk_count)
-        self._manifest_asked = RangeQueue(len(self._manifest))
+        self._manifest_asked = RangeQueue(self._block_count)
         self._pending: list[bytes] = []  # control datagrams to send first
         self._build_run: Callable[..., tuple[bytearray, list[int]]] | None = None
         self._events: collections.deque[Event] = collections.deque()
@@ -278,6 +288,8 @@ class SenderCore:
 
     def _send_manifest(self, first: int, last: int, now: float) -> None:
         """MANIFEST datagrams for blocks ``first..last`` (each block hash once per request)."""
+        if not self._manifest:
+            return  # computed on request (``provide_manifest``)
         for start in range(first, last + 1, MANIFEST_HASHES):
             hashes = self._manifest[start : min(start + MANIFEST_HASHES, last + 1)]
             manifest = Manifest(self.session_id, start, hashes, int(now * 1e9), self._next_pn())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from udpxfer.errors import UsageError
 from udpxfer.protocol.checksum import crc32
 from udpxfer.protocol.codec import encode
 from udpxfer.protocol.framing import CRC
@@ -270,7 +272,25 @@ class SenderData(SenderCore):
         self._ends_left = self.config.end_copies if closing else 0
         self._send_end(now)
 
+    def provide_digest(self, sha256: bytes, now: float) -> None:
+        """The file's SHA-256, computed by the driver while it sends (the session began
+        with zeros in its place): a META carries it at once and before every END after it.
+
+        Raises:
+            UsageError: not 32 bytes, or the digest was known already.
+        """
+        if not self._digest_later or len(sha256) != len(self.meta.sha256):
+            raise UsageError("the digest follows only once, as 32 bytes")
+        self._digest_later = False
+        self._late_digest = True
+        self.meta = dataclasses.replace(self.meta, sha256=sha256)
+        if not self.finished and self._state is not SenderState.HANDSHAKE:
+            self._queue_control(self._meta(2, now))  # in the handshake, META goes anyway
+
     def _send_end(self, now: float) -> None:
+        announced = self._late_digest and self._verdict is None
+        if announced:
+            self._queue_control(self._meta(2, now))  # a receiver holding every chunk waits
         end = End(
             self.session_id,
             self._round,
@@ -294,5 +314,6 @@ class SenderData(SenderCore):
                 # restarted, and a new one knows this transfer only by its META (the END alone
                 # it keeps unanswered): announce it again with the END.
                 self._rtt.back_off()
-                self._queue_control(self._meta(1, now))
+                if not announced:
+                    self._queue_control(self._meta(1, now))
             self._end_at = now + self._rtt.rto_s

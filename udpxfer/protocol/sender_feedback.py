@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from udpxfer.errors import UsageError
 from udpxfer.protocol.bodies import MAX_RANGES
 from udpxfer.protocol.events import Outcome, RepairRequested
 from udpxfer.protocol.ranges import clamp_ranges
@@ -72,13 +73,12 @@ class SenderFeedback(SenderCore):
             # Merged per round, as chunk ranges are: each block's hash goes out at most once
             # a round, however many NACKs ask for it.
             asked = self._manifest_asked
-            for first, last in clamp_ranges(nack.ranges, len(self._manifest), limit=MAX_RANGES):
+            for first, last in clamp_ranges(nack.ranges, self._block_count, limit=MAX_RANGES):
                 asked.add(first, last)
-            while asked:
-                first = last = asked.pop()
-                while asked and asked.peek() == last + 1 and last - first + 1 < MANIFEST_HASHES:
-                    last = asked.pop()
-                self._send_manifest(first, last, now)
+            if not self._manifest:
+                self.manifest_wanted = bool(asked)  # sent once the driver provides it
+                return
+            self._send_asked_blocks(now)
             return
         added = 0
         # Clamped to the file, merged with what is queued or was resent this round: however
@@ -90,6 +90,28 @@ class SenderFeedback(SenderCore):
                 self._repair_rounds += 1
                 self._end_at = None
             self._events.append(RepairRequested(nack.round, added))
+
+    def _send_asked_blocks(self, now: float) -> None:
+        asked = self._manifest_asked
+        while asked:
+            first = last = asked.pop()
+            while asked and asked.peek() == last + 1 and last - first + 1 < MANIFEST_HASHES:
+                last = asked.pop()
+            self._send_manifest(first, last, now)
+
+    def provide_manifest(self, manifest: tuple[bytes, ...], now: float) -> None:
+        """The block hashes a receiver asked for (``manifest_wanted``), computed by the
+        driver: the asked blocks go out now, any later ask is answered at once.
+
+        Raises:
+            UsageError: not one SHA-256 per block.
+        """
+        if len(manifest) != self._block_count:
+            raise UsageError("the manifest must hold one SHA-256 per block")
+        self._manifest = manifest
+        self.manifest_wanted = False
+        if self._state is SenderState.WAITING or self._state is SenderState.REPAIRING:
+            self._send_asked_blocks(now)
 
     def _on_done(self, done: Done, now: float) -> None:
         self._verdict = done.verdict

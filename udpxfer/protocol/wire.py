@@ -50,6 +50,8 @@ DEFAULT_CHUNK_BYTES = 1400
 DEFAULT_KEYED_CHUNK_BYTES = 1392
 PATH_DATAGRAM_BYTES = 1452
 SHA256_BYTES = 32
+NO_DIGEST = bytes(SHA256_BYTES)  # META's digest before a large file's sender knows it
+MAX_BLOCK_REPAIRS = 8  # times a transfer may fetch bad blocks again before it is a mismatch
 # What one UDP GSO send (and so one GRO receive) carries at most on Linux: the sender cuts its
 # data into runs of this many datagrams so that each send, and each receive, is a full one.
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (newer allow 128)

@@ -311,7 +311,7 @@ def udp_report(
             name=meta.name,
             size=meta.size,
             path=str(file_path) if file_path is not None else "",
-            sha256_expected=meta.sha256.hex(),
+            sha256_expected=meta.sha256.hex() if any(meta.sha256) else None,  # still to come
             sha256_actual=stats.sha256_actual.hex() if complete and stats.sha256_actual else None,
             complete=complete,
             verified=verified,

@@ -52,7 +52,7 @@ def send_report(
             "name": meta.name,
             "size": meta.size,
             "path": str(source),
-            "sha256_expected": meta.sha256.hex(),
+            "sha256_expected": meta.sha256.hex() if any(meta.sha256) else None,  # not hashed yet
             "sha256_actual": meta.sha256.hex() if verified else None,
             "complete": verdict in (Verdict.VERIFIED, Verdict.MISMATCH),
             "verified": verified,

@@ -1,0 +1,193 @@
+"""A large reliable file is sent at once: its digest follows in a META, its manifest only when
+a receiver asks for it (after its whole-file hash failed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from collections.abc import Callable
+
+import pytest
+from helpers import Link, drop_types, run_pair
+
+from udpxfer.protocol.codec import decode_untrusted, encode
+from udpxfer.protocol.events import Outcome
+from udpxfer.protocol.receiver import ReceiverConfig
+from udpxfer.protocol.sender_config import SenderConfig
+from udpxfer.protocol.wire import Data, Meta, PacketType, Verdict
+
+DATA = random.Random(3).randbytes(3_000_000)  # 2143 chunks of 1400, three manifest blocks
+CONFIG = SenderConfig(chunk_size=1400)
+
+
+def _metas(sent: list[bytes]) -> list[Meta]:
+    return [p for p in map(decode_untrusted, sent) if isinstance(p, Meta)]
+
+
+def _recording(
+    sent: list[bytes], drop: Callable[[bytes], bool] | None = None
+) -> Callable[[bytes], bool]:
+    def rule(datagram: bytes) -> bool:
+        sent.append(datagram)
+        return drop(datagram) if drop is not None else False
+
+    return rule
+
+
+@pytest.mark.parametrize("digest_at", [1.0, 1.02, 20.0])  # at once, mid-pass, long after
+@pytest.mark.parametrize("loss", [0.0, 0.1])
+def test_a_digest_that_follows_verifies_the_file(digest_at: float, loss: float) -> None:
+    sent: list[bytes] = []
+    result = run_pair(
+        DATA,
+        sender_config=CONFIG,
+        forward=Link(random.Random(7), loss=loss, drop=_recording(sent)),
+        reverse=Link(random.Random(8), loss=loss),
+        late_digest_at=digest_at,
+    )
+    assert bytes(result.stored[: len(DATA)]) == DATA
+    assert result.session is not None
+    assert result.session.verdict is Verdict.VERIFIED
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == Outcome.COMPLETE
+    metas = _metas(sent)
+    assert metas[0].sha256 == bytes(32)  # the transfer began without it
+    assert metas[-1].sha256 == hashlib.sha256(DATA).digest()
+    assert metas[0].block_chunks  # the receiver knows the blocks, their hashes come on request
+    # Nobody asked for the manifest: it was never computed nor sent.
+    assert not any(PacketType(d[5]) is PacketType.MANIFEST for d in sent)
+    if digest_at == 20.0:
+        assert result.elapsed_s >= 20.0  # the receiver held every chunk and waited for it
+
+
+def test_lost_digest_metas_are_sent_again_with_every_end() -> None:
+    # Every META but the last of the handshake lost: the first with the digest goes too.
+    lost = drop_types(PacketType.META, times=4)
+    sent: list[bytes] = []
+    result = run_pair(
+        DATA,
+        sender_config=CONFIG,
+        forward=Link(random.Random(1), drop=_recording(sent, lost)),
+        late_digest_at=1.01,
+    )
+    assert result.session is not None
+    assert result.session.verdict is Verdict.VERIFIED
+    with_digest = [m for m in _metas(sent) if any(m.sha256)]
+    assert len(with_digest) >= 2
+
+
+class _Forging(Link):
+    """Replaces the first copy of chunk ``index`` with other bytes under a valid CRC."""
+
+    def __init__(self, rng: random.Random, index: int) -> None:
+        super().__init__(rng)
+        self.index = index
+        self.forged = 0
+
+    def carry(self, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        packet = decode_untrusted(datagram)
+        if isinstance(packet, Data) and packet.index == self.index and not self.forged:
+            self.forged += 1
+            wrong = bytes(len(packet.payload))
+            datagram = encode(Data(packet.session, packet.index, packet.tx, wrong, 0,
+                                   packet.flags, packet.sent_ns))  # fmt: skip
+        return super().carry(datagram, now)
+
+
+def test_a_forged_chunk_is_found_with_a_manifest_computed_on_request() -> None:
+    forward = _Forging(random.Random(2), index=1500)
+    result = run_pair(DATA, sender_config=CONFIG, forward=forward, late_digest_at=1.0)
+    assert forward.forged == 1
+    assert bytes(result.stored[: len(DATA)]) == DATA
+    session = result.session
+    assert session is not None
+    assert session.verdict is Verdict.VERIFIED
+    assert session.block_repairs == 1
+    assert session.bad_blocks == 1
+    assert session.manifest_complete
+    assert not session.manifest_needed
+
+
+def test_a_digest_is_given_once_and_never_changes() -> None:
+    # An on-path forger gets in first with a wrong digest: the sender's own is refused, and
+    # the transfer ends as a mismatch (a keyless path has no defence against this; a key does).
+    forged: list[bytes] = []
+
+    class _Digests(Link):
+        def carry(self, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+            packet = decode_untrusted(datagram)
+            out = super().carry(datagram, now)
+            if isinstance(packet, Meta) and any(packet.sha256) and not forged:
+                forged.append(encode(dataclasses.replace(packet, sha256=bytes(range(32)))))
+                out.insert(0, (now, forged[0]))
+            return out
+
+    result = run_pair(
+        DATA, sender_config=CONFIG, forward=_Digests(random.Random(4)), late_digest_at=1.01
+    )
+    assert forged
+    session = result.session
+    assert session is not None
+    assert session.meta is not None
+    assert session.meta.sha256 == bytes(range(32))
+    assert session.verdict is Verdict.MISMATCH
+    assert result.sender.outcome is not None
+    assert result.sender.outcome.outcome == Outcome.MISMATCH
+
+
+def test_a_receiver_waiting_for_the_digest_gives_up_when_the_sender_falls_silent() -> None:
+    # The sender's digest never comes and everything it sends after its first pass is lost.
+    passed: list[bool] = []
+
+    def after_the_pass(datagram: bytes) -> bool:
+        if PacketType(datagram[5]) is PacketType.END:
+            passed.append(True)
+        return bool(passed)
+
+    result = run_pair(
+        DATA,
+        sender_config=CONFIG,
+        receiver_config=ReceiverConfig(idle_timeout_s=5.0),
+        forward=Link(random.Random(5), drop=after_the_pass),
+        late_digest_at=1e9,
+        max_time_s=1e4,
+    )
+    session = result.session
+    assert session is not None
+    assert session.outcome is not None
+    assert session.outcome.outcome == Outcome.TIMEOUT
+    assert session.meta is not None
+    assert session.held_count == session.meta.chunk_count
+    assert session.verdict is None
+
+
+def test_block_hashes_already_there_name_the_bad_block_when_the_digest_comes() -> None:
+    # A forged chunk, and every block hash already delivered (unasked) before the digest that
+    # comes only after every chunk is held: the bad block is found then, not a mismatch.
+    from helpers import block_hashes
+
+    from udpxfer.protocol.wire import Manifest
+
+    hashes = block_hashes(DATA, 1400)
+    injected: list[bool] = []
+
+    class _Both(_Forging):
+        def carry(self, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+            out = super().carry(datagram, now)
+            packet = decode_untrusted(datagram)
+            if isinstance(packet, Data) and not injected:
+                injected.append(True)
+                manifest = encode(Manifest(packet.session, 0, hashes, packet.sent_ns, 1 << 20))
+                out.append((now, manifest))
+            return out
+
+    forward = _Both(random.Random(6), index=100)
+    result = run_pair(DATA, sender_config=CONFIG, forward=forward, late_digest_at=20.0)
+    session = result.session
+    assert session is not None
+    assert injected
+    assert forward.forged == 1
+    assert session.verdict is Verdict.VERIFIED
+    assert session.block_repairs == 1
+    assert bytes(result.stored[: len(DATA)]) == DATA
