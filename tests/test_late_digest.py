@@ -7,15 +7,18 @@ import dataclasses
 import hashlib
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from helpers import Link, drop_types, run_pair
+from helpers import Link, drop_types, receiver, run_pair, wait_for
 
+from udpxfer.net import sending
 from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.events import Outcome
 from udpxfer.protocol.receiver import ReceiverConfig
 from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.wire import Data, Meta, PacketType, Verdict
+from udpxfer.units import Address
 
 DATA = random.Random(3).randbytes(3_000_000)  # 2143 chunks of 1400, three manifest blocks
 CONFIG = SenderConfig(chunk_size=1400)
@@ -191,3 +194,26 @@ def test_block_hashes_already_there_name_the_bad_block_when_the_digest_comes() -
     assert session.verdict is Verdict.VERIFIED
     assert session.block_repairs == 1
     assert bytes(result.stored[: len(DATA)]) == DATA
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_the_driver_hashes_while_it_sends_and_the_file_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keyed: bool
+) -> None:
+    # This small file takes the large files' path: the digest from the worker thread reaches
+    # a real receiver over loopback (sealed under the handshake key when keyed).
+    monkeypatch.setattr(sending, "HASH_WHILE_SENDING_BYTES", 0)
+    source = tmp_path / "data.bin"
+    source.write_bytes(DATA)
+    key = bytes(range(32)) if keyed else None
+    with receiver(tmp_path, key=key) as (server, results):
+        session = sending.send_file(source, Address(*server.address), CONFIG, key=key)
+        wait_for(lambda: len(results) == 1, timeout_s=20, what="the receiver's report")
+    assert session.outcome is not None
+    assert session.outcome.outcome == Outcome.COMPLETE
+    assert session.meta.sha256 == hashlib.sha256(DATA).digest()
+    doc = results[0].report
+    assert doc["file"]["verified"] is True
+    assert doc["file"]["sha256_expected"] == hashlib.sha256(DATA).hexdigest()
+    assert results[0].file_path is not None
+    assert results[0].file_path.read_bytes() == DATA
