@@ -254,25 +254,36 @@ def transfer(
     sender: SenderSession | None = None,
     keyed: bool = False,
     manifest: bool = True,
+    late_digest: bool = False,
     max_steps: int = 200_000,
 ) -> tuple[SenderSession, ReceiverSession | None, float]:
     """Send ``data`` from ``peer`` through ``endpoint`` on a fake clock; both ways lossy.
 
     ``sender`` continues a session already under way instead of starting one; ``keyed``
     starts one with ``PSK`` (the endpoint needs the same key), ``manifest`` with block hashes.
-    Returns the
+    ``late_digest``: the sender starts without digest and manifest (a large file's way); the
+    digest comes after its first batch, the manifest when it is asked for. Returns the
     sender, the receiver's session (None if it never opened one) and the time at the end.
     What the endpoint sends to other peers is dropped.
     """
     rng = random.Random(seed)
     if sender is None:
-        sender = new_sender(data, session_id, now, config, keyed=keyed, manifest=manifest)
+        sender = new_sender(
+            data, session_id, now, config, keyed=keyed, manifest=manifest and not late_digest,
+            late_digest=late_digest,
+        )  # fmt: skip
     key = (peer, sender.session_id)
+    chunk_size = sender.chunk_size
     in_flight: list[tuple[float, int, bool, bytes]] = []
     order = itertools.count()
     session: ReceiverSession | None = None
     for _ in range(max_steps):
         outgoing = sender.datagrams_to_send(now)
+        if late_digest and outgoing and sender.stats().first_pass_sent:
+            sender.provide_digest(hashlib.sha256(data).digest(), now)
+            late_digest = False
+        if sender.manifest_wanted:
+            sender.provide_manifest(block_hashes(data, chunk_size), now)
         for datagram in outgoing:
             if record is not None:
                 record.forward.append(datagram)
@@ -325,14 +336,16 @@ def new_sender(
     *,
     keyed: bool = False,
     manifest: bool = False,
+    late_digest: bool = False,
 ) -> SenderSession:
     """A sender session for ``data`` (named ``corpus.bin``), keyed with ``PSK`` or not, with
-    the block hashes of a manifest or not."""
+    the block hashes of a manifest or not, or with its digest and manifest to follow."""
     chunk_size = (config or SenderConfig()).chunk_size
     return SenderSession(
         data,
         name="corpus.bin",
-        sha256=hashlib.sha256(data).digest(),
+        sha256=bytes(32) if late_digest else hashlib.sha256(data).digest(),
+        manifest_later=late_digest,
         session_id=session_id,
         now=now,
         config=config,
@@ -401,13 +414,18 @@ def capture_corpus(*, keyed: bool = False) -> list[bytes]:
     transfers do not produce)."""
     data = corpus_file()
     recorded = Recorded()
-    for mode, seed in ((Mode.RELIABLE, 1), (Mode.BLAST, 2)):
+    for mode, seed, late in (
+        (Mode.RELIABLE, 1, False),
+        (Mode.BLAST, 2, False),
+        (Mode.RELIABLE, 3, True),
+    ):
         config = SenderConfig(chunk_size=1000, mode=mode)
         store = ChunkStore()
         endpoint = new_endpoint(keyed=keyed)
         transfer(
-            endpoint, store, data, config=config, loss=0.1, seed=seed, record=recorded, keyed=keyed
-        )
+            endpoint, store, data, config=config, loss=0.1, seed=seed, record=recorded,
+            keyed=keyed, late_digest=late,
+        )  # fmt: skip
     extra = [
         encode(Have(SESSION_ID, ((0, 3), (7, 9)), 5, 6, 7)),
         encode(Manifest(SESSION_ID, 0, (hashlib.sha256(data).digest(),) * 3, 8, 9)),
