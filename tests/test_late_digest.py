@@ -10,14 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import Link, drop_types, receiver, run_pair, wait_for
+from helpers import PEER, Link, drop_types, receiver, run_pair, wait_for
 
 from udpxfer.net import sending
 from udpxfer.protocol.codec import decode_untrusted, encode
-from udpxfer.protocol.events import Outcome
-from udpxfer.protocol.receiver import ReceiverConfig
+from udpxfer.protocol.endpoint import ReceiverEndpoint
+from udpxfer.protocol.events import Outcome, TransferEnded
+from udpxfer.protocol.receiver import ReceiverConfig, ReceiverSession
+from udpxfer.protocol.sender import SenderSession
 from udpxfer.protocol.sender_config import SenderConfig
-from udpxfer.protocol.wire import Data, Meta, PacketType, Verdict
+from udpxfer.protocol.wire import Data, End, Meta, PacketType, Verdict
 from udpxfer.units import Address
 
 DATA = random.Random(3).randbytes(3_000_000)  # 2143 chunks of 1400, three manifest blocks
@@ -217,3 +219,77 @@ def test_the_driver_hashes_while_it_sends_and_the_file_verifies(
     assert doc["file"]["sha256_expected"] == hashlib.sha256(DATA).hexdigest()
     assert results[0].file_path is not None
     assert results[0].file_path.read_bytes() == DATA
+
+
+def _until_waiting(
+    endpoint: ReceiverEndpoint, sender: SenderSession
+) -> tuple[ReceiverSession, float]:
+    """Run a late-digest sender (never given its digest) against ``endpoint`` on a clean fake
+    link until the receiver holds and has hashed every chunk; its session and the time."""
+    from helpers import verify_stored
+
+    from udpxfer.protocol.events import ChunkReceived, VerifyRequested
+
+    stored = bytearray(len(DATA))
+    now = 1.0
+    for _ in range(100_000):
+        for datagram in sender.datagrams_to_send(now):
+            endpoint.receive_datagram(datagram, PEER, now)
+        while (item := endpoint.next_event()) is not None:
+            session, event = item
+            if isinstance(event, ChunkReceived):
+                stored[event.offset : event.offset + len(event.payload)] = event.payload
+            elif isinstance(event, VerifyRequested):
+                verify_stored(session, stored, now)
+        for datagram, _ in endpoint.datagrams_to_send(now):
+            sender.receive_datagram(datagram, now)
+        for session in endpoint.sessions.values():
+            if session.waits_for_sender:
+                return session, now
+        now += 0.001
+    raise AssertionError("the receiver never came to wait for the digest")
+
+
+def test_a_receiver_waits_for_the_digest_at_most_its_idle_timeout_even_with_ends_coming() -> None:
+    # A path that drops every META with a digest (and nothing else): the sender's ENDs keep
+    # the receiver hearing from it, but the wait for the digest is bounded all the same.
+    endpoint = ReceiverEndpoint(ReceiverConfig(idle_timeout_s=3.0))
+    sender = SenderSession(
+        DATA, name="x.bin", sha256=bytes(32), session_id=77, now=1.0, config=CONFIG,
+        manifest_later=True,
+    )  # fmt: skip
+    session, now = _until_waiting(endpoint, sender)
+    for _ in range(20):  # an END every half second for ten seconds: the receiver hears them
+        now += 0.5
+        endpoint.receive_datagram(
+            encode(End(77, 0, sender.chunk_count, sender.chunk_count, int(now * 1e9), 1)),
+            PEER,
+            now,
+        )
+        timer = endpoint.get_timer()
+        if timer is not None and timer <= now:
+            endpoint.handle_timer(now)
+        if session.outcome is not None:
+            break
+    assert session.outcome is not None
+    assert session.outcome.outcome == Outcome.TIMEOUT
+    assert "digest did not come" in session.outcome.reason
+    assert now <= session.waiting_since + 3.0 + 0.5
+
+
+def test_a_resumed_send_supersedes_a_transfer_waiting_for_its_digest() -> None:
+    # The sender was killed while the receiver waited for its digest, and runs again: the old
+    # transfer ends (a report, its file closed) so that the new one resumes from it.
+    endpoint = ReceiverEndpoint()
+    sender = SenderSession(
+        DATA, name="x.bin", sha256=bytes(32), session_id=78, now=1.0, config=CONFIG,
+        manifest_later=True,
+    )  # fmt: skip
+    session, now = _until_waiting(endpoint, sender)
+    session.supersede(now)
+    assert session.outcome is not None
+    assert session.outcome.outcome == Outcome.ABORTED
+    ended = []
+    while (item := endpoint.next_event()) is not None:
+        ended.append(item[1])
+    assert any(isinstance(event, TransferEnded) for event in ended)

@@ -171,6 +171,7 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
         if self.state is not ReceiverState.VERIFYING or meta is None:
             return
         self.sha256_actual = digest
+        self.waiting_since = now  # for the digest or the block hashes, if either is missing
         if meta.sha256 == NO_DIGEST:
             return  # the META with the digest decides (``_on_repeated_meta``)
         if digest == meta.sha256:
@@ -211,8 +212,8 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run next."""
-        if self.waits_for_sender:
-            return self.last_heard + self.config.idle_timeout_s
+        if self.waits_for_sender:  # bounded even while the sender's ENDs keep coming
+            return min(self.last_heard, self.waiting_since) + self.config.idle_timeout_s
         if self.state in OVER_STATES or self.state is ReceiverState.VERIFYING:
             return None
         if self.state is ReceiverState.FINISHED:
@@ -238,7 +239,11 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
             return
         if state is not ReceiverState.RECEIVING and not self.waits_for_sender:
             return
-        if now >= self.last_heard + self.config.idle_timeout_s:
+        if self.waits_for_sender and now >= self.waiting_since + self.config.idle_timeout_s:
+            what = "block hashes" if self.manifest_needed else "digest"
+            self._end(now, Outcome.TIMEOUT, f"the sender's {what} did not come")
+            self._queue(Abort(self.session_id, AbortCode.TIMEOUT, f"no {what}", ns(now)))
+        elif now >= self.last_heard + self.config.idle_timeout_s:
             self._end(now, Outcome.TIMEOUT, f"sender silent for {self.config.idle_timeout_s:g} s")
             self._queue(Abort(self.session_id, AbortCode.TIMEOUT, "receiver timed out", ns(now)))
         elif (
@@ -260,7 +265,7 @@ class ReceiverSession(ReceiverDataPath, ReceiverFeedback):
 
     def supersede(self, now: float) -> None:
         """The same sender started this file again (a resume): end this session quietly."""
-        if self.state is ReceiverState.RECEIVING:
+        if self.state is ReceiverState.RECEIVING or self.state is ReceiverState.VERIFYING:
             self._end(now, Outcome.ABORTED, "superseded by a new transfer of the same file")
         self._step(Step.CLOSE)
 

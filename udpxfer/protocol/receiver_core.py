@@ -160,6 +160,7 @@ class ReceiverCore:
         # The whole-file hash failed and the block hashes are still to come: they are asked
         # for (NACK of kind 1) until they are all here, then the bad blocks are found.
         self.manifest_needed = False
+        self.waiting_since = 0.0  # when the hash of a file that waits for either was done
         self.bad_blocks = 0
         self._outgoing: list[bytes] = []
         self._status_wanted: tuple[int, float, float] | None = None  # echo, arrival, request
