@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from udpxfer.errors import MalformedPacket
 from udpxfer.paths import safe_name
 from udpxfer.protocol.codec import decode_untrusted, encode
-from udpxfer.protocol.endpoint import Keying, ReceiverEndpoint
+from udpxfer.protocol.endpoint import ReceiverEndpoint
+from udpxfer.protocol.endpoint_handshake import Keying
 from udpxfer.protocol.events import ChunkReceived, TransferStarted, VerifyRequested
 from udpxfer.protocol.keyed import AeadSeal
 from udpxfer.protocol.keys import Direction, PacketProtection

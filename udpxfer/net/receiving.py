@@ -94,7 +94,8 @@ class ReceiverServer(ReceiverFiles):
         # The receiving side (and its reports: numpy, the analysis) loads here, not with a
         # sender, which starts faster without it; and before the first transfer, not at its end.
         import udpxfer.reports.report  # noqa: F401
-        from udpxfer.protocol.endpoint import Keying, ReceiverEndpoint
+        from udpxfer.protocol.endpoint import ReceiverEndpoint
+        from udpxfer.protocol.endpoint_handshake import Keying
         from udpxfer.protocol.receiver import ReceiverConfig
 
         self.transport = UdpTransport.bind(bind)

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from udpxfer.errors import AuthenticationFailed, CorruptPacket, MalformedPacket
 from udpxfer.protocol.batch import DataBatch, decode_batch_untrusted, row_count
 from udpxfer.protocol.codec import decode_header_untrusted
-from udpxfer.protocol.endpoint_handshake import Handshake, KeyProblem
+from udpxfer.protocol.endpoint_handshake import AuthFailure, Handshake, Keying, KeyProblem
 from udpxfer.protocol.endpoint_limits import (
     AddressBudgets,
     PerSourceRate,
@@ -69,22 +69,6 @@ class StoreRun:
     batch: DataBatch
     positions: npt.NDArray[np.int64]
     plain: list[bytes | memoryview] | None = None  # keyed: the payloads, one per batch row
-
-
-@dataclass(frozen=True, slots=True)
-class Keying:
-    """What keyed mode needs on the receiver: the pre-shared key, and whether to encrypt."""
-
-    psk: bytes
-    encrypt: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class AuthFailure:
-    """A datagram from ``peer`` failed authentication (or a key mismatch): for the log."""
-
-    peer: Peer
-    reason: str
 
 
 class ReceiverEndpoint:
@@ -207,6 +191,15 @@ class ReceiverEndpoint:
             # One datagram: the row path costs a few microseconds, a batch decode tens (a
             # flood of junk arrives one datagram at a time).
             self.receive_datagram(view[:length], peer, now, queued_s)
+            return []
+        target = self.sessions.get((peer, int.from_bytes(view[8:16]) if segment >= 16 else -1))
+        if target is None or target.state is not ReceiverState.RECEIVING:
+            # Not a transfer in progress (junk, forged DATA of unknown sessions coalesced by
+            # GRO): nothing to batch into, every datagram takes the row path as it would below.
+            for start in range(0, length, segment):
+                self.receive_datagram(
+                    view[start : min(start + segment, length)], peer, now, queued_s
+                )
             return []
         keyed = self._keying is not None
         batch = decode_batch_untrusted(view, length, segment, keyed=keyed)

@@ -23,6 +23,22 @@ from udpxfer.protocol.wire import (
 
 
 @dataclass(frozen=True, slots=True)
+class Keying:
+    """What keyed mode needs on the receiver: the pre-shared key, and whether to encrypt."""
+
+    psk: bytes
+    encrypt: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    """A datagram from ``peer`` failed authentication (or a key mismatch): for the log."""
+
+    peer: Peer
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class KeyProblem:
     """A META that keyed mode turns away: the log's ``reason``, the HELLO's ``flag``."""
 
