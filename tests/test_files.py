@@ -536,3 +536,29 @@ def test_blocks_held_from_packed_bits_equals_the_byte_per_chunk_way(
     for stretch in (8, 64, 1 << 20):
         assert blocks_held(bitmap, block_chunks, stretch) == blocks_on_disk(flags, block_chunks)
     assert np.array_equal(flags, bitmap.flags())  # read only
+
+
+def test_a_sidecar_names_the_same_source_with_a_digest_known_on_one_side_only(
+    tmp_path: Path,
+) -> None:
+    """A large file's digest follows its first META: a sidecar written before it came (zeros)
+    and a META that has it are the same source; two different known digests are not."""
+    from udpxfer.net.resume import SourceIdentity, read_state, write_state
+
+    def identity(sha: str, mtime_ns: int = 5) -> SourceIdentity:
+        return SourceIdentity("f.bin", 3000, sha, mtime_ns, 1000, 1)
+
+    partial = tmp_path / "f.bin.partial"
+    partial.write_bytes(bytes(3000))
+    unknown, known, other = "0" * 64, "ab" * 32, "cd" * 32
+    with partial.open("rb") as handle:
+        write_state(partial, identity(unknown), b"\x05", handle.fileno())
+    assert read_state(partial, identity(known)) == b"\x05"
+    assert read_state(partial, identity(unknown)) == b"\x05"
+    assert read_state(partial, identity(known, mtime_ns=6)) is None  # another version
+    with partial.open("rb") as handle:
+        write_state(partial, identity(known), b"\x07", handle.fileno())
+    assert read_state(partial, identity(unknown)) == b"\x07"
+    assert read_state(partial, identity(other)) is None  # two digests, two versions
+    assert identity(known).same_source(identity(unknown))
+    assert not identity(known).same_source(identity(other))

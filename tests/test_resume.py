@@ -252,14 +252,17 @@ def test_resumed_transfer_analysis_counts_no_loss(resumed_run: TwoRuns) -> None:
     assert loss["ci95"][1] < 0.01
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["hash-first", "hash-while-sending"])
 def test_receiver_killed_and_restarted_completes_the_running_transfer(
-    tmp_path: Path, procs: Procs
+    tmp_path: Path, procs: Procs, late: bool
 ) -> None:
+    # Hashing while sending, the restarted receiver sees a META with the digest, its sidecar
+    # was written before the digest came: the same source all the same, and it resumes.
     source = tmp_path / "big.bin"
     data = make_source(source, seed=3)
     port = free_port()
     receiver, _ = procs.recv(tmp_path, port, "--once", "--report", "r.json")
-    sender = procs.send(tmp_path, source, port)
+    sender = procs.send(tmp_path, source, port, late=late)
     wait_for_synced_blocks(tmp_path / "in" / "big.bin.partial", sender)
     receiver.send_signal(signal.SIGKILL)
     receiver.communicate(timeout=10)  # reaped: the port is free again

@@ -72,7 +72,9 @@ class ReceiverFiles(abc.ABC):
         host = session.peer[0] if isinstance(session.peer, tuple) else session.peer
         for other, partial in list(self._files.items()):
             other_host = other.peer[0] if isinstance(other.peer, tuple) else other.peer
-            if other is not session and partial.identity == identity and other_host == host:
+            known = partial.identity
+            same = known is not None and known.same_source(identity)
+            if other is not session and same and other_host == host:
                 other.supersede(now)
                 self._handle_events(now)
 

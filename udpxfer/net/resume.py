@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 STATE_SUFFIX = ".state"  # the resume sidecar beside NAME.partial
 STATE_SCHEMA = "udpxfer.partial/1"
+_NO_DIGEST_HEX = "0" * 64  # a sidecar or META of a transfer whose digest was still to come
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,20 @@ class SourceIdentity:
     mtime_ns: int
     chunk_size: int
     block_chunks: int
+
+    def same_source(self, other: SourceIdentity) -> bool:
+        """Every field equal; the digest only when both know it (a large file's sender
+        announces it after the start, PROTOCOL.md "A large file's digest follows")."""
+        return _same(asdict(self), asdict(other))
+
+
+def _same(have: dict[str, object], want: dict[str, object]) -> bool:
+    unknown = {_NO_DIGEST_HEX}
+    return all(
+        have.get(key) == value
+        or (key == "sha256" and (have.get(key) in unknown or value in unknown))
+        for key, value in want.items()
+    )
 
 
 def state_path(partial: Path) -> Path:
@@ -84,7 +99,7 @@ def read_state(partial: Path, identity: SourceIdentity) -> bytes | None:
         doc = json.loads(raw)
         if not isinstance(doc, dict) or doc.get("schema") != STATE_SCHEMA:
             return None
-        if any(doc.get(k) != v for k, v in asdict(identity).items()):
+        if not _same(doc, asdict(identity)):
             return None
         if os.stat(partial).st_size != identity.size:
             return None
