@@ -24,6 +24,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from helpers import block_hashes, verify_stored
+
 from udpxfer.errors import MalformedPacket
 from udpxfer.paths import safe_name
 from udpxfer.protocol.codec import decode_untrusted, encode
@@ -39,8 +41,6 @@ from udpxfer.protocol.sender import SenderSession
 from udpxfer.protocol.sender_config import SenderConfig
 from udpxfer.protocol.sender_keying import SenderKeying
 from udpxfer.protocol.wire import (
-    MAX_BLOCK_REPAIRS,
-    NO_DIGEST,
     Abort,
     AbortCode,
     Have,
@@ -48,8 +48,6 @@ from udpxfer.protocol.wire import (
     Mode,
     Nack,
     RangeKind,
-    block_chunks_for,
-    chunk_count_for,
 )
 
 SESSION_ID = 0x1234_5678_9ABC_DEF0
@@ -211,25 +209,9 @@ def pump_events(endpoint: ReceiverEndpoint, store: ChunkStore, now: float) -> in
 
 
 def verify(session: ReceiverSession, store: ChunkStore, now: float) -> None:
-    """What the driver does on ``VerifyRequested``: hash the file; when it is wrong and the
-    manifest is complete, name the bad blocks instead (a bounded number of times)."""
-    meta = session.meta
-    assert meta is not None
-    stored = store.file(session)
-    digest = hashlib.sha256(stored).digest()
-    bad: list[int] = []
-    wrong = meta.sha256 not in (digest, NO_DIGEST)
-    if wrong and session.manifest_complete and session.block_repairs < MAX_BLOCK_REPAIRS:
-        size = meta.block_chunks * meta.chunk_size
-        bad = [
-            i
-            for i, want in enumerate(session.manifest)
-            if hashlib.sha256(stored[i * size : (i + 1) * size]).digest() != want
-        ]
-    if bad:
-        session.blocks_bad(bad, now)
-    else:
-        session.hash_computed(digest, now)
+    """What the driver does on ``VerifyRequested`` (``helpers.verify_stored``), over the
+    file as this store holds it."""
+    verify_stored(session, bytearray(store.file(session)), now)
 
 
 @dataclass
@@ -352,18 +334,6 @@ def new_sender(
         config=config,
         keying=SenderKeying(PSK, session_id, SENDER_NONCE) if keyed else None,
         manifest=block_hashes(data, chunk_size) if manifest else (),
-    )
-
-
-def block_hashes(data: bytes, chunk_size: int) -> tuple[bytes, ...]:
-    """The SHA-256 of each manifest block of ``data`` (blocks as ``block_chunks_for`` cuts)."""
-    chunk_count = chunk_count_for(len(data), chunk_size)
-    if not chunk_count:
-        return ()
-    block_bytes = block_chunks_for(chunk_count, chunk_size) * chunk_size
-    return tuple(
-        hashlib.sha256(data[at : at + block_bytes]).digest()
-        for at in range(0, len(data), block_bytes)
     )
 
 

@@ -230,8 +230,44 @@ def verify_stored(session: ReceiverSession, stored: bytearray, now: float) -> No
 
 def block_hashes(data: bytes, chunk_size: int) -> tuple[bytes, ...]:
     """The manifest of ``data``: SHA-256 of each block (``wire.block_chunks_for``)."""
-    step = block_chunks_for(chunk_count_for(len(data), chunk_size), chunk_size) * chunk_size
+    chunk_count = chunk_count_for(len(data), chunk_size)
+    if not chunk_count:
+        return ()
+    step = block_chunks_for(chunk_count, chunk_size) * chunk_size
     return tuple(hashlib.sha256(data[i : i + step]).digest() for i in range(0, len(data), step))
+
+
+def drive(
+    sender: SenderSession,
+    endpoint: ReceiverEndpoint,
+    now: float,
+    until: float,
+    stop: Callable[[], bool] | None = None,
+) -> float:
+    """Run a sender against an endpoint on a fake clock over a clean instant link (every
+    chunk kept, every hash computed as the driver does) until the sender finishes, ``stop``
+    says so, or ``until``; return the time."""
+    stored = bytearray(sender.size)
+    while not sender.finished and now < until and not (stop is not None and stop()):
+        sent = sender.datagrams_to_send(now)
+        for datagram in sent:
+            endpoint.receive_datagram(datagram, PEER, now)
+        while (item := endpoint.next_event()) is not None:
+            session, event = item
+            if isinstance(event, ChunkReceived):
+                stored[event.offset : event.offset + len(event.payload)] = event.payload
+            elif isinstance(event, VerifyRequested):
+                verify_stored(session, stored, now)
+        answers = endpoint.datagrams_to_send(now)
+        for datagram, _peer in answers:
+            sender.receive_datagram(datagram, now)
+        if sent or answers:
+            continue  # what arrived may let more go out at once
+        timers = [t for t in (sender.get_timer(), endpoint.get_timer()) if t is not None]
+        now = max(now, min(timers, default=until))
+        sender.handle_timer(now)  # each runs only what is due
+        endpoint.handle_timer(now)
+    return now
 
 
 def gro_buffers(datagrams: list[bytes]) -> list[tuple[bytearray, int, int]]:

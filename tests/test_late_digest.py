@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import PEER, Link, drop_types, receiver, run_pair, wait_for
+from helpers import PEER, Link, drive, drop_types, receiver, run_pair, wait_for
 
 from udpxfer.net import sending
 from udpxfer.protocol.codec import decode_untrusted, encode
@@ -226,28 +226,13 @@ def _until_waiting(
 ) -> tuple[ReceiverSession, float]:
     """Run a late-digest sender (never given its digest) against ``endpoint`` on a clean fake
     link until the receiver holds and has hashed every chunk; its session and the time."""
-    from helpers import verify_stored
 
-    from udpxfer.protocol.events import ChunkReceived, VerifyRequested
+    def waiting() -> list[ReceiverSession]:
+        return [s for s in endpoint.sessions.values() if s.waits_for_sender]
 
-    stored = bytearray(len(DATA))
-    now = 1.0
-    for _ in range(100_000):
-        for datagram in sender.datagrams_to_send(now):
-            endpoint.receive_datagram(datagram, PEER, now)
-        while (item := endpoint.next_event()) is not None:
-            session, event = item
-            if isinstance(event, ChunkReceived):
-                stored[event.offset : event.offset + len(event.payload)] = event.payload
-            elif isinstance(event, VerifyRequested):
-                verify_stored(session, stored, now)
-        for datagram, _ in endpoint.datagrams_to_send(now):
-            sender.receive_datagram(datagram, now)
-        for session in endpoint.sessions.values():
-            if session.waits_for_sender:
-                return session, now
-        now += 0.001
-    raise AssertionError("the receiver never came to wait for the digest")
+    now = drive(sender, endpoint, 1.0, 100.0, stop=lambda: bool(waiting()))
+    assert waiting(), "the receiver never came to wait for the digest"
+    return waiting()[0], now
 
 
 def test_a_receiver_waits_for_the_digest_at_most_its_idle_timeout_even_with_ends_coming() -> None:

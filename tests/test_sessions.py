@@ -7,7 +7,7 @@ import random
 from dataclasses import FrozenInstanceError, replace
 
 import pytest
-from helpers import PEER, Link, connect, drop_first_copies, drop_types, run_pair
+from helpers import PEER, Link, connect, drive, drop_first_copies, drop_types, run_pair
 
 from udpxfer.protocol.codec import decode_untrusted, encode
 from udpxfer.protocol.endpoint import ReceiverEndpoint
@@ -669,32 +669,6 @@ def test_resuming_sender_goes_on_when_the_have_is_lost() -> None:
     sender.handle_timer(timer)
     sent = [decode_untrusted(d) for d in sender.datagrams_to_send(timer)]
     assert [p.index for p in sent if isinstance(p, Data)][:1] == [0]
-
-
-def drive(sender: SenderSession, endpoint: ReceiverEndpoint, now: float, until: float) -> float:
-    """Run a sender against an endpoint on a fake clock over a clean instant link (every
-    chunk kept, every hash computed) until the sender finishes or ``until``; return the time."""
-    stored = bytearray(sender.size)
-    while not sender.finished and now < until:
-        sent = sender.datagrams_to_send(now)
-        for datagram in sent:
-            endpoint.receive_datagram(datagram, PEER, now)
-        while (item := endpoint.next_event()) is not None:
-            session, event = item
-            if isinstance(event, ChunkReceived):
-                stored[event.offset : event.offset + len(event.payload)] = event.payload
-            elif isinstance(event, VerifyRequested):
-                session.hash_computed(hashlib.sha256(stored).digest(), now)
-        answers = endpoint.datagrams_to_send(now)
-        for datagram, _peer in answers:
-            sender.receive_datagram(datagram, now)
-        if sent or answers:
-            continue  # what arrived may let more go out at once
-        timers = [t for t in (sender.get_timer(), endpoint.get_timer()) if t is not None]
-        now = max(now, min(timers, default=until))
-        sender.handle_timer(now)  # each runs only what is due
-        endpoint.handle_timer(now)
-    return now
 
 
 def test_a_receiver_restarted_after_the_first_pass_picks_the_transfer_up() -> None:
